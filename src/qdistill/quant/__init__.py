@@ -1,0 +1,41 @@
+"""Quantization core: quantizers, quantized layers, `quantize` and calibration."""
+
+from qdistill.quant.api import (
+    QUANT_MODULE_MAP,
+    calibrate,
+    full_precision_layers,
+    named_quantizers,
+    quantize,
+    register_quant_module,
+)
+from qdistill.quant.base import QUANTIZERS, Interval, Quantizer
+from qdistill.quant.config import QuantConfig
+from qdistill.quant.dorefa import DoReFaQuantizer
+from qdistill.quant.ewgs import EWGSQuantizer
+from qdistill.quant.fake_quant import fake_quant
+from qdistill.quant.hessian import update_ewgs_delta
+from qdistill.quant.lsq import LSQQuantizer
+from qdistill.quant.modules import QConv2d, QLinear, QuantModule
+from qdistill.quant.pact import PACTQuantizer
+
+__all__ = [
+    "QUANTIZERS",
+    "QUANT_MODULE_MAP",
+    "DoReFaQuantizer",
+    "EWGSQuantizer",
+    "Interval",
+    "LSQQuantizer",
+    "PACTQuantizer",
+    "QConv2d",
+    "QLinear",
+    "QuantConfig",
+    "QuantModule",
+    "Quantizer",
+    "calibrate",
+    "fake_quant",
+    "full_precision_layers",
+    "named_quantizers",
+    "quantize",
+    "register_quant_module",
+    "update_ewgs_delta",
+]

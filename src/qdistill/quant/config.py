@@ -1,0 +1,90 @@
+"""QuantConfig: what to quantize, how, and with which backward."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from qdistill.quant.base import QUANTIZERS
+from qdistill.quant.fake_quant import BACKWARDS
+
+__all__ = ["QuantConfig"]
+
+_LAYER_KEYS = ("method", "weight_bits", "act_bits", "backward", "backward_coef", "per_channel")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Validated quantization settings; checked on construction so bad values fail before training.
+
+    Attributes:
+        method: quantizer forward: ``pact``, ``lsq``, ``dorefa`` or ``ewgs``.
+        weight_bits: 1..8.
+        act_bits: 1..8, or None to keep activations full precision.
+        backward: Round's backward (``ste``, ``ewgs``, ``generic``); None picks ``ewgs`` for the
+            EWGS method and ``ste`` otherwise.
+        backward_coef: initial EWGS delta or generic mu.
+        per_channel: one weight range per output channel.
+        keep_first / keep_last: leave the first conv and the classifier full precision (SQAKD).
+        include: module-name globs quantized even when kept by keep_first/keep_last.
+        exclude: module-name globs left full precision.
+        overrides: module-name glob -> dict of the per-layer keys above (e.g. ``{"layer1.*": {"weight_bits": 4}}``).
+    """
+
+    method: str = "ewgs"
+    weight_bits: int = 2
+    act_bits: int | None = 2
+    backward: str | None = None
+    backward_coef: float = 1e-3
+    per_channel: bool = False
+    keep_first: bool = True
+    keep_last: bool = True
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.method not in QUANTIZERS:
+            raise ValueError(f"quant.method: unknown {self.method!r}; choose one of {', '.join(QUANTIZERS.names())}")
+        for key in ("weight_bits", "act_bits"):
+            v = getattr(self, key)
+            if v is None and key == "act_bits":
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 8:
+                raise ValueError(f"quant.{key}: must be an integer in 1..8, got {v!r}")
+        if self.backward is not None and self.backward not in BACKWARDS:
+            raise ValueError(f"quant.backward: unknown {self.backward!r}; choose one of {', '.join(BACKWARDS)}")
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        for pattern, over in self.overrides.items():
+            bad = set(over) - set(_LAYER_KEYS)
+            if bad:
+                raise ValueError(f"quant.overrides[{pattern!r}]: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(_LAYER_KEYS)}")
+            replace(self, overrides={}, **over)  # validates the values
+
+    @property
+    def resolved_backward(self) -> str:
+        return self.backward or ("ewgs" if self.method == "ewgs" else "ste")
+
+    def for_layer(self, name: str) -> QuantConfig:
+        """This config with every matching override applied (later patterns win)."""
+        cfg = self
+        for pattern, over in self.overrides.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                cfg = replace(cfg, **over)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
+        known = {f.name for f in fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ValueError(f"quant: unknown key {key!r}; allowed: {', '.join(sorted(known))}")
+        return cls(**d)

@@ -1,0 +1,41 @@
+"""DoReFa-Net quantizer (Zhou et al. 2016): tanh-normalised weights, [0, 1] activations."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from qdistill.quant.base import QUANTIZERS, Interval, Quantizer
+
+__all__ = ["DoReFaQuantizer"]
+
+
+@QUANTIZERS.register("dorefa")
+class DoReFaQuantizer(Quantizer):
+    """No learnable range.
+
+    Weights: ``w_n = tanh(w) / (2 max|tanh(w)|) + 1/2`` is quantized on [0, 1] and mapped to
+    ``2 w_q - 1`` in [-1, 1]; at 1 bit the paper's ``sign(w) * E|w|`` is used instead.
+    Activations: ``clamp(x, 0, 1)`` (``clamp(x, -1, 1)`` when signed).
+    """
+
+    def init_from(self, x: Tensor) -> None:  # nothing to learn or calibrate
+        return None
+
+    def interval(self, x: Tensor) -> Interval:
+        zero, one = x.new_zeros(()), x.new_ones(())
+        if self.is_weight:
+            return self._weight_interval(x)
+        if bool(self.signed):
+            return Interval(x, -one, one, 2 * one, -one)
+        return Interval(x, zero, one, one, zero)
+
+    def _weight_interval(self, w: Tensor) -> Interval:
+        t = torch.tanh(w)
+        peak = t.abs().amax(dim=self.reduce_dims(w), keepdim=bool(self.channel_shape)).clamp_min(1e-12)
+        x = t / (2 * peak) + 0.5
+        zero, one = w.new_zeros(()), w.new_ones(())
+        if self.bits == 1:
+            mag = w.detach().abs().mean(dim=self.reduce_dims(w), keepdim=bool(self.channel_shape))
+            return Interval(x, zero, one, 2 * mag, -mag)
+        return Interval(x, zero, one, 2 * one, -one)

@@ -1,0 +1,50 @@
+"""EWGS quantizer (Lee, Kim & Ham, CVPR 2021): learnable interval, normalised levels, output scale."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from qdistill.quant.base import QUANTIZERS, Interval, Quantizer
+from qdistill.quant.pact import activation_range
+
+__all__ = ["EWGSQuantizer"]
+
+
+@QUANTIZERS.register("ewgs")
+class EWGSQuantizer(Quantizer):
+    """``x_n = clamp((x - l) / (u - l), 0, 1)`` quantized on [0, 1], then scaled by a learnable ``s``.
+
+    Weights map the levels to ``s * (2 x_q - 1)`` (symmetric), activations to ``s * x_q`` (or
+    ``s * (2 x_q - 1)`` when signed). Initialisation follows the EWGS paper: weights l, u = -+3 std,
+    activations from calibration-batch statistics. The paper applies one output scale after the
+    convolution; here each quantizer owns its scale, which is the same function (the product of the
+    two is the paper's scale) and keeps quantizers independent of the layer.
+    """
+
+    def __init__(self, bits: int, **kw) -> None:
+        super().__init__(bits, **kw)
+        shape = self.param_shape()
+        self.lower = nn.Parameter(torch.zeros(shape))
+        self.upper = nn.Parameter(torch.ones(shape))
+        self.out_scale = nn.Parameter(torch.ones(shape))
+
+    def init_from(self, x: Tensor) -> None:
+        if self.is_weight:
+            std = x.float().std(dim=self.reduce_dims(x), keepdim=bool(self.channel_shape)).view(self.param_shape())
+            self.upper.copy_(3 * std)
+            self.lower.copy_(-3 * std)
+            self.out_scale.copy_(3 * std)
+            return
+        lo, hi = activation_range(x)
+        self.lower.fill_(lo)
+        self.upper.fill_(hi)
+        self.out_scale.fill_((hi - lo) / 2 if bool(self.signed) else hi - lo)
+
+    def interval(self, x: Tensor) -> Interval:
+        lo = self.lower
+        hi = lo + (self.upper - lo).clamp_min(1e-6)
+        s = self.out_scale
+        if self.is_weight or bool(self.signed):
+            return Interval(x, lo, hi, 2 * s, -s)
+        return Interval(x, lo, hi, s, torch.zeros_like(s))

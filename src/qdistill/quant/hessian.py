@@ -1,0 +1,81 @@
+"""EWGS's delta from a Hessian-trace estimate (Lee et al., CVPR 2021, section 3.3).
+
+For each quantizer, delta = (Tr(H) / N) / (3 * std(g)) where H is the Hessian of the training
+loss with respect to the quantizer's output, N its number of elements and g the loss gradient
+there; Tr(H) is estimated with Hutchinson's Rademacher probes (E[v^T H v] = Tr H). The reference
+code defines this update but never calls it, so its "EWGS" runs as STE; here the trainer calls it
+every N epochs with whatever loss it trains on (the label-free KD loss in label-free runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from qdistill.quant.api import named_quantizers
+
+__all__ = ["preserved_batchnorm", "update_ewgs_delta"]
+
+
+@contextmanager
+def preserved_batchnorm(model: nn.Module):
+    """Restore BatchNorm running statistics after extra training-mode forwards."""
+    saved = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for n, m in model.named_modules():
+            if n in saved:
+                m.load_state_dict(saved[n])
+
+
+def update_ewgs_delta(
+    model: nn.Module,
+    batches: Iterable,
+    loss_fn: Callable[[object], Tensor],
+    probes: int = 4,
+    generator: torch.Generator | None = None,
+) -> dict[str, float]:
+    """Set every EWGS-backward quantizer's delta from the loss on ``batches``; return the deltas.
+
+    ``loss_fn(batch)`` must run the model forward and return the scalar training loss.
+    """
+    qs = [(n, q) for n, q in named_quantizers(model) if q.backward_mode == "ewgs"]
+    if not qs:
+        return {}
+    sums = {n: 0.0 for n, _ in qs}
+    count = 0
+    for _, q in qs:
+        q.capture = True
+    try:
+        with preserved_batchnorm(model):
+            for batch in batches:
+                loss = loss_fn(batch)
+                outs = [q.captured for _, q in qs]
+                if any(o is None for o in outs):
+                    raise RuntimeError("a quantizer was not used in the forward pass; cannot estimate its Hessian")
+                grads = torch.autograd.grad(loss, outs, create_graph=True)
+                for (name, _), y, g in zip(qs, outs, grads):
+                    trace = 0.0
+                    for _ in range(probes):
+                        v = torch.randint(0, 2, y.shape, generator=generator, device="cpu").to(y) * 2 - 1
+                        (hv,) = torch.autograd.grad(g, y, v, retain_graph=True)
+                        trace += float((hv * v).sum())
+                    sums[name] += (trace / probes / y.numel()) / (3.0 * float(g.detach().std()) + 1e-12)
+                count += 1
+                del loss, grads, outs
+    finally:
+        for _, q in qs:
+            q.capture, q.captured = False, None
+    if count == 0:
+        raise ValueError("update_ewgs_delta needs at least one batch")
+    deltas = {}
+    for name, q in qs:
+        deltas[name] = max(sums[name] / count, 0.0)
+        q.coef.fill_(deltas[name])
+    model.zero_grad(set_to_none=True)
+    return deltas

@@ -1,0 +1,53 @@
+"""LSQ quantizer (Esser et al., ICLR 2020): a learnable step size."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from qdistill.quant.base import QUANTIZERS, Interval, Quantizer
+
+__all__ = ["LSQQuantizer"]
+
+
+def _grad_scaled(p: Tensor, g: float) -> Tensor:
+    """Value of ``p`` with its gradient multiplied by ``g``."""
+    return (p - p * g).detach() + p * g
+
+
+@QUANTIZERS.register("lsq")
+class LSQQuantizer(Quantizer):
+    """``y = clamp(round(x / s), -Qn, Qp) * s`` with a learnable step ``s``.
+
+    Signed: Qn = 2^(b-1), Qp = 2^(b-1) - 1; unsigned: Qn = 0, Qp = 2^b - 1; binary signed weights
+    use {-s, +s}. The step's gradient is scaled by 1 / sqrt(N * Qp) and initialised to
+    2 mean|x| / sqrt(Qp), as in the paper.
+    """
+
+    def __init__(self, bits: int, **kw) -> None:
+        super().__init__(bits, **kw)
+        self.step = nn.Parameter(torch.ones(self.param_shape()))
+
+    def bounds(self) -> tuple[int, int]:
+        """(Qn, Qp) in units of the step."""
+        if not bool(self.signed):
+            return 0, 2**self.bits - 1
+        if self.bits == 1:
+            return 1, 1
+        return 2 ** (self.bits - 1), 2 ** (self.bits - 1) - 1
+
+    def init_from(self, x: Tensor) -> None:
+        qp = self.bounds()[1]
+        mean_abs = x.float().abs().mean(dim=self.reduce_dims(x), keepdim=bool(self.channel_shape)).view(self.param_shape())
+        self.step.copy_((2 * mean_abs / math.sqrt(qp)).clamp_min(1e-8))
+
+    def interval(self, x: Tensor) -> Interval:
+        qn, qp = self.bounds()
+        n = x.numel() // max(self.channels, 1)
+        s = _grad_scaled(self.step, 1.0 / math.sqrt(n * qp)).abs().clamp_min(1e-8)
+        if self.bits == 1 and bool(self.signed):  # {-s, +s}
+            return Interval(x, -s, s, 2 * s, -s)
+        lo, hi = -qn * s, qp * s
+        return Interval(x, lo, hi, hi - lo, lo)

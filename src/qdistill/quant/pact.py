@@ -1,0 +1,57 @@
+"""PACT quantizer (Choi et al. 2018): a learnable activation clip alpha."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from qdistill.quant.base import QUANTIZERS, Interval
+from qdistill.quant.dorefa import DoReFaQuantizer
+
+__all__ = ["PACTQuantizer", "activation_range"]
+
+
+@torch.no_grad()
+def activation_range(x: Tensor) -> tuple[float, float]:
+    """A robust [lo, hi] for an activation tensor (the EWGS initialisation).
+
+    Non-negative inputs (after ReLU) are treated as a half-normal: hi = 3 sigma of the underlying
+    normal, sigma = std / sqrt(1 - 2/pi). Signed inputs use mean +- 3 std.
+    """
+    x = x.float()
+    if bool((x < 0).any()):
+        m, s = x.mean().item(), x.std().item()
+        return m - 3 * s, m + 3 * s
+    hi = 3.0 * x.std().item() / math.sqrt(1 - 2 / math.pi)
+    return 0.0, max(hi, 1e-4)
+
+
+@QUANTIZERS.register("pact")
+class PACTQuantizer(DoReFaQuantizer):
+    """Activations: ``y = clamp(x, 0, alpha)`` quantized to 2^b levels of [0, alpha].
+
+    alpha learns only from clipped elements (dy/dalpha = 1 where x >= alpha), PACT's eq. 3; the
+    published SQAKD code leaves alpha without gradient. Signed inputs clip to [-alpha, alpha].
+    Weights follow DoReFa, as in the PACT paper.
+    """
+
+    def __init__(self, bits: int, **kw) -> None:
+        super().__init__(bits, **kw)
+        if not self.is_weight:
+            self.alpha = nn.Parameter(torch.tensor(10.0))  # the paper's default; calibration replaces it
+
+    def init_from(self, x: Tensor) -> None:
+        if not self.is_weight:
+            lo, hi = activation_range(x)
+            self.alpha.fill_(max(hi, -lo) if bool(self.signed) else hi)
+
+    def interval(self, x: Tensor) -> Interval:
+        if self.is_weight:
+            return self._weight_interval(x)
+        a = self.alpha.abs().clamp_min(1e-6)
+        if bool(self.signed):
+            return Interval(x, -a, a, 2 * a, -a, range_rule="clipped")
+        zero = x.new_zeros(())
+        return Interval(x, zero, a, a, zero, range_rule="clipped")
