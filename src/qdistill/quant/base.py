@@ -22,8 +22,8 @@ class Interval:
     x: Tensor  # the (possibly transformed) input to clip
     lo: Tensor
     hi: Tensor
-    scale: Tensor
-    shift: Tensor
+    step: Tensor  # output = (level - zero) * step
+    zero: float = 0.0
     range_rule: str = "full"
 
 
@@ -67,6 +67,11 @@ class Quantizer(nn.Module):
     def levels(self) -> int:
         return 2**self.bits
 
+    @property
+    def n(self) -> int:
+        """Number of steps between the lowest and highest level."""
+        return 2**self.bits - 1
+
     def param_shape(self) -> tuple[int, ...]:
         """Shape of a range parameter."""
         return self.channel_shape
@@ -93,7 +98,7 @@ class Quantizer(nn.Module):
         if not bool(self.initialized):
             self.initialize(x)
         iv = self.interval(x)
-        y = fake_quant(iv.x, iv.lo, iv.hi, iv.scale, iv.shift, self.levels, self.backward_mode, self.coef, iv.range_rule)
+        y = fake_quant(iv.x, iv.lo, iv.hi, iv.step, iv.zero, self.levels, self.backward_mode, self.coef, iv.range_rule)
         if self.capture and y.requires_grad:
             y.retain_grad()
             self.captured = y
@@ -108,7 +113,7 @@ class Quantizer(nn.Module):
         if not bool(self.initialized):
             raise RuntimeError("quantizer is not initialised: calibrate the model or run one forward first")
         iv = self.interval(x)
-        return fake_quant(iv.x, iv.lo, iv.hi, iv.scale, iv.shift, self.levels).detach()
+        return fake_quant(iv.x, iv.lo, iv.hi, iv.step, iv.zero, self.levels).detach()
 
     def extra_repr(self) -> str:
         kind = "weight" if self.is_weight else "act"

@@ -27,8 +27,8 @@ class DoReFaQuantizer(Quantizer):
         if self.is_weight:
             return self._weight_interval(x)
         if bool(self.signed):
-            return Interval(x, -one, one, 2 * one, -one)
-        return Interval(x, zero, one, one, zero)
+            return Interval(x, -one, one, one * (2 / self.n), self.n / 2)
+        return Interval(x, zero, one, one / self.n)
 
     def _weight_interval(self, w: Tensor) -> Interval:
         t = torch.tanh(w)
@@ -37,5 +37,5 @@ class DoReFaQuantizer(Quantizer):
         zero, one = w.new_zeros(()), w.new_ones(())
         if self.bits == 1:
             mag = w.detach().abs().mean(dim=self.reduce_dims(w), keepdim=bool(self.channel_shape))
-            return Interval(x, zero, one, 2 * mag, -mag)
-        return Interval(x, zero, one, 2 * one, -one)
+            return Interval(x, zero, one, 2 * mag, 0.5)
+        return Interval(x, zero, one, one * (2 / self.n), self.n / 2)

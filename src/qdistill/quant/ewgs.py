@@ -46,5 +46,5 @@ class EWGSQuantizer(Quantizer):
         hi = lo + (self.upper - lo).clamp_min(1e-6)
         s = self.out_scale
         if self.is_weight or bool(self.signed):
-            return Interval(x, lo, hi, 2 * s, -s)
-        return Interval(x, lo, hi, s, torch.zeros_like(s))
+            return Interval(x, lo, hi, s * (2 / self.n), self.n / 2)
+        return Interval(x, lo, hi, s / self.n)

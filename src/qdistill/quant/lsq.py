@@ -48,6 +48,5 @@ class LSQQuantizer(Quantizer):
         n = x.numel() // max(self.channels, 1)
         s = _grad_scaled(self.step, 1.0 / math.sqrt(n * qp)).abs().clamp_min(1e-8)
         if self.bits == 1 and bool(self.signed):  # {-s, +s}
-            return Interval(x, -s, s, 2 * s, -s)
-        lo, hi = -qn * s, qp * s
-        return Interval(x, lo, hi, hi - lo, lo)
+            return Interval(x, -s, s, 2 * s, 0.5)
+        return Interval(x, -qn * s, qp * s, s, float(qn))

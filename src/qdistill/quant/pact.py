@@ -52,6 +52,5 @@ class PACTQuantizer(DoReFaQuantizer):
             return self._weight_interval(x)
         a = self.alpha.abs().clamp_min(1e-6)
         if bool(self.signed):
-            return Interval(x, -a, a, 2 * a, -a, range_rule="clipped")
-        zero = x.new_zeros(())
-        return Interval(x, zero, a, a, zero, range_rule="clipped")
+            return Interval(x, -a, a, a * (2 / self.n), self.n / 2, range_rule="clipped")
+        return Interval(x, x.new_zeros(()), a, a / self.n, range_rule="clipped")

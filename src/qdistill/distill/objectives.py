@@ -1,0 +1,128 @@
+"""Training objectives: the loss of one step, built by name from a config.
+
+An objective holds references to the student and the (frozen) teacher without registering them
+as submodules, so its ``state_dict`` holds only its own trainable parts (regressors, memory banks,
+loss-balance scalars) and the teacher never reaches a checkpoint or the optimizer.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qdistill.distill.kd import kd_loss
+from qdistill.registry import Registry
+
+__all__ = ["OBJECTIVES", "CEKD", "Objective", "SQAKD", "SupervisedQAT", "build_objective", "freeze"]
+
+OBJECTIVES: Registry[type["Objective"]] = Registry("method")
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode, no gradients: a teacher that nothing can change."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+class Objective(nn.Module):
+    """Base class. ``uses_labels`` tells the trainer whether to feed labels at all."""
+
+    uses_labels: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = True
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        super().__init__()
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"method {type(self).__name__} needs a teacher model")
+        self._models = (student, freeze(teacher) if teacher is not None else None)
+
+    @property
+    def student(self) -> nn.Module:
+        return self._models[0]
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._models[1]
+
+    def train(self, mode: bool = True) -> Objective:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # model.train() must never switch the teacher's BatchNorm
+        return self
+
+    @torch.no_grad()
+    def teacher_logits(self, images: Tensor) -> Tensor:
+        assert self.teacher is not None
+        return self.teacher(images)
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """Return the loss and a dict of scalar logs."""
+        raise NotImplementedError
+
+    def extra_logs(self) -> dict[str, float]:
+        """Per-epoch values worth logging (e.g. learned loss weights)."""
+        return {}
+
+
+@OBJECTIVES.register("sqakd")
+class SQAKD(Objective):
+    """Self-supervised quantization-aware KD (Zhao & Zhao, AISTATS 2024): KL only, no labels."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, temperature: float = 4.0) -> None:
+        super().__init__(student, teacher)
+        self.temperature = temperature
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        loss = kd_loss(self.student(images), self.teacher_logits(images), self.temperature)
+        return loss, {"kd": float(loss.detach())}
+
+
+@OBJECTIVES.register("qat")
+class SupervisedQAT(Objective):
+    """Standalone QAT baseline: cross-entropy on labels, no teacher."""
+
+    uses_labels = True
+    needs_teacher = False
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        if labels is None:
+            raise ValueError("method 'qat' trains on labels but the data has none; use a label-free method such as sqakd")
+        loss = F.cross_entropy(self.student(images).float(), labels)
+        return loss, {"ce": float(loss.detach())}
+
+
+@OBJECTIVES.register("ce_kd")
+class CEKD(Objective):
+    """``(1 - lambda) * CE + lambda * KD``: the classic supervised KD baseline."""
+
+    uses_labels = True
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, temperature: float = 4.0, kd_weight: float = 0.5):
+        super().__init__(student, teacher)
+        if not 0.0 <= kd_weight <= 1.0:
+            raise ValueError(f"method.kd_weight must be in [0, 1], got {kd_weight}")
+        self.temperature, self.kd_weight = temperature, kd_weight
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        if labels is None:
+            raise ValueError("method 'ce_kd' needs labels; use sqakd for label-free training")
+        logits = self.student(images)
+        ce = F.cross_entropy(logits.float(), labels)
+        kd = kd_loss(logits, self.teacher_logits(images), self.temperature)
+        loss = (1 - self.kd_weight) * ce + self.kd_weight * kd
+        return loss, {"ce": float(ce.detach()), "kd": float(kd.detach())}
+
+
+def build_objective(name: str, student: nn.Module, teacher: nn.Module | None, **params: Any) -> Objective:
+    """Construct a registered objective; unknown parameters fail with the allowed ones named."""
+    cls = OBJECTIVES.get(name)
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "student", "teacher")]
+    for key in params:
+        if key not in allowed:
+            raise ValueError(f"method {name!r}: unknown parameter {key!r}; allowed: {', '.join(allowed) or 'none'}")
+    return cls(student, teacher, **params)

@@ -1,0 +1,72 @@
+"""TrainConfig: optimiser, schedule and bookkeeping of one training run."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the one-phase trainer (validated on construction).
+
+    Attributes:
+        epochs: passes over the training data.
+        optimizer: ``adam`` or ``sgd``.
+        lr / quant_lr: learning rate of weights and of quantizer parameters (None: same as lr).
+            Quantizer parameters never get weight decay.
+        warmup_epochs: linear warm-up before the cosine decay (per iteration).
+        ewgs_every: re-estimate EWGS's delta from the Hessian every N epochs (0: never).
+        hessian_batches / hessian_probes: cost of that estimate.
+        amp: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``off``.
+        max_steps: cap on steps per epoch (quick runs on a subset); None for full epochs.
+    """
+
+    epochs: int = 10
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    quant_lr: float | None = None
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = False
+    warmup_epochs: float = 0.0
+    ewgs_every: int = 1
+    hessian_batches: int = 1
+    hessian_probes: int = 2
+    grad_clip: float | None = None
+    amp: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    max_steps: int | None = None
+    progress: bool = True
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "train.epochs must be >= 1"),
+            (self.optimizer in ("adam", "sgd"), f"train.optimizer: unknown {self.optimizer!r}; choose adam or sgd"),
+            (self.lr > 0, "train.lr must be > 0"),
+            (self.quant_lr is None or self.quant_lr > 0, "train.quant_lr must be > 0"),
+            (self.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs must be in [0, epochs)"),
+            (self.ewgs_every >= 0, "train.ewgs_every must be >= 0"),
+            (self.hessian_batches >= 1 and self.hessian_probes >= 1, "train.hessian_batches/probes must be >= 1"),
+            (self.amp in ("auto", "bf16", "off"), f"train.amp: unknown {self.amp!r}; choose auto, bf16 or off"),
+            (self.max_steps is None or self.max_steps >= 1, "train.max_steps must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ValueError(f"train: unknown key {key!r}; allowed: {', '.join(sorted(known))}")
+        return cls(**d)

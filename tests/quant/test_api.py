@@ -1,0 +1,131 @@
+import pytest
+import torch
+from torch import nn
+
+from qdistill.quant import QConv2d, QLinear, QuantConfig, calibrate, named_quantizers, quantize, update_ewgs_delta
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3),
+    )  # fmt: skip
+
+
+def test_first_and_last_layers_stay_full_precision():
+    net = quantize(tiny_net(), QuantConfig(method="lsq"))
+    assert type(net[0]) is nn.Conv2d and type(net[10]) is nn.Linear
+    assert isinstance(net[3], QConv2d) and isinstance(net[8], QLinear)
+
+
+def test_declared_first_conv_and_classifier_are_used():
+    class Named(nn.Module):
+        first_conv, classifier = "b", "a"
+
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 2)
+            self.b = nn.Conv2d(1, 1, 1)
+            self.c = nn.Conv2d(1, 1, 1)
+
+    net = quantize(Named(), QuantConfig())
+    assert type(net.a) is nn.Linear and type(net.b) is nn.Conv2d and isinstance(net.c, QConv2d)
+
+
+def test_include_exclude_and_overrides():
+    cfg = QuantConfig(
+        method="lsq", keep_first=True, include=("0",), exclude=("8",), overrides={"3": {"weight_bits": 4}}
+    )
+    net = quantize(tiny_net(), cfg)
+    assert isinstance(net[0], QConv2d) and type(net[8]) is nn.Linear
+    assert net[3].weight_quant.bits == 4 and net[0].weight_quant.bits == 2
+
+
+def test_filter_fn_can_veto():
+    net = quantize(tiny_net(), QuantConfig(), filter_fn=lambda m, name: name != "3")
+    assert type(net[3]) is nn.Conv2d
+
+
+def test_calibration_keeps_batchnorm_statistics():
+    torch.manual_seed(0)
+    net = tiny_net()
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    quantize(net, QuantConfig(method="ewgs"), calib_data=torch.randn(8, 3, 8, 8))
+    after = net.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert all(bool(q.initialized) for _, q in named_quantizers(net))
+    assert net.training
+
+
+def test_recalibration_changes_ranges():
+    net = quantize(tiny_net(), QuantConfig(method="lsq"), calib_data=torch.randn(8, 3, 8, 8))
+    step = net[3].act_quant.step.clone()
+    calibrate(net, 10 * torch.randn(8, 3, 8, 8))
+    assert not torch.equal(step, net[3].act_quant.step)
+
+
+def test_quantized_model_output_close_to_float_at_8_bits():
+    torch.manual_seed(0)
+    net = tiny_net().eval()
+    x = torch.randn(16, 3, 8, 8)
+    ref = net(x)
+    q = quantize(net, QuantConfig(method="lsq", weight_bits=8, act_bits=8), calib_data=x).eval()
+    assert (q(x) - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_state_dict_round_trip_rebuilds_identical_model():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    cfg = QuantConfig(method="ewgs", per_channel=True)
+    a = quantize(tiny_net(), cfg, calib_data=x).eval()
+    b = quantize(tiny_net(), cfg).eval()
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "nope"}, "quant.method"),
+        ({"weight_bits": 9}, "quant.weight_bits"),
+        ({"act_bits": 0}, "quant.act_bits"),
+        ({"backward": "x"}, "quant.backward"),
+        ({"overrides": {"a": {"bitz": 2}}}, "unknown key 'bitz'"),
+        ({"overrides": {"a": {"weight_bits": 12}}}, "weight_bits"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        QuantConfig(**kwargs)
+
+
+def test_config_dict_round_trip_and_unknown_key():
+    cfg = QuantConfig(method="pact", weight_bits=4, include=("a",), overrides={"x.*": {"act_bits": 8}})
+    assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown key 'bits'"):
+        QuantConfig.from_dict({"bits": 2})
+
+
+def test_weight_only_quantization():
+    net = quantize(tiny_net(), QuantConfig(act_bits=None))
+    assert net[3].act_quant is None
+    net(torch.randn(2, 3, 8, 8)).sum().backward()
+
+
+def test_ewgs_delta_is_updated_from_hessian():
+    torch.manual_seed(0)
+    net = quantize(tiny_net(), QuantConfig(method="ewgs", backward_coef=1e-3), calib_data=torch.randn(8, 3, 8, 8))
+    x = torch.randn(8, 3, 8, 8)
+    target = torch.randn(8, 3)
+    deltas = update_ewgs_delta(net, [x], lambda b: (net(b) - target).pow(2).mean(), probes=2)
+    assert deltas and all(d >= 0 for d in deltas.values())
+    assert any(abs(d - 1e-3) > 1e-6 for d in deltas.values())
+    stored = {n: float(q.coef) for n, q in named_quantizers(net)}
+    assert all(stored[n] == pytest.approx(d) for n, d in deltas.items())
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_ste_quantizers_are_not_touched_by_hessian_update():
+    net = quantize(tiny_net(), QuantConfig(method="lsq"), calib_data=torch.randn(4, 3, 8, 8))
+    assert update_ewgs_delta(net, [torch.randn(4, 3, 8, 8)], lambda b: net(b).sum()) == {}
