@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from qdistill.config import from_dict
 
 from qdistill.quant.base import QUANTIZERS
 from qdistill.quant.fake_quant import BACKWARDS
@@ -82,9 +84,5 @@ class QuantConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> QuantConfig:
-        known = {f.name for f in fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ValueError(f"quant: unknown key {key!r}; allowed: {', '.join(sorted(known))}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any] | None) -> QuantConfig:
+        return from_dict(cls, d, "quant")

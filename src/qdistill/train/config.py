@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from qdistill.config import from_dict
 
 __all__ = ["TrainConfig"]
 
@@ -64,9 +66,5 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ValueError(f"train: unknown key {key!r}; allowed: {', '.join(sorted(known))}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any] | None) -> TrainConfig:
+        return from_dict(cls, d, "train")

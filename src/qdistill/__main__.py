@@ -1,0 +1,3 @@
+from qdistill.cli import main
+
+raise SystemExit(main())

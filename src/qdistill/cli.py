@@ -1,0 +1,112 @@
+"""Command line: ``qdistill run | train | eval``. Every command is a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["main"]
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+
+
+def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    COMMANDS[fn.__name__.removeprefix("cmd_")] = fn
+    return fn
+
+
+@command
+def cmd_run(args: argparse.Namespace) -> int:
+    from qdistill.demo import format_table, run_demo
+
+    params = _parse_params(args.param)
+    summary = run_demo(args.out, method=args.method, quantizer=args.quantizer, bits=args.bits, epochs=args.epochs,
+                       seed=args.seed, method_params=params, progress=args.progress)  # fmt: skip
+    print(format_table(summary))
+    print(f"results written to {args.out}/results.json")
+    return 0
+
+
+@command
+def cmd_train(args: argparse.Namespace) -> int:
+    from qdistill.experiment import load_config, run_experiment
+
+    cfg = load_config(args.config, args.set)
+    if args.out:
+        from dataclasses import replace
+
+        cfg = replace(cfg, out=args.out)
+    results = run_experiment(cfg, resume=args.resume)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+@command
+def cmd_eval(args: argparse.Namespace) -> int:
+    from qdistill.data import BatchLoader
+    from qdistill.experiment import load_run, prepare_data
+    from qdistill.train.evaluate import evaluate
+
+    model, cfg, _ = load_run(args.run_dir, args.which)
+    splits, _, _, test = prepare_data(cfg.data)
+    if test is None:
+        raise ValueError(f"{cfg.data.format} data at {cfg.data.root} has no test split to evaluate on")
+    loader = BatchLoader(test, cfg.data.eval_batch_size, mean=splits.mean, std=splits.std)
+    teacher = None
+    if cfg.model.pretrained:
+        from qdistill.models import create_model
+
+        teacher = create_model(cfg.model.name, num_classes=splits.num_classes or cfg.model.num_classes,
+                               in_channels=splits.train.images.shape[-1], pretrained=cfg.model.pretrained).eval()  # fmt: skip
+    print(json.dumps(evaluate(model, loader, teacher), indent=1))
+    return 0
+
+
+def _parse_params(items: Sequence[str]) -> dict:
+    from qdistill.config import apply_overrides
+
+    return apply_overrides({}, list(items))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qdistill", description="Label-free low-bit quantization by self-distillation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="the main job on the bundled digits data: teacher, label-free student, baseline")
+    r.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    r.add_argument("--method", default="sqakd", help="student method (default: sqakd)")
+    r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter, repeatable")
+    r.add_argument("--quantizer", default="ewgs", help="pact, lsq, dorefa or ewgs (default: ewgs)")
+    r.add_argument("--bits", type=int, default=2, help="weight and activation bits (default: 2)")
+    r.add_argument("--epochs", type=int, default=30, help="epochs per model (default: 30)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--progress", action="store_true", help="show progress bars")
+
+    t = sub.add_parser("train", help="train from a YAML config")
+    t.add_argument("config", help="YAML file (see configs/)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
+    t.add_argument("--out", help="output folder (overrides the config's out)")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+
+    e = sub.add_parser("eval", help="evaluate a trained run on its test split")
+    e.add_argument("run_dir")
+    e.add_argument("--which", default="best", choices=["best", "last"])
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError, TypeError) as e:
+        print(f"qdistill {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

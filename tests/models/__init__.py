@@ -1,0 +1,1 @@
+"""Tests for qdistill.models (a package so test module names cannot clash with other folders)."""
