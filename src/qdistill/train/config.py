@@ -24,6 +24,8 @@ class TrainConfig:
         hessian_batches / hessian_probes: cost of that estimate.
         amp: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``off``.
         max_steps: cap on steps per epoch (quick runs on a subset); None for full epochs.
+        checkpoint_every: also write ``last.pt`` every N steps inside an epoch, so a kill loses
+            at most N steps (a checkpoint is always written at the end of each epoch).
     """
 
     epochs: int = 10
@@ -42,6 +44,7 @@ class TrainConfig:
     device: str = "auto"
     seed: int = 0
     max_steps: int | None = None
+    checkpoint_every: int | None = None
     progress: bool = True
     tensorboard: bool = False
 
@@ -57,6 +60,7 @@ class TrainConfig:
             (self.hessian_batches >= 1 and self.hessian_probes >= 1, "train.hessian_batches/probes must be >= 1"),
             (self.amp in ("auto", "bf16", "off"), f"train.amp: unknown {self.amp!r}; choose auto, bf16 or off"),
             (self.max_steps is None or self.max_steps >= 1, "train.max_steps must be >= 1"),
+            (self.checkpoint_every is None or self.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
         ]
         for ok, msg in checks:
             if not ok:

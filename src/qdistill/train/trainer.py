@@ -127,6 +127,9 @@ class Trainer:
         warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(total, warmup))
         self.epoch = 0  # epochs completed
+        self.step = 0  # steps completed in the current epoch (non-zero only when stopped mid-epoch)
+        self.sums: dict[str, float] = {}  # running sums of this epoch's logs
+        self.row: dict[str, Any] = {}  # this epoch's metrics so far
         self.best: dict[str, Any] = {}
         self.history: list[dict[str, Any]] = []
         use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
@@ -138,6 +141,9 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
+            "step": self.step,
+            "sums": self.sums,
+            "row": self.row,
             "student": self.student.state_dict(),
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -155,7 +161,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
-        self.epoch, self.best, self.history = state["epoch"], state["best"], list(state["history"])
+        self.epoch, self.step, self.sums, self.row = state["epoch"], state["step"], state["sums"], state["row"]
+        self.best, self.history = state["best"], list(state["history"])
 
     def resume(self) -> bool:
         """Continue from ``out_dir/last.pt`` if it exists; True when resumed."""
@@ -186,43 +193,49 @@ class Trainer:
         return update_ewgs_delta(self.student, batches, lambda b: self.objective(*b)[0], self.cfg.hessian_probes, gen)
 
     def train_epoch(self) -> dict[str, float]:
+        """One pass over the training data, resuming at ``self.step`` if a checkpoint stopped mid-epoch."""
         self.student.train()
         self.objective.train()
-        self.train_loader.set_epoch(self.epoch)
-        sums: dict[str, float] = {}
-        steps = 0
-        iterator = iter(self.train_loader)
+        self.train_loader.set_epoch(self.epoch, self.step)
         progress = None
         if self.cfg.progress:
             from tqdm import tqdm
 
-            progress = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False)
-        for batch in iterator:
-            if steps == self.steps_per_epoch:
+            progress = tqdm(total=self.steps_per_epoch, initial=self.step, leave=False,
+                            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}")  # fmt: skip
+        for batch in self.train_loader:
+            if self.step == self.steps_per_epoch:
                 break
-            images, labels = self._to_device(batch)
-            with self.autocast():
-                loss, logs = self.objective(images, labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss is {loss.item()} at epoch {self.epoch + 1}, step {steps + 1}: lower train.lr or check the data"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.cfg.grad_clip:
-                nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip)
-            self.optimizer.step()
-            self.scheduler.step()
-            steps += 1
-            logs = {"loss": float(loss.detach()), **logs}
+            logs = self.train_step(*self._to_device(batch))
             for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            self.step += 1
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            every = self.cfg.checkpoint_every
+            if every and self.out_dir is not None and self.step % every == 0 and self.step < self.steps_per_epoch:
+                save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
         if progress is not None:
             progress.close()
-        return {f"train_{k}": v / steps for k, v in sums.items()}
+        means = {f"train_{k}": v / self.step for k, v in self.sums.items()}
+        self.step, self.sums = 0, {}
+        return means
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
+        with self.autocast():
+            loss, logs = self.objective(images, labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}: lower train.lr or check the data"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": float(loss.detach()), **logs}
 
     def validate(self) -> dict[str, float]:
         if self.val_loader is None:
@@ -236,18 +249,18 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> list[dict[str, Any]]:
         """Train to ``cfg.epochs``; with ``resume`` continue from the last checkpoint in out_dir."""
-        if resume:
-            self.resume()
-        else:
+        if not (resume and self.resume()):
             seed_everything(self.cfg.seed)
         log = MetricsLog(self.out_dir, self.cfg.tensorboard, self.history)
         try:
             while self.epoch < self.cfg.epochs:
-                row: dict[str, Any] = {"epoch": self.epoch + 1}
-                if self.cfg.ewgs_every and self.epoch % self.cfg.ewgs_every == 0:
-                    deltas = self._update_ewgs()
-                    if deltas:
-                        row["ewgs_delta_mean"] = float(np.mean(list(deltas.values())))
+                if self.step == 0:
+                    self.row = {"epoch": self.epoch + 1}
+                    if self.cfg.ewgs_every and self.epoch % self.cfg.ewgs_every == 0:
+                        deltas = self._update_ewgs()
+                        if deltas:
+                            self.row["ewgs_delta_mean"] = float(np.mean(list(deltas.values())))
+                row = self.row
                 row.update(self.train_epoch())
                 row["lr"] = self.scheduler.get_last_lr()[0]
                 row.update(self.validate())
@@ -258,7 +271,6 @@ class Trainer:
                 improved = score is not None and score >= self.best.get("score", -math.inf)
                 if improved:
                     self.best = {"score": score, "epoch": self.epoch}
-                log.rows = list(self.history[:-1])
                 log.log(row)
                 if self.out_dir is not None:
                     save_checkpoint(self.state_dict(), self.out_dir / "last.pt")

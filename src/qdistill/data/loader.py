@@ -1,0 +1,158 @@
+"""`BatchLoader`: deterministic, batch-wise augmented mini-batches straight from uint8 arrays."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .imageset import AUGMENTS, ImageSet
+
+__all__ = ["BatchLoader", "default_pad"]
+
+Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def default_pad(height: int, width: int) -> int:
+    """Crop padding by image size: 4 from 32 px (CIFAR), 2 from 16 px (MNIST), else 1 (8x8 digits)."""
+    side = min(height, width)
+    return 4 if side >= 32 else 2 if side >= 16 else 1
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A fresh generator seeded from a key such as ``(seed, epoch)`` alone."""
+    state = np.random.SeedSequence(list(key)).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+
+
+class BatchLoader:
+    """Iterates over an `ImageSet` in normalised float32 NCHW batches.
+
+    Augmentation runs on the whole batch with tensor ops: zero padding by `pad`, a random
+    crop back to the original size, and for ``"crop_flip"`` a horizontal flip with p=0.5.
+    Padding is applied to the raw pixels, so padded borders are black before normalising.
+
+    Randomness comes only from local generators keyed by ``(seed, epoch)`` for the order
+    and ``(seed, epoch, batch)`` for augmentation, so an epoch replays exactly and can be
+    resumed mid-way. Each pass uses the current `epoch` and then advances it by one;
+    `set_epoch` pins the next pass.
+
+    With ``with_labels=False`` the loader never reads ``data.labels``: it yields images only.
+
+    Args:
+        data: the images (and labels).
+        batch_size: samples per batch.
+        mean: per-channel mean on the [0, 1] scale.
+        std: per-channel std on the [0, 1] scale.
+        augment: ``"none"``, ``"crop"`` or ``"crop_flip"``.
+        pad: crop padding in pixels; default `default_pad` of the image size.
+        shuffle: draw a new order every epoch.
+        drop_last: skip the final short batch.
+        seed: seed of all randomness.
+        with_labels: yield ``(images, labels)`` when the data has labels; False yields images only.
+
+    Example:
+        >>> data = ImageSet(np.zeros((10, 8, 8, 1), np.uint8), np.arange(10))
+        >>> loader = BatchLoader(data, 4, mean=(0.5,), std=(0.5,))
+        >>> [tuple(x.shape) for x, y in loader]
+        [(4, 1, 8, 8), (4, 1, 8, 8), (2, 1, 8, 8)]
+    """
+
+    def __init__(
+        self,
+        data: ImageSet,
+        batch_size: int,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        augment: str = "none",
+        pad: int | None = None,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        with_labels: bool = True,
+    ) -> None:
+        n, height, width, channels = data.images.shape
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"mean and std need {channels} values (one per channel), got {mean} and {std}")
+        if min(std) <= 0:
+            raise ValueError(f"std must be positive, got {std}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.batch_size = batch_size
+        self.augment = augment
+        self.pad = default_pad(height, width) if pad is None else pad
+        if self.pad < 0:
+            raise ValueError(f"pad must be >= 0, got {self.pad}")
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.with_labels = with_labels
+        self.epoch = 0
+        self._start_batch = 0
+        self._num_samples = n
+        self._images = torch.from_numpy(np.ascontiguousarray(data.images))
+        labels = data.labels if with_labels else None  # the only place labels are read
+        self._labels = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        std_t = torch.tensor(std, dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
+        self._shift = (torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self._num_samples // self.batch_size
+        return math.ceil(self._num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Makes the next pass epoch `epoch`, starting at batch `start_batch` (to resume mid-epoch)."""
+        if epoch < 0 or not 0 <= start_batch <= len(self):
+            raise ValueError(f"need epoch >= 0 and 0 <= start_batch <= {len(self)}, got {epoch}, {start_batch}")
+        self.epoch = epoch
+        self._start_batch = start_batch
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch, start = self.epoch, self._start_batch
+        self.epoch, self._start_batch = epoch + 1, 0
+        if self.shuffle:
+            order = torch.randperm(self._num_samples, generator=_generator(self.seed, epoch))
+        else:
+            order = None
+        return self._batches(epoch, start, order)
+
+    def _batches(self, epoch: int, start: int, order: torch.Tensor | None) -> Iterator[Batch]:
+        for b in range(start, len(self)):
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self._num_samples)
+            if order is None:
+                pixels, labels = self._images[lo:hi], (None if self._labels is None else self._labels[lo:hi])
+            else:
+                idx = order[lo:hi]
+                pixels = self._images.index_select(0, idx)
+                labels = None if self._labels is None else self._labels.index_select(0, idx)
+            if self.augment != "none":
+                pixels = self._crop(pixels, _generator(self.seed, epoch, b))
+            x = pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+            x.mul_(self._scale).sub_(self._shift)
+            yield x if labels is None else (x, labels)
+
+    def _crop(self, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Random zero-padded crops (and flips) of NHWC uint8 pixels, all in one gather."""
+        n, height, width, channels = pixels.shape
+        p = self.pad
+        padded = pixels.new_zeros((n, height + 2 * p, width + 2 * p, channels))
+        padded[:, p : p + height, p : p + width] = pixels
+        dy = torch.randint(0, 2 * p + 1, (n, 1), generator=gen)
+        dx = torch.randint(0, 2 * p + 1, (n, 1), generator=gen)
+        cols = torch.arange(width).expand(n, width)
+        if self.augment == "crop_flip":
+            flip = torch.rand(n, 1, generator=gen) < 0.5
+            cols = torch.where(flip, cols.flip(1), cols)
+        rows = dy + torch.arange(height)
+        cols = dx + cols
+        batch = torch.arange(n).view(n, 1, 1)
+        return padded[batch, rows.unsqueeze(2), cols.unsqueeze(1)]
