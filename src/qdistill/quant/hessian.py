@@ -2,7 +2,10 @@
 
 For each quantizer, delta = (Tr(H) / N) / (3 * std(g)) where H is the Hessian of the training
 loss with respect to the quantizer's output, N its number of elements and g the loss gradient
-there; Tr(H) is estimated with Hutchinson's Rademacher probes (E[v^T H v] = Tr H). The reference
+there; Tr(H) is estimated with Hutchinson's Rademacher probes (E[v^T H v] = Tr H). One probe
+draws an independent v_i for every quantizer and takes a single Hessian-vector product of the
+whole network: since the v_i are independent with zero mean, E[v_i^T (H v)_i] = Tr(H_ii), so every
+quantizer's trace comes out of one backward pass instead of one pass each. The reference
 code defines this update but never calls it, so its "EWGS" runs as STE; here the trainer calls it
 every N epochs with whatever loss it trains on (the label-free KD loss in label-free runs).
 """
@@ -59,13 +62,14 @@ def update_ewgs_delta(
                 if any(o is None for o in outs):
                     raise RuntimeError("a quantizer was not used in the forward pass; cannot estimate its Hessian")
                 grads = torch.autograd.grad(loss, outs, create_graph=True)
-                for (name, _), y, g in zip(qs, outs, grads):
-                    trace = 0.0
-                    for _ in range(probes):
-                        v = torch.randint(0, 2, y.shape, generator=generator, device="cpu").to(y) * 2 - 1
-                        (hv,) = torch.autograd.grad(g, y, v, retain_graph=True)
-                        trace += float((hv * v).sum())
-                    sums[name] += (trace / probes / y.numel()) / (3.0 * float(g.detach().std()) + 1e-12)
+                traces = [0.0] * len(outs)
+                for _ in range(probes):
+                    vs = [torch.randint(0, 2, y.shape, generator=generator).to(y) * 2 - 1 for y in outs]
+                    hvs = torch.autograd.grad(grads, outs, vs, retain_graph=True, allow_unused=True)
+                    for i, (hv, v) in enumerate(zip(hvs, vs)):
+                        traces[i] += 0.0 if hv is None else float((hv * v).sum())
+                for (name, _), y, g, tr in zip(qs, outs, grads, traces):
+                    sums[name] += (tr / probes / y.numel()) / (3.0 * float(g.detach().std()) + 1e-12)
                 count += 1
                 del loss, grads, outs
     finally:
@@ -75,7 +79,9 @@ def update_ewgs_delta(
         raise ValueError("update_ewgs_delta needs at least one batch")
     deltas = {}
     for name, q in qs:
-        deltas[name] = max(sums[name] / count, 0.0)
+        # keep 1 + delta * sign(g) * (x_c - x_q) > 0 (|x_c - x_q| <= 1 / (2 (levels - 1))): an estimate from a
+        # near-zero gradient std (e.g. 1-bit layers) otherwise gives delta ~ 1e15 and NaN in one step
+        deltas[name] = min(max(sums[name] / count, 0.0), float(q.levels - 1))
         q.coef.fill_(deltas[name])
     model.zero_grad(set_to_none=True)
     return deltas

@@ -24,6 +24,8 @@ class TrainConfig:
         hessian_batches / hessian_probes: cost of that estimate.
         amp: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``off``.
         max_steps: cap on steps per epoch (quick runs on a subset); None for full epochs.
+        compile_quantizers: fuse quantizer kernels with torch.compile (about 9x faster quantizers
+            after a one-off compile of tens of seconds on CPU; see `use_compiled_kernels`).
         checkpoint_every: also write ``last.pt`` every N steps inside an epoch, so a kill loses
             at most N steps (a checkpoint is always written at the end of each epoch).
     """
@@ -45,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None
     checkpoint_every: int | None = None
+    compile_quantizers: bool = False
     progress: bool = True
     tensorboard: bool = False
 

@@ -15,6 +15,7 @@ from torch import nn
 from qdistill.distill.objectives import Objective
 from qdistill.quant.api import named_quantizers
 from qdistill.quant.base import Quantizer
+from qdistill.quant.fake_quant import use_compiled_kernels
 from qdistill.quant.hessian import update_ewgs_delta
 from qdistill.train.checkpoint import load_checkpoint, save_checkpoint
 from qdistill.train.config import TrainConfig
@@ -116,6 +117,8 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = dict(meta or {})
         self.device = pick_device(cfg.device)
+        if cfg.compile_quantizers:
+            use_compiled_kernels(True)
         for m in (self.student, objective, objective.teacher):
             if m is not None:
                 m.to(self.device)
