@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="the main job on the bundled digits data: teacher, label-free student, baseline")
     r.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    r.add_argument("--method", default="sqakd", help="student method (default: sqakd)")
+    r.add_argument("--method", default="sqakd",
+                   help="student method (default: sqakd): sqakd, squat, gor, ekd, ce_kd or a KD baseline "
+                        "(fitnet, at, sp, cc, vid, rkd, ft, fsp, nst, crd, cktf); see docs/methods.md")  # fmt: skip
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter, repeatable")
     r.add_argument("--quantizer", default="ewgs", help="pact, lsq, dorefa or ewgs (default: ewgs)")
     r.add_argument("--bits", type=int, default=2, help="weight and activation bits (default: 2)")

@@ -2,6 +2,7 @@
 
 1. Train a small full-precision CNN with labels: it stands in for *your* pretrained model.
 2. Make a label-free low-bit student from it (SQAKD by default: KL to the teacher, no labels).
+   Ensemble methods (``ekd``) also train a ResNet-20 teacher and distil from both teachers.
 3. Train the supervised-QAT baseline (cross-entropy on labels) at the same bit width.
 4. Print and save a table: top-1, bits, whether labels were used, weight storage.
 """
@@ -14,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from qdistill.distill.objectives import OBJECTIVES
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, RunConfig, run_experiment
 from qdistill.quant.config import QuantConfig
 from qdistill.train.config import TrainConfig
@@ -44,11 +46,17 @@ def run_demo(
                             out=str(out / "teacher"))  # fmt: skip
     rows["teacher (FP32)"] = run_experiment(teacher_cfg)
     pretrained = replace(model, pretrained=str(out / "teacher" / "model.pt"))
+    teachers: tuple[ModelConfig, ...] = ()
+    if OBJECTIVES.get(method).ensemble:  # a second teacher of another architecture
+        second = replace(teacher_cfg, model=ModelConfig(name="resnet20"), out=str(out / "teacher_resnet20"))
+        rows["teacher 2: resnet20 (FP32)"] = run_experiment(second)
+        teachers = (pretrained, replace(second.model, pretrained=str(out / "teacher_resnet20" / "model.pt")))
     student_train = replace(train, lr=1e-3)
-    student_cfg = RunConfig(model=pretrained, data=data, quant=quant, train=student_train,
+    student_cfg = RunConfig(model=pretrained, data=data, quant=quant, train=student_train, teachers=teachers,
                             method=MethodConfig(method, dict(method_params or {})), out=str(out / f"student_{method}"))  # fmt: skip
-    rows[f"{method} student (label-free)" if not _uses_labels(method) else f"{method} student"] = run_experiment(student_cfg)
-    baseline_cfg = replace(student_cfg, method=MethodConfig("qat"), out=str(out / "baseline_qat"))
+    result = run_experiment(student_cfg)
+    rows[f"{method} student" + ("" if result["labels_used"] else " (label-free)")] = result
+    baseline_cfg = replace(student_cfg, method=MethodConfig("qat"), teachers=(), out=str(out / "baseline_qat"))
     rows["supervised QAT baseline"] = run_experiment(baseline_cfg)
 
     summary = {"dataset": "sklearn digits (8x8)", "quantizer": quantizer, "bits": f"W{bits}A{bits}",
@@ -56,12 +64,6 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def _uses_labels(method: str) -> bool:
-    from qdistill.distill.objectives import OBJECTIVES
-
-    return OBJECTIVES.get(method).uses_labels
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from torch import nn
 
 from qdistill.config import apply_overrides, from_dict
 from qdistill.data import BatchLoader, DataSplits, ImageSet, load_dataset, split_holdout
+from qdistill.distill.ensemble import TeacherEnsemble
 from qdistill.distill.objectives import build_objective
 from qdistill.distill.student import make_student
 from qdistill.models import create_model
@@ -92,7 +93,12 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs. ``quant: None`` trains a full-precision model (e.g. a teacher)."""
+    """Everything a run needs. ``quant: None`` trains a full-precision model (e.g. a teacher).
+
+    ``teachers`` (optional) replaces the single teacher by a frozen ensemble of these models, of
+    any architectures (e.g. ResNet-32 and ResNet-56 for a ResNet-20 ``model``); the student is
+    still a quantized copy of ``model``. Used by ``ekd`` (and by any method that takes a teacher).
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -101,15 +107,22 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     out: str = "runs/default"
     calib_images: int = 256
+    teachers: tuple[ModelConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "teachers", tuple(self.teachers))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         d = dict(d)
-        known = ("model", "data", "quant", "method", "train", "out", "calib_images")
+        known = ("model", "data", "quant", "method", "train", "out", "calib_images", "teachers")
         for key in d:
             if key not in known:
                 raise ValueError(f"config: unknown top-level key {key!r}; allowed: {', '.join(known)}")
         quant = d.get("quant", {})
+        teachers = d.get("teachers") or []
+        if not isinstance(teachers, (list, tuple)):
+            raise ValueError("teachers: expected a list of model sections, e.g. [{name: resnet32, pretrained: t32.th}]")
         return cls(
             model=from_dict(ModelConfig, d.get("model"), "model"),
             data=from_dict(DataConfig, d.get("data"), "data"),
@@ -118,6 +131,7 @@ class RunConfig:
             train=TrainConfig.from_dict(d.get("train")),
             out=str(d.get("out", "runs/default")),
             calib_images=int(d.get("calib_images", 256)),
+            teachers=tuple(from_dict(ModelConfig, t, f"teachers[{i}]") for i, t in enumerate(teachers)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,8 +186,8 @@ def build_loaders(cfg: DataConfig, splits: DataSplits, train: ImageSet, val: Ima
     return train_loader, val_loader
 
 
-def _teacher(cfg: RunConfig, splits: DataSplits) -> nn.Module:
-    m = cfg.model
+def _teacher(cfg: RunConfig, splits: DataSplits, m: ModelConfig | None = None) -> nn.Module:
+    m = m or cfg.model
     num_classes = m.num_classes or splits.num_classes
     if num_classes is None:
         raise ValueError("model.num_classes is required when the data has no labels")
@@ -211,6 +225,8 @@ def run_experiment(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
                                    mean=splits.mean, std=splits.std, with_labels=False)  # fmt: skip
         calib = next(iter(calib_loader))
     student = make_student(teacher, cfg.quant, calib) if cfg.quant is not None else _fp_copy(teacher)
+    if cfg.teachers:
+        teacher = TeacherEnsemble([_teacher(cfg, splits, m) for m in cfg.teachers])
     objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
     labels = objective.uses_labels
     if labels and train.labels is None:
@@ -243,7 +259,7 @@ def _fp_copy(teacher: nn.Module) -> nn.Module:
 
 def _test_metrics(student, teacher, test: ImageSet, splits: DataSplits, cfg: RunConfig, device) -> dict[str, float]:
     loader = BatchLoader(test, cfg.data.eval_batch_size, mean=splits.mean, std=splits.std, with_labels=test.labels is not None)
-    metrics = evaluate(student, loader, teacher if cfg.model.pretrained else None, device)
+    metrics = evaluate(student, loader, teacher if cfg.model.pretrained or cfg.teachers else None, device)
     return {f"test_{k}": v for k, v in metrics.items() if k != "images"}
 
 

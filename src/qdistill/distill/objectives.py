@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from qdistill.distill.kd import kd_loss
 from qdistill.registry import Registry
 
-__all__ = ["OBJECTIVES", "CEKD", "Objective", "SQAKD", "SupervisedQAT", "build_objective", "freeze"]
+__all__ = ["OBJECTIVES", "CEKD", "Objective", "SQAKD", "SupervisedQAT", "build_objective", "freeze", "objective_params"]
 
 OBJECTIVES: Registry[type["Objective"]] = Registry("method")
 
@@ -30,10 +30,14 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 class Objective(nn.Module):
-    """Base class. ``uses_labels`` tells the trainer whether to feed labels at all."""
+    """Base class. ``uses_labels`` tells the trainer whether to feed labels at all.
+
+    ``ensemble`` marks methods built to distil from several teachers (a run config's ``teachers``).
+    """
 
     uses_labels: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = True
+    ensemble: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None) -> None:
         super().__init__()
@@ -118,10 +122,24 @@ class CEKD(Objective):
         return loss, {"ce": float(ce.detach()), "kd": float(kd.detach())}
 
 
+def objective_params(cls: type[Objective]) -> list[str]:
+    """Parameter names an objective accepts, following ``**kwargs`` up to the base classes' ``__init__``."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.name not in ("self", "student", "teacher", *names)
+                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]  # fmt: skip
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
 def build_objective(name: str, student: nn.Module, teacher: nn.Module | None, **params: Any) -> Objective:
     """Construct a registered objective; unknown parameters fail with the allowed ones named."""
     cls = OBJECTIVES.get(name)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "student", "teacher")]
+    allowed = objective_params(cls)
     for key in params:
         if key not in allowed:
             raise ValueError(f"method {name!r}: unknown parameter {key!r}; allowed: {', '.join(allowed) or 'none'}")
