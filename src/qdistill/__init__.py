@@ -13,6 +13,7 @@ from qdistill.data import BatchLoader, load_dataset
 from qdistill.distill import FeatureTaps, build_objective, kd_loss
 from qdistill.distill.student import make_student
 from qdistill.experiment import RunConfig, load_config, load_run, run_experiment
+from qdistill.export.packed import load_packed
 from qdistill.models import create_model, list_models
 from qdistill.quant import QuantConfig, calibrate, quantize
 from qdistill.train import TrainConfig, Trainer, evaluate
@@ -34,6 +35,7 @@ __all__ = [
     "list_models",
     "load_config",
     "load_dataset",
+    "load_packed",
     "load_run",
     "make_student",
     "quantize",

@@ -64,6 +64,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@command
+def cmd_export(args: argparse.Namespace) -> int:
+    from qdistill.export.run import export_run
+
+    report = export_run(args.run_dir, args.format, args.out, args.min_agreement, args.residual, args.images, args.threads)
+    p = report["parity"]
+    print(f"{report['format']}: {report['file_bytes'] / 1024:.1f} KiB, top-1 agreement {p['top1_agreement']:.2f}% "
+          f"on {p['images']} images, max |logit diff| {p['max_abs_logit_diff']:.4g}")  # fmt: skip
+    return 0
+
+
+@command
+def cmd_bench(args: argparse.Namespace) -> int:
+    from qdistill.export.bench import compare, print_rows
+
+    fp32 = args.fp32 or args.artefact + ".fp32.onnx"
+    shape = tuple(int(v) for v in args.shape.split(","))
+    rows = compare(fp32, args.artefact, shape, threads=args.threads, seconds=args.seconds)
+    print_rows(rows, args.artefact)
+    return 0
+
+
 def _parse_params(items: Sequence[str]) -> dict:
     from qdistill.config import apply_overrides
 
@@ -95,6 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a trained run on its test split")
     e.add_argument("run_dir")
     e.add_argument("--which", default="best", choices=["best", "last"])
+
+    x = sub.add_parser("export", help="export a trained run as QDQ ONNX or bit-packed safetensors, with a parity check")
+    x.add_argument("run_dir")
+    x.add_argument("--format", default="onnx", choices=["onnx", "packed"])
+    x.add_argument("--out", help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.safetensors)")
+    x.add_argument("--min-agreement", type=float, default=99.5, help="refuse below this top-1 agreement in %% (default 99.5)")
+    x.add_argument("--residual", default="float", choices=["float", "int8"],
+                   help="ONNX only: keep the residual stream float as trained (default) or uint8 (faster)")
+    x.add_argument("--images", type=int, default=1000, help="parity/calibration images from the run's data (default 1000)")
+    x.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+
+    bn = sub.add_parser("bench", help="latency and throughput of an exported ONNX model vs its FP32 twin")
+    bn.add_argument("artefact", help="quantized .onnx written by qdistill export")
+    bn.add_argument("--fp32", help="FP32 .onnx to compare with (default: ARTEFACT.fp32.onnx)")
+    bn.add_argument("--shape", default="3,32,32", help="one input's C,H,W (default 3,32,32)")
+    bn.add_argument("--threads", type=int, default=2, help="intra-op threads, pinned (default 2)")
+    bn.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default 2)")
     return p
 
 

@@ -1,0 +1,69 @@
+"""Shared helpers of the benchmark scripts: an append-only, resumable JSON result log and run timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qdistill.experiment import RunConfig, run_experiment
+
+__all__ = ["RESULTS", "ResultLog", "hardware", "timed_run"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def hardware() -> str:
+    """One line naming the machine the numbers come from."""
+    if torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    return f"{os.cpu_count()}-core CPU ({platform.machine()}, shared), torch threads={torch.get_num_threads()}"
+
+
+class ResultLog:
+    """``benchmarks/results/NAME.json``: ``{"meta": {...}, "results": [...]}``, rewritten atomically after each result.
+
+    Each result has a unique ``key``; `has` lets a rerun skip what is already there (resume).
+    """
+
+    def __init__(self, name: str, meta: dict[str, Any]) -> None:
+        self.path = RESULTS / f"{name}.json"
+        data = json.loads(self.path.read_text()) if self.path.exists() else {"results": []}
+        self.results: list[dict[str, Any]] = data["results"]
+        self.meta = {**data.get("meta", {}), **meta}
+
+    def has(self, key: str) -> bool:
+        return any(r["key"] == key for r in self.results)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return next((r for r in self.results if r["key"] == key), None)
+
+    def add(self, record: dict[str, Any]) -> None:
+        if self.path.exists():  # merge what another process may have added meanwhile
+            on_disk = json.loads(self.path.read_text())["results"]
+            mine = {r["key"] for r in self.results}
+            self.results += [r for r in on_disk if r["key"] not in mine]
+        self.results = [r for r in self.results if r["key"] != record["key"]] + [record]
+        self.save()
+
+    def save(self) -> None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"meta": self.meta, "results": self.results}, indent=1))
+        tmp.replace(self.path)
+
+
+def timed_run(cfg: RunConfig) -> dict[str, Any]:
+    """`run_experiment` plus wall seconds and the per-epoch validation history (from OUT/metrics.json)."""
+    start = time.perf_counter()
+    res = run_experiment(cfg)
+    res["seconds"] = round(time.perf_counter() - start, 1)
+    metrics = Path(cfg.out) / "metrics.json"
+    if metrics.exists():
+        res["history"] = json.loads(metrics.read_text())
+    return res

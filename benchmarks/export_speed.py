@@ -1,0 +1,70 @@
+"""FP32 vs quantized ONNX speed in ONNX Runtime: ResNet-20 (32x32) and ResNet-18 (64x64).
+
+    python benchmarks/export_speed.py [--threads 2] [--seconds 2] [--out benchmarks/export_speed.json]
+
+Each model is exported twice from the same weights: as its float twin and as W8A8 LSQ QDQ
+(per-channel int8 weights) with the residual stream kept float (exact) or uint8 (fast). Both run
+in the same process with the same pinned thread count, alternately, and the ratio is taken from
+that same run. Weights are random (calibrated on random images): speed does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import torch
+
+import qdistill
+from qdistill import QuantConfig
+from qdistill.export.bench import compare
+from qdistill.export.graph import build_onnx
+from qdistill.export.onnx import float_twin
+from qdistill.export.residual import quantize_float_tensors
+
+MODELS = (("resnet20", 32), ("resnet18", 64))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    p.add_argument("--out", default="benchmarks/export_speed.json")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    print(f"onnxruntime {ort.__version__}, {args.threads} intra-op threads (pinned), cpu count {os.cpu_count()}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, size in MODELS:
+            teacher = qdistill.create_model(name).eval()
+            x = torch.randn(64, 3, size, size)
+            student = qdistill.make_student(teacher, QuantConfig(method="lsq", weight_bits=8, act_bits=8, per_channel=True), x)
+            fp32 = Path(tmp, f"{name}.fp32.onnx")
+            onnx.save(build_onnx(float_twin(student), x[:1]).model, str(fp32))
+            for residual in ("float", "int8"):
+                model = build_onnx(student.eval(), x[:1]).model
+                if residual == "int8":
+                    quantize_float_tensors(model, x.numpy())
+                q = Path(tmp, f"{name}.{residual}.onnx")
+                onnx.save(model, str(q))
+                for r in compare(fp32, q, (3, size, size), threads=args.threads, seconds=args.seconds):
+                    if r["format"] == "fp32" and residual == "int8":
+                        continue  # one FP32 row per batch size is enough in the table
+                    r.update(model=f"{name} {size}x{size}", format="fp32" if r["format"] == "fp32" else f"w8a8 residual={residual}")
+                    rows.append(r)
+    print(f"{'model':<16} {'format':<22} {'batch':>5} {'latency ms':>11} {'img/s':>8} {'vs FP32':>8} {'file':>9}")
+    for r in rows:
+        print(f"{r['model']:<16} {r['format']:<22} {r['batch']:>5} {r['latency_ms']:>11.2f} {r['images_per_s']:>8.0f} "
+              f"{r['ratio_vs_fp32']:>7.2f}x {r['file_bytes'] / 1024:>6.0f} KiB")  # fmt: skip
+    Path(args.out).write_text(json.dumps({"threads": args.threads, "onnxruntime": ort.__version__, "rows": rows}, indent=1))
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""Build docs/RESULTS.md (tables) and docs/img/*.png (plots) from benchmarks/results/*.json.
+
+The prose lives in benchmarks/RESULTS.md.in; ``{{table:NAME}}`` and ``{{value:...}}`` placeholders
+are filled from the JSON here, so every number in the docs is the number the scripts wrote. The
+README's "## Results" section gets the headline table too.
+
+    python benchmarks/render_results.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _common import RESULTS
+
+REPO = Path(__file__).resolve().parent.parent
+IMG = REPO / "docs" / "img"
+BITS = (1, 2, 4)
+PAPER = {"sqakd": (-6.11, -0.78, 0.01), "qat": (-6.16, -1.17, -0.18)}  # CIFAR-10 ResNet-20 gaps (EWGS)
+ROWS = [("qat", q, f"{q.upper()} (standalone, labels)") for q in ("ewgs", "pact", "lsq", "dorefa")]
+ROWS += [("sqakd", q, f"SQAKD + {q.upper()} (label-free)") for q in ("ewgs", "pact", "lsq", "dorefa")]
+ROWS += [("squat", "ewgs", "SQuaT + EWGS")]
+
+
+def load(name: str) -> dict[str, Any] | None:
+    """A result file, with the results of its extra workers (``NAME_*.json``, except GPU runs) merged in."""
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    keys = {r["key"] for r in data["results"]}
+    for extra in sorted(RESULTS.glob(f"{name}_*.json")):
+        if not extra.stem.endswith("_gpu"):
+            new = [r for r in json.loads(extra.read_text())["results"] if r["key"] not in keys]
+            data["results"] += new
+            keys |= {r["key"] for r in new}
+    return data
+
+
+def stats(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample std (0 for one value) and count."""
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)
+
+
+def cell(values: list[float], ref: float | None = None) -> str:
+    if not values:
+        return "not run"
+    m, s, n = stats(values)
+    text = f"{m:.2f} ± {s:.2f} ({n})" if n > 1 else f"{m:.2f} (1)"
+    return text + (f" [{m - ref:+.2f}]" if ref is not None else "")
+
+
+def grid_table(data: dict[str, Any], values: dict[str, str], tag: str) -> str:
+    """Rows of methods, columns W1A1/W2A2/W4A4: mean ± std (seeds) [gap to the fine-tuned teacher]."""
+    res = {r["key"]: r for r in data["results"]}
+    teacher = res["teacher"]["test_top1"]
+    lines = ["| method | W1A1 | W2A2 | W4A4 |", "|---|---|---|---|"]
+    if "teacher_before" in res:
+        values[f"{tag}:teacher_before"] = f"{res['teacher_before']['test_top1']:.2f}"
+        lines.append(f"| FP teacher, before JPEG fine-tuning | {res['teacher_before']['test_top1']:.2f} | | |")
+    lines.append(f"| **FP teacher** | **{teacher:.2f}** | | |")
+    values[f"{tag}:teacher"] = f"{teacher:.2f}"
+    for method, quant, label in ROWS:
+        cells = []
+        for b in BITS:
+            runs = [r for r in data["results"] if r.get("method") == method and r.get("quantizer") == quant and r.get("bits") == b]
+            top1 = [r["test_top1"] for r in runs if "test_top1" in r]
+            diverged = len(runs) - len(top1)
+            cells.append(cell(top1, teacher) + (f" ({diverged} diverged)" if diverged else ""))
+            if top1:
+                m, s, n = stats(top1)
+                values[f"{tag}:{method}-{quant}-{b}:gap"] = f"{m - teacher:+.2f}"
+                values[f"{tag}:{method}-{quant}-{b}:mean"] = f"{m:.2f}"
+                values[f"{tag}:{method}-{quant}-{b}:n"] = str(n)
+        if any(c != "not run" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def headline(tables: dict[str, dict[str, Any]], values: dict[str, str]) -> str:
+    """Gaps to the teacher of standalone EWGS and SQAKD+EWGS next to the paper's."""
+    lines = ["| gap to FP teacher (top-1 points) | W1A1 | W2A2 | W4A4 |", "|---|---|---|---|"]
+    for method, name in (("qat", "EWGS (labels)"), ("sqakd", "SQAKD + EWGS (label-free)")):
+        lines.append(f"| paper, CIFAR-10 ResNet-20, {name} | " + " | ".join(f"{g:+.2f}" for g in PAPER[method]) + " |")
+        for tag, title in (("fmnist", "Fashion-MNIST SmallCNN"), ("cifar", "CIFAR-10 JPEG ResNet-20")):
+            if tag in tables:
+                gaps = [values.get(f"{tag}:{method}-ewgs-{b}:gap", "not run") for b in BITS]
+                ns = [values.get(f"{tag}:{method}-ewgs-{b}:n", "0") for b in BITS]
+                lines.append(f"| ours, {title}, {name} | " + " | ".join(f"{g} ({n})" for g, n in zip(gaps, ns)) + " |")
+    return "\n".join(lines)
+
+
+def kd_table(data: dict[str, Any], fmnist: dict[str, Any] | None) -> str:
+    """KD baselines at EWGS W2A2; the standalone and SQAKD rows come from the identical Table 1 runs."""
+    teacher = next((r["test_top1"] for r in fmnist["results"] if r["key"] == "teacher"), None) if fmnist else None
+    lines = ["| method | labels | top-1 | gap to teacher |", "|---|---|---|---|"]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in (fmnist or {"results": []})["results"]:
+        if r.get("quantizer") == "ewgs" and r.get("bits") == 2 and r["method"] in ("qat", "sqakd"):
+            groups.setdefault(f"{r['method']} (Table 1 runs)", []).append(r)
+    for r in data["results"]:
+        groups.setdefault(r["method"], []).append(r)
+    for method, runs in groups.items():
+        top1 = [r["test_top1"] for r in runs if "test_top1" in r]
+        if not top1:
+            lines.append(f"| {method} | | failed: {runs[0].get('error', '')[:120]} | |")
+            continue
+        gap = f"{stats(top1)[0] - teacher:+.2f}" if teacher is not None else ""
+        labels = "yes" if runs[0].get("labels_used") else "no"
+        lines.append(f"| {method} | {labels} | {cell(top1)} | {gap} |")
+    missing = data["meta"].get("missing") or []
+    if missing:
+        lines.append(f"\nNot registered in `qdistill.distill.OBJECTIVES` when this ran (not faked): {', '.join(missing)}.")
+    return "\n".join(lines)
+
+
+def temperature_values(data: dict[str, Any], values: dict[str, str]) -> None:
+    for t in sorted({r["temperature"] for r in data["results"]}):
+        m, sd, n = stats([r["test_top1"] for r in data["results"] if r["temperature"] == t])
+        values[f"temperature:{t:g}"] = f"{m:.2f} ± {sd:.2f} ({n})" if n > 1 else f"{m:.2f} (1)"
+
+
+def temperature_table(data: dict[str, Any]) -> str:
+    temps = sorted({r["temperature"] for r in data["results"]})
+    lines = ["| T | " + " | ".join(f"{t:g}" for t in temps) + " |", "|---" * (len(temps) + 1) + "|"]
+    lines.append("| top-1 | " + " | ".join(cell([r["test_top1"] for r in data["results"] if r["temperature"] == t])
+                                            for t in temps) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def speed_table(data: dict[str, Any]) -> str:
+    res = {r["key"]: r for r in data["results"]}
+    lines = ["| model (input) | step | batch | img/s | vs FP KD | peak memory (MiB) |", "|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        fp = res.get(f"{r['model']}-fp")
+        ratio = f"{r['img_per_s'] / fp['img_per_s']:.2f}x" if fp else ""
+        step = "FP KD" if r["bits"] is None else f"SQAKD W{r['bits']}A{r['bits']}"
+        size = {"resnet20": "32x32", "resnet18": "64x64"}.get(r["model"], "")
+        lines.append(f"| {r['model']} ({size}) | {step} | {r['batch']} | {r['img_per_s']:.3g} | {ratio} | {r['peak_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def init_table(data: dict[str, Any], values: dict[str, str]) -> str:
+    """Step-0 top-1 (teacher agreement) of freshly quantized students."""
+    values["init:n"] = str(data["meta"]["test_images"])
+    lines = ["| setup | W1A1 | W2A2 | W4A4 |", "|---|---|---|---|"]
+    for setup, title in (("fmnist", "Fashion-MNIST SmallCNN"), ("cifar", "CIFAR-10 JPEG ResNet-20")):
+        cells = []
+        for b in BITS:
+            r = next((r for r in data["results"] if r["key"] == f"{setup}-w{b}a{b}"), None)
+            cells.append(f"{r['test_top1']:.1f} ({r['test_agreement']:.1f})" if r else "not run")
+            if r:
+                values[f"init:{setup}-{b}"] = f"{r['test_top1']:.1f}"
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def budget(data: dict[str, Any]) -> str:
+    meta = data["meta"]
+    return "; ".join(f"{k}: {v}" for k, v in meta.get("budget", {}).items())
+
+
+def _mean_band(ax, curves: list[list[float]], label: str, smooth: int = 5) -> None:
+    a = np.asarray(curves, dtype=float)
+    if smooth > 1:
+        kernel = np.ones(smooth) / smooth
+        a = np.stack([np.convolve(np.pad(c, (smooth - 1, 0), mode="edge"), kernel, mode="valid") for c in a])
+    x = np.arange(1, a.shape[1] + 1)
+    m, s = a.mean(0), a.std(0)
+    ax.plot(x, m, label=f"{label} (n={len(a)})")
+    ax.fill_between(x, m - s, m + s, alpha=0.25)
+
+
+def curve_values(data: dict[str, Any], values: dict[str, str]) -> None:
+    """Mean CE/KL over the first and last 10 iterations, per lambda, for the prose."""
+    for lam in sorted({r["lambda"] for r in data["results"] if "lambda" in r}):
+        group = [r for r in data["results"] if r.get("lambda") == lam]
+        for loss in ("ce", "kl"):
+            a = np.asarray([r[loss] for r in group])
+            values[f"curves:{lam:g}:{loss}_first"] = f"{a[:, :10].mean():.3f}"
+            values[f"curves:{lam:g}:{loss}_last"] = f"{a[:, -10:].mean():.3f}"
+        values[f"curves:{lam:g}:n"] = str(len(group))
+        values[f"curves:{lam:g}:top1_last"] = f"{np.mean([r['test_top1'][-1][1] for r in group]):.1f}"
+
+
+def surface_values(data: dict[str, Any], values: dict[str, str]) -> None:
+    """Centre loss and mean rise of the loss on the grid's border and at half span, per model."""
+    for r in data["results"]:
+        z = np.asarray(r["losses"])
+        k = len(z) // 4
+        c = len(z) // 2
+        border = np.concatenate([z[0], z[-1], z[1:-1, 0], z[1:-1, -1]])
+        inner = np.concatenate([z[c - k, c - k : c + k + 1], z[c + k, c - k : c + k + 1], z[c - k : c + k + 1, c - k], z[c - k : c + k + 1, c + k]])
+        values[f"surface:{r['key']}:center"] = f"{r['center']:.3f}"
+        values[f"surface:{r['key']}:edge_rise"] = f"{border.mean() - r['center']:.3f}"
+        values[f"surface:{r['key']}:half_rise"] = f"{inner.mean() - r['center']:.3f}"
+
+
+def plot_loss_curves(data: dict[str, Any], plt) -> None:
+    runs = [r for r in data["results"] if "lambda" in r]
+    lams = sorted({r["lambda"] for r in runs})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for lam in lams:
+        group = [r for r in runs if r["lambda"] == lam]
+        name = {0.0: "lambda=0 (CE only)", 0.5: "lambda=0.5", 1.0: "lambda=1 (KL only, label-free)"}.get(lam, str(lam))
+        _mean_band(axes[0], [r["ce"] for r in group], name)
+        _mean_band(axes[1], [r["kl"] for r in group], name)
+    axes[0].set(title="CE loss (logged; unused by lambda=1)", xlabel="iteration", ylabel="CE")
+    axes[1].set(title="KL loss to teacher (T=4)", xlabel="iteration", ylabel="KL * T^2", yscale="log")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(IMG / "loss_curves.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for lam, name in ((0.0, "standalone EWGS W2A2 (CE)"), (0.5, "CE + KD (lambda=0.5)"), (1.0, "SQAKD W2A2 (label-free)")):
+        group = [r for r in runs if r["lambda"] == lam]
+        if group:
+            steps = [s for s, _ in group[0]["test_top1"]]
+            a = np.asarray([[v for _, v in r["test_top1"]] for r in group])
+            ax.errorbar(steps, a.mean(0), yerr=a.std(0), label=f"{name} (n={len(a)})", capsize=2)
+    teacher = next((r for r in data["results"] if r["key"] == "teacher"), None)
+    if teacher:
+        ax.axhline(teacher["test_top1"], color="k", ls="--", label="FP teacher")
+    ax.set(xlabel="iteration", ylabel="test top-1 (%)", title="Top-1 during training")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(IMG / "top1_curves.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_temperature(data: dict[str, Any], plt) -> None:
+    temps = sorted({r["temperature"] for r in data["results"]})
+    stat = [stats([r["test_top1"] for r in data["results"] if r["temperature"] == t]) for t in temps]
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.errorbar(temps, [s[0] for s in stat], yerr=[s[1] for s in stat], marker="o", capsize=3)
+    ax.set(xscale="log", xlabel="temperature T", ylabel="test top-1 (%)", title="SQAKD, EWGS W2A2, Fashion-MNIST")
+    ax.set_xticks(temps, [f"{t:g}" for t in temps])
+    fig.tight_layout()
+    fig.savefig(IMG / "temperature_sweep.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_surfaces(data: dict[str, Any], plt) -> None:
+    import torch
+
+    from qdistill.analysis import LossSurface, plot_loss_surface
+
+    runs = data["results"]
+    for kind in ("contour", "3d"):
+        fig = plt.figure(figsize=(4.2 * len(runs), 4))
+        for i, r in enumerate(runs):
+            ax = fig.add_subplot(1, len(runs), i + 1, projection="3d" if kind == "3d" else None)
+            surface = LossSurface(torch.tensor(r["coords"]), torch.tensor(r["losses"]))
+            plot_loss_surface(surface, ax=ax, kind=kind, title=f"{r['label']}\ncentre CE {r['center']:.3f}")
+        fig.tight_layout()
+        fig.savefig(IMG / f"loss_surface_{kind}.png", dpi=100)
+        plt.close(fig)
+
+
+def plot_speed(data: dict[str, Any], plt) -> None:
+    models = sorted({r["model"] for r in data["results"]})
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.5))
+    for ax, model in zip(np.atleast_1d(axes), models):
+        rows = [r for r in data["results"] if r["model"] == model]
+        ax.bar(["FP KD" if r["bits"] is None else f"W{r['bits']}" for r in rows], [r["img_per_s"] for r in rows])
+        ax.set(title=f"{model} training step", ylabel="img/s")
+    fig.tight_layout()
+    fig.savefig(IMG / "train_speed.png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    values: dict[str, str] = {}
+    blocks: dict[str, str] = {}
+    tables = {tag: d for tag, d in (("fmnist", load("fmnist_table")), ("cifar", load("cifar_table"))) if d}
+    for tag, data in tables.items():
+        blocks[tag] = grid_table(data, values, tag)
+        blocks[f"{tag}_budget"] = budget(data)
+    blocks["headline"] = headline(tables, values)
+    for name, render in (("kd_baselines_table", lambda d: kd_table(d, tables.get("fmnist"))), ("temperature_sweep", temperature_table),
+                         ("train_speed_cpu", speed_table), ("train_speed_gpu", speed_table)):  # fmt: skip
+        data = load(name)
+        if data and data["results"]:
+            blocks[name] = render(data)
+            blocks[f"{name}_budget"] = budget(data) or data["meta"].get("hardware", "")
+    if load("init_accuracy"):
+        blocks["init_accuracy"] = init_table(load("init_accuracy"), values)
+    if load("temperature_sweep"):
+        temperature_values(load("temperature_sweep"), values)
+    for name, plot in (("loss_curves", plot_loss_curves), ("temperature_sweep", plot_temperature),
+                       ("loss_surface", plot_surfaces), ("train_speed_cpu", plot_speed)):  # fmt: skip
+        data = load(name)
+        if data and data["results"]:
+            plot(data, plt)
+            if name in ("loss_curves", "loss_surface"):
+                blocks[f"{name}_budget"] = budget(data) or data["meta"].get("hardware", "")
+                (curve_values if name == "loss_curves" else surface_values)(data, values)
+
+    def fill(match: re.Match) -> str:
+        kind, _, key = match.group(1).partition(":")
+        source = blocks if kind == "table" else values
+        return source.get(key, "*(not run yet)*" if kind == "table" else "n/a")
+
+    template = (Path(__file__).parent / "RESULTS.md.in").read_text()
+    (REPO / "docs" / "RESULTS.md").write_text(re.sub(r"\{\{(\w+:[^}]+)\}\}", fill, template))
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    pattern = re.compile(r"(## Results\n\n.*?<!-- headline -->\n).*?(<!-- /headline -->)", re.S)
+    if pattern.search(text):
+        readme.write_text(pattern.sub(lambda m: m.group(1) + blocks["headline"] + "\n" + m.group(2), text))
+    print("wrote docs/RESULTS.md and", len(list(IMG.glob("*.png"))), "plots")
+
+
+if __name__ == "__main__":
+    main()

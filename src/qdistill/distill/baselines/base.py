@@ -1,0 +1,81 @@
+"""The common shape of the SQAKD paper's KD baselines: ``CE + lambda * L_distill`` on feature taps."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qdistill.distill.ensemble import TeacherEnsemble
+from qdistill.distill.objectives import Objective
+from qdistill.distill.tap_rules import default_taps, probe_shapes
+from qdistill.distill.taps import FeatureTaps
+
+__all__ = ["FeatureBaseline", "conv_bn"]
+
+
+def conv_bn(in_channels: int, out_channels: int, kernel: int = 1) -> nn.Sequential:
+    """Conv + BN: the regressor / adaptor block several baselines put on the student side."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
+                         nn.BatchNorm2d(out_channels))  # fmt: skip
+
+
+class FeatureBaseline(Objective):
+    """Supervised KD baseline: cross-entropy on labels plus ``weight * distill(f_S, f_T)``.
+
+    Subclasses set ``tap_rules`` (`qdistill.distill.tap_rules.TAP_KINDS` applied to each model)
+    and ``default_weight`` (the paper's lambda), build any auxiliary modules from
+    ``self.s_shapes`` / ``self.t_shapes`` after ``super().__init__`` (they train with the student
+    and are saved in checkpoints), and implement `distill`.
+
+    Args:
+        weight: lambda; default: the value used for this method in the SQAKD paper's tables.
+        student_taps / teacher_taps: override the tap names (same number on both sides).
+    """
+
+    uses_labels = True
+    tap_rules: ClassVar[tuple[str, ...]] = ()
+    default_weight: ClassVar[float] = 1.0
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        weight: float | None = None,
+        student_taps: list[str] | None = None,
+        teacher_taps: list[str] | None = None,
+    ) -> None:
+        if isinstance(teacher, TeacherEnsemble):
+            raise ValueError(f"{type(self).__name__} distils from one teacher; use ekd for an ensemble")
+        super().__init__(student, teacher)
+        self.weight = float(self.default_weight if weight is None else weight)
+        s_taps = list(student_taps or [t for kind in self.tap_rules for t in default_taps(student, kind)])
+        t_taps = list(teacher_taps or [t for kind in self.tap_rules for t in default_taps(teacher, kind)])
+        if len(s_taps) != len(t_taps):
+            raise ValueError(f"{type(self).__name__}: {len(s_taps)} student taps but {len(t_taps)} teacher taps")
+        self.s_shapes = list(probe_shapes(student, s_taps).values())
+        self.t_shapes = list(probe_shapes(teacher, t_taps).values())
+        self._taps = (FeatureTaps(student, s_taps), FeatureTaps(teacher, t_taps))
+
+    def distill(self, s: list[Tensor], t: list[Tensor]) -> Tensor:
+        """The method's loss between student features ``s`` and detached teacher features ``t``."""
+        raise NotImplementedError
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        if labels is None:
+            raise ValueError(f"{type(self).__name__} is CE + lambda * L and needs labels; use sqakd or squat without")
+        logits = self.student(images)
+        s = [f.float() for f in self._taps[0].pop().values()]
+        with torch.no_grad():
+            self.teacher(images)
+            t = [f.float() for f in self._taps[1].pop().values()]
+        ce = F.cross_entropy(logits.float(), labels)
+        d = self.distill(s, t)
+        return ce + self.weight * d, {"ce": float(ce.detach()), "distill": float(d.detach())}
+
+    def close(self) -> None:
+        """Remove the feature hooks from the student and the teacher."""
+        for taps in self._taps:
+            taps.close()

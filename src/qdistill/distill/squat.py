@@ -1,0 +1,177 @@
+"""SQuaT: feature distillation on the student's quantization grid (label-free).
+
+A full-precision teacher feature ``f_T`` cannot be matched exactly by a quantized student: it
+lies between (and beyond) the student's levels, so an MSE to it keeps an irreducible residual.
+SQuaT projects the target onto the grid the student uses at that position, with the student's
+*current* quantizer parameters, ``P(f_T) = Q_S(f_T)``:
+
+* interval (EWGS): ``round((L-1) * clamp((f_T - l) / (u - l), 0, 1)) / (L-1)`` times the scale;
+* LSQ: ``clamp(round(f_T / s), Qn, Qp) * s``;
+* PACT: ``clamp(f_T, 0, alpha)`` on 2^b levels of [0, alpha]; DoReFa: [0, 1].
+
+``Quantizer.project`` computes exactly this and detaches it: no gradient reaches the teacher or
+the student's quantizer through the target. The loss is ``KL_T(z_T || z_S) + D(f_S, P(f_T))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from qdistill.distill.ensemble import TeacherEnsemble, as_ensemble, teacher_members
+from qdistill.distill.feature_losses import FEATURE_DISTANCES, match_spatial
+from qdistill.distill.kd import kd_loss
+from qdistill.distill.objectives import OBJECTIVES, Objective
+from qdistill.distill.tap_rules import default_taps, last_quantized_conv, probe_shapes
+from qdistill.distill.taps import FeatureTaps
+from qdistill.quant.base import Quantizer
+
+__all__ = ["EnsembleKD", "SQuaT", "StudentAwareFeatureLoss", "at_temperature", "student_aware_target"]
+
+
+def student_aware_target(teacher_feature: Tensor, quantizer: Quantizer, like: Tensor | None = None) -> Tensor:
+    """``P(f_T)``: the teacher feature (resized to ``like``'s spatial size) on the student's grid, detached."""
+    f = teacher_feature.detach()
+    return quantizer.project(match_spatial(f, like) if like is not None else f)
+
+
+def _adaptor(in_channels: int, out_channels: int, spatial: bool) -> nn.Module:
+    """1x1 conv + BN for maps, linear + BN for vectors: lets the student match another width."""
+    if spatial:
+        return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+    return nn.Sequential(nn.Linear(in_channels, out_channels, bias=False), nn.BatchNorm1d(out_channels))
+
+
+class StudentAwareFeatureLoss(nn.Module):
+    """``mean_i D(a_i(f_S), P(f_Ti))`` over one or several teachers, read through feature taps.
+
+    Call it after the student and the teachers ran forward on the same batch.
+
+    Args:
+        student: the quantized student.
+        teachers: the frozen teachers (several for an ensemble).
+        student_tap: default: the quantized input of the last quantized conv (its ``act_quant`` output).
+        teacher_taps: one per teacher; default: the input of the same-named conv when the teacher
+            has one, else the input of the teacher's last conv.
+        quantizer: name of the student quantizer whose grid ``P`` uses; default that conv's ``act_quant``.
+        distance: a `FEATURE_DISTANCES` name: ``mse``, ``l1``, ``cosine`` or ``kl_hist``.
+        adaptor: put a 1x1 conv + BN on the student side; added anyway for a teacher whose feature
+            has a different number of channels.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teachers: Sequence[nn.Module],
+        student_tap: str | None = None,
+        teacher_taps: Sequence[str] | None = None,
+        quantizer: str | None = None,
+        distance: str = "mse",
+        adaptor: bool = False,
+    ) -> None:
+        super().__init__()
+        conv = last_quantized_conv(student) if student_tap is None or quantizer is None else None
+        student_tap = student_tap or f"{conv}.act_quant"
+        quantizer = quantizer or f"{conv}.act_quant"
+        q = student.get_submodule(quantizer)
+        if not isinstance(q, Quantizer):
+            raise ValueError(f"squat quantizer {quantizer!r} is a {type(q).__name__}, not a quantizer")
+        if teacher_taps is None:
+            teacher_taps = [f"{conv}:input" if conv in dict(t.named_modules()) else default_taps(t, "last_conv")[0]
+                            for t in teachers]  # fmt: skip
+        if len(teacher_taps) != len(teachers):
+            raise ValueError(f"squat: got {len(teacher_taps)} teacher taps for {len(teachers)} teachers")
+        self.distance = FEATURE_DISTANCES.get(distance)
+        s_shape = probe_shapes(student, [student_tap])[student_tap]
+        t_channels = [probe_shapes(t, [k])[k][1] for t, k in zip(teachers, teacher_taps)]
+        self.adaptors = nn.ModuleList(
+            _adaptor(s_shape[1], c, len(s_shape) == 4) if adaptor or c != s_shape[1] else nn.Identity()
+            for c in t_channels
+        )
+        self._quantizer = (q,)  # a tuple: the student's quantizer must not become our submodule
+        teacher_hooks = (FeatureTaps(t, [k]) for t, k in zip(teachers, teacher_taps))
+        self._taps = (FeatureTaps(student, [student_tap]), *teacher_hooks)
+
+    def forward(self) -> Tensor:
+        (f_s,) = self._taps[0].pop().values()
+        losses = []
+        for taps, adapt in zip(self._taps[1:], self.adaptors):
+            (f_t,) = taps.pop().values()
+            target = student_aware_target(f_t, self._quantizer[0], f_s)
+            losses.append(self.distance(adapt(f_s).float(), target.float()))
+        return torch.stack(losses).mean()
+
+    def close(self) -> None:
+        """Remove the hooks from the student and the teachers."""
+        for taps in self._taps:
+            taps.close()
+
+
+def at_temperature(teacher: nn.Module, temperature: float) -> nn.Module:
+    """An ensemble teacher re-built with the KD temperature (its pseudo-logits are exact only at its own T)."""
+    if isinstance(teacher, TeacherEnsemble) and teacher.temperature != temperature:
+        weights = teacher.weights.tolist() if teacher.combine == "weighted" else None
+        return as_ensemble(teacher, teacher.combine, weights, temperature)
+    return teacher
+
+
+@OBJECTIVES.register("squat")
+class SQuaT(Objective):
+    """``kd_weight * KL_T(z_T || z_S) + feature_weight * D(f_S, P(f_T))``; never reads labels.
+
+    Works with one teacher or a `TeacherEnsemble` (one feature term per member). See
+    `StudentAwareFeatureLoss` for the tap, quantizer, distance and adaptor parameters.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        temperature: float = 4.0,
+        kd_weight: float = 1.0,
+        feature_weight: float = 1.0,
+        distance: str = "mse",
+        student_tap: str | None = None,
+        teacher_tap: str | list[str] | None = None,
+        quantizer: str | None = None,
+        adaptor: bool = False,
+    ) -> None:
+        teacher = at_temperature(teacher, temperature) if teacher is not None else None
+        super().__init__(student, teacher)
+        self.temperature, self.kd_weight, self.feature_weight = temperature, kd_weight, feature_weight
+        taps = [teacher_tap] if isinstance(teacher_tap, str) else teacher_tap
+        self.features = StudentAwareFeatureLoss(student, teacher_members(self.teacher), student_tap, taps,
+                                                quantizer, distance, adaptor)  # fmt: skip
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        kd = kd_loss(self.student(images), self.teacher_logits(images), self.temperature)
+        feat = self.features()
+        loss = self.kd_weight * kd + self.feature_weight * feat
+        return loss, {"kd": float(kd.detach()), "feat": float(feat.detach())}
+
+
+@OBJECTIVES.register("ekd")
+class EnsembleKD(SQuaT):
+    """QAT-EKD: KL to an ensemble of heterogeneous frozen teachers + SQuaT feature KD from each.
+
+    ``teacher`` is a `TeacherEnsemble` (``teachers:`` in a run config) or a list of models; the
+    members are re-combined with ``combine`` (``mean``, ``weighted`` with ``weights``, or per-sample
+    ``confidence``) at the KD temperature. Label-free.
+    """
+
+    ensemble = True
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | Sequence[nn.Module] | None,
+        combine: str = "mean",
+        weights: list[float] | None = None,
+        temperature: float = 4.0,
+        **squat_params,
+    ) -> None:
+        if teacher is None:
+            raise ValueError("method ekd needs teachers (the run config's 'teachers' list)")
+        super().__init__(student, as_ensemble(teacher, combine, weights, temperature), temperature, **squat_params)

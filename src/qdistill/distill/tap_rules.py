@@ -1,0 +1,142 @@
+"""Default feature taps for any model, found from module names and one probe forward.
+
+Feature-based methods need to know *where* to read features and *what shape* they have before
+training starts (their regressors and embeddings must exist when the optimizer is built). The
+rules here work on any ``nn.Module`` built from ``Conv2d``/``Linear`` layers:
+
+* ``last_conv``: the input of the last (quantized, for a student) conv: SQuaT's default tap;
+* ``penultimate``: the input of the classifier (the embedding CRD, RKD and CC compare);
+* ``stages``: the output of each resolution stage among the top-level children (ResNet's
+  ``layer1..3``; the last ReLU at each resolution for a flat model such as ``smallcnn``);
+* ``hint``: FitNet's single middle stage; ``last_stage``: the deepest stage.
+
+Shapes come from a forward of a dummy batch through a *copy* of the model in eval mode, so
+BatchNorm statistics and uncalibrated quantizers of the real model are never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+from torch import nn
+
+from qdistill.distill.taps import FeatureTaps
+from qdistill.quant.api import full_precision_layers
+from qdistill.quant.modules import QuantModule
+
+__all__ = [
+    "TAP_KINDS",
+    "default_taps",
+    "input_shape",
+    "last_conv",
+    "last_quantized_conv",
+    "probe_shapes",
+]
+
+TAP_KINDS = ("last_conv", "penultimate", "stages", "hint", "last_stage")
+
+
+def last_conv(model: nn.Module) -> str:
+    """Name of the last ``Conv2d`` in registration order."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no Conv2d to take a feature from; pass the taps explicitly")
+    return names[-1]
+
+
+def last_quantized_conv(model: nn.Module) -> str:
+    """Name of the last conv whose input is quantized (SQuaT's default student tap)."""
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, nn.Conv2d) and isinstance(m, QuantModule) and m.act_quant is not None]  # fmt: skip
+    if not names:
+        raise ValueError("the student has no conv with an activation quantizer: quantize it with act_bits set")
+    return names[-1]
+
+
+def input_shape(model: nn.Module) -> tuple[int, int, int, int]:
+    """A dummy batch shape: channels of the first conv, ``model.input_size`` (default 32) square."""
+    first = full_precision_layers(model)[0]
+    channels = model.get_submodule(first).in_channels if first else 3
+    size = int(getattr(model, "input_size", 32))
+    return (2, channels, size, size)
+
+
+@torch.no_grad()
+def probe_shapes(model: nn.Module, taps: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """Shape (batch dim included) of each tap on a dummy batch, from a copy in eval mode."""
+    probe = copy.deepcopy(model).eval()
+    hooks = FeatureTaps(probe, taps)
+    try:
+        probe(torch.zeros(input_shape(model), device=next(model.parameters()).device))
+        return {k: tuple(v.shape) for k, v in hooks.pop().items()}
+    finally:
+        hooks.close()
+
+
+def _record(order: list[tuple[str, tuple[int, ...]]], name: str, module: nn.Module, args: tuple, output) -> None:
+    if isinstance(output, torch.Tensor):
+        order.append((name, tuple(output.shape)))
+
+
+def _has_conv(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Top-level children; descend while a single child holds every conv (e.g. ``features``)."""
+    prefix, node = "", model
+    while True:
+        children = [(f"{prefix}{n}", m) for n, m in node.named_children()]
+        with_conv = [c for c in children if _has_conv(c[1])]
+        if len(with_conv) != 1 or not list(with_conv[0][1].children()):
+            return children
+        prefix, node = f"{with_conv[0][0]}.", with_conv[0][1]
+
+
+@torch.no_grad()
+def _stage_outputs(model: nn.Module) -> list[str]:
+    """Last candidate output at each spatial resolution, up to the end of the conv trunk."""
+    probe = copy.deepcopy(model).eval()
+    order: list[tuple[str, tuple[int, ...]]] = []
+    candidates = _candidates(probe)
+    conv_names = {n for n, m in candidates if _has_conv(m)}
+    handles = [m.register_forward_hook(partial(_record, order, n)) for n, m in candidates]
+    try:
+        probe(torch.zeros(input_shape(model), device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    last_trunk = max(i for i, (n, _) in enumerate(order) if n in conv_names)
+    trunk = list(order[: last_trunk + 1])
+    for name, shape in order[last_trunk + 1 :]:  # BN / ReLU after the last conv keep the shape
+        if shape != trunk[-1][1]:
+            break
+        trunk.append((name, shape))
+    stages: dict[tuple[int, ...], str] = {}
+    for name, shape in trunk:
+        if len(shape) == 4:
+            stages.pop(shape[2:], None)  # re-insert so dict order follows the last occurrence
+            stages[shape[2:]] = name
+    return list(stages.values())
+
+
+def default_taps(model: nn.Module, kind: str) -> list[str]:
+    """Tap names of one `TAP_KINDS` rule for ``model``."""
+    if kind == "last_conv":
+        return [f"{last_conv(model)}:input"]
+    if kind == "penultimate":
+        classifier = full_precision_layers(model)[1]
+        if classifier is None:
+            raise ValueError(f"{type(model).__name__} has no Linear classifier; pass the taps explicitly")
+        return [f"{classifier}:input"]
+    if kind not in TAP_KINDS:
+        raise ValueError(f"unknown tap rule {kind!r}; choose one of {', '.join(TAP_KINDS)}")
+    stages = _stage_outputs(model)
+    if kind == "hint":
+        return [stages[(len(stages) - 1) // 2]]
+    if kind == "last_stage":
+        return [stages[-1]]
+    return stages

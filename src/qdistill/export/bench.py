@@ -1,0 +1,77 @@
+"""Latency and throughput of ONNX files in ONNX Runtime, with the thread count pinned.
+
+Speed ratios only mean something when both models run in the same runtime, with the same
+settings, in the same process, one after the other; `compare` does exactly that.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["compare", "measure", "ort_session", "print_rows"]
+
+
+def ort_session(path_or_bytes: str | Path | bytes, threads: int = 2) -> Any:
+    """An ONNX Runtime CPU session with all graph optimisations and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def measure(session: Any, shape: tuple[int, ...], seconds: float = 1.0, warmup: int = 3) -> dict[str, float]:
+    """Median latency (ms) and images/s of ``session`` on a random batch of ``shape``."""
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    name = session.get_inputs()[0].name
+    for _ in range(warmup):
+        session.run(None, {name: x})
+    times: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 5:
+        t0 = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - t0)
+    ms = float(np.median(times)) * 1e3
+    return {"batch": shape[0], "latency_ms": ms, "images_per_s": shape[0] / ms * 1e3, "runs": len(times)}
+
+
+def compare(
+    fp32: str | Path, quantized: str | Path, input_shape: tuple[int, ...], batches: tuple[int, ...] = (1, 64),
+    threads: int = 2, seconds: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Measure an FP32 and a quantized ONNX file alternately; rows carry the ratio to FP32.
+
+    ``input_shape`` is one image's shape (C, H, W). Runs are interleaved per batch size so that
+    load from other processes affects both models alike.
+    """
+    sessions = {"fp32": ort_session(Path(fp32), threads), "int8": ort_session(Path(quantized), threads)}
+    sizes = {"fp32": os.path.getsize(fp32), "int8": os.path.getsize(quantized)}
+    rows: list[dict[str, Any]] = []
+    for batch in batches:
+        base = None
+        for fmt, sess in sessions.items():
+            r = measure(sess, (batch, *input_shape), seconds)
+            base = base or r["images_per_s"]
+            rows.append({"format": fmt, **r, "ratio_vs_fp32": r["images_per_s"] / base, "file_bytes": sizes[fmt],
+                         "threads": threads})  # fmt: skip
+    return rows
+
+
+def print_rows(rows: list[dict[str, Any]], title: str) -> None:
+    """Print `compare` rows as a table, with the pinned thread count."""
+    print(f"{title} (ONNX Runtime, {rows[0]['threads']} intra-op threads)")
+    print(f"{'format':<6} {'batch':>5} {'latency ms':>11} {'img/s':>9} {'vs FP32':>8} {'file':>10}")
+    for r in rows:
+        print(f"{r['format']:<6} {r['batch']:>5} {r['latency_ms']:>11.2f} {r['images_per_s']:>9.0f} "
+              f"{r['ratio_vs_fp32']:>7.2f}x {r['file_bytes'] / 1024:>7.0f} KiB")  # fmt: skip

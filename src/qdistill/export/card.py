@@ -1,0 +1,55 @@
+"""A markdown model card written next to every exported artefact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_model_card"]
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.2f} MiB"
+
+
+def write_model_card(artefact: str | Path, info: dict[str, Any]) -> Path:
+    """Write ``<artefact>.md``: what the model is, how it was made, how faithful and fast it is.
+
+    ``info`` keys used (all optional except ``layers``): ``architecture``, ``method``,
+    ``objective``, ``teacher``, ``labels_used``, ``accuracy``, ``parity``, ``latency``,
+    ``format``, ``layers`` (one dict per layer with ``name``, ``weight_bits``, ``act_bits``,
+    ``weight``), ``notes``.
+    """
+    artefact = Path(artefact)
+    unknown = "not recorded"
+    lines = [f"# Model card: {artefact.name}", ""]
+    facts = [
+        ("format", info.get("format", unknown)),
+        ("architecture", info.get("architecture", unknown)),
+        ("quantizer method", info.get("method", unknown)),
+        ("training objective", info.get("objective", unknown)),
+        ("teacher", info.get("teacher", unknown)),
+        ("labels used in training", {True: "yes", False: "no"}.get(info.get("labels_used"), unknown)),
+        ("accuracy", info.get("accuracy", unknown)),
+        ("file size", _size(artefact.stat().st_size) if artefact.exists() else unknown),
+    ]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts] + [""]
+    parity = info.get("parity")
+    if parity:
+        lines += ["## Parity with the trained (fake-quant) PyTorch model", "",
+                  f"{parity['images']} images: top-1 agreement {parity['top1_agreement']:.2f}%, "
+                  f"max |logit difference| {parity['max_abs_logit_diff']:.4g}"
+                  + (f" (threshold {parity['threshold']}%)." if "threshold" in parity else "."), ""]  # fmt: skip
+    latency = info.get("latency")
+    if latency:
+        lines += ["## Measured latency", "", "| batch | latency (ms) | images/s | threads |", "|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['latency_ms']:.2f} | {r['images_per_s']:.0f} | {r.get('threads', '')} |" for r in latency]
+        lines += ["", "Measured on the exporting machine; other processes may have been running.", ""]
+    lines += ["## Layers", "", "| layer | weight bits | activation bits | stored as |", "|---|---|---|---|"]
+    for layer in info.get("layers", []):
+        lines.append(f"| {layer['name']} | {layer.get('weight_bits') or 32} | {layer.get('act_bits') or 32} | {layer.get('weight', '')} |")
+    if info.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in info["notes"]]
+    path = artefact.with_name(artefact.name + ".md")
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,406 @@
+"""Translate a (fake-)quantized PyTorch model into an ONNX graph with QDQ nodes.
+
+The model is traced with torch.fx (quantized layers stay opaque), BatchNorm is folded into the
+conv or linear before it, and every quantizer becomes the integer ops it stands for
+(`qdistill.export.intgrid`):
+
+* weights: int8 per-output-channel initialisers (BN's per-channel gain goes into the scale, so
+  folding never moves a level) behind a DequantizeLinear;
+* activations: ``QuantizeLinear -> Clip (uint8, only when b < 8) -> DequantizeLinear``.
+
+This is the layout ONNX Runtime turns into QLinearConv / QGemm: ``DQ -> Conv [-> Relu] -> Q``
+fuses into one integer kernel whenever a conv's only consumer is the next layer's quantizer.
+Tensors the trained model keeps in float (the residual stream) stay float, so the exported model
+computes what the trained one does up to float rounding.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from qdistill.export.intgrid import act_grid, weight_ints
+from qdistill.quant.base import Quantizer
+from qdistill.quant.modules import QuantModule
+
+__all__ = ["OnnxBuild", "build_onnx"]
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
+_I64_MAX = 2**63 - 1
+
+
+class _Tracer(fx.Tracer):
+    """Keeps quantized layers opaque: their forwards branch on quantizer state."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (QuantModule, Quantizer)) or super().is_leaf_module(m, qualname)
+
+
+class _Batch:
+    """Marker for ``x.size(0)``: the only non-constant shape an exported graph needs."""
+
+
+@dataclass
+class OnnxBuild:
+    """The ONNX model plus what the export did per layer (reported in the model card)."""
+
+    model: Any  # onnx.ModelProto
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Builder:
+    def __init__(self, opset: int) -> None:
+        from onnx import helper, numpy_helper
+
+        self.h, self.nh = helper, numpy_helper
+        self.opset = opset
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+        self.count = 0
+        self.act_cache: dict[tuple[str, int], str] = {}
+        self.layers: list[dict[str, Any]] = []
+
+    def name(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def const(self, value: Any, hint: str, dtype: Any = np.float32) -> str:
+        name = self.name(hint)
+        self.inits.append(self.nh.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs: Any) -> str:
+        out = self.name(hint or op_type.lower())
+        self.nodes.append(self.h.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    # -- quantizers -----------------------------------------------------------------------------
+    def act(self, x: str, q: Quantizer, hint: str) -> str:
+        """``x`` through activation quantizer ``q`` as Q -> [Clip] -> DQ (cached per tensor)."""
+        key = (x, id(q))
+        if key in self.act_cache:
+            return self.act_cache[key]
+        g = act_grid(q)
+        if g.shift is not None:
+            x = self.op("Add", [x, self.const(g.shift, f"{hint}.shift")], f"{hint}.shifted")
+        zq = self.const(g.q_zero, f"{hint}.in_zero", np.uint8)
+        k = self.op("QuantizeLinear", [x, self.const(g.delta, f"{hint}.in_scale"), zq], f"{hint}.q")
+        if g.n < 255:
+            lo, hi = self.const(0, f"{hint}.min", np.uint8), self.const(g.n, f"{hint}.max", np.uint8)
+            k = self.op("Clip", [k, lo, hi], f"{hint}.clip")
+        zd = self.const(g.dq_zero, f"{hint}.zero", np.uint8)
+        y = self.op("DequantizeLinear", [k, self.const(g.step, f"{hint}.scale"), zd], f"{hint}.dq")
+        if g.half:
+            y = self.op("Add", [y, self.const(g.step / 2, f"{hint}.half")], f"{hint}.dqh")
+        self.act_cache[key] = y
+        return y
+
+    def weight(self, layer: nn.Module, bn: nn.Module | None, hint: str) -> _Weight:
+        """Weight (int8 + per-channel scale when it fits, else exact float) and folded bias."""
+        w = layer.weight.detach().float()
+        out_ch = w.shape[0]
+        bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(out_ch)
+        gain = torch.ones(out_ch)
+        if bn is not None:
+            gain = (bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)).float()
+            bias = bn.bias.detach().float() + gain * (bias - bn.running_mean.float())
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        info: dict[str, Any] = {"bn_folded": bn is not None}
+        wq = getattr(layer, "weight_quant", None)
+        if wq is None:
+            info.update(weight="float32")
+            return _Weight(self.const((w * gain.view(shape)).numpy(), f"{hint}.weight"), bias, info)
+        iw = weight_ints(wq, layer.weight.detach())
+        info.update(weight_bits=wq.bits, weight_int_range=[int(iw.ints.min()), int(iw.ints.max())])
+        if not iw.fits_int8:  # 8-bit grids without a zero need 9-bit integers: exact float instead
+            info.update(weight="float32 (levels need 9 bits)")
+            real = iw.ints.float() * (iw.scale * gain).view(shape)
+            return _Weight(self.const(real.numpy(), f"{hint}.weight"), bias, info)
+        # Spread each channel's levels over the whole int8 range (ints * m, scale / m): the same
+        # real weights, but the runtime's int32 bias (units of input scale x weight scale) gets
+        # m times finer, so fewer outputs land on the other side of a rounding boundary.
+        peak = iw.ints.abs().amax(dim=tuple(range(1, w.dim()))).clamp_min(1)
+        m = torch.div(127, peak, rounding_mode="floor")
+        sign = torch.where(gain < 0, -1, 1)
+        scale = iw.scale * gain.abs() / m
+        dead = scale == 0  # a zero BN gain: output is the bias alone
+        ints = torch.where(dead.view(shape), 0, iw.ints * (sign * m).view(shape))
+        scale = torch.where(dead, torch.ones_like(scale), scale)
+        info.update(weight="int8 per-channel")
+        q = self.const(ints.numpy(), f"{hint}.weight_int8", np.int8)
+        zero = self.const(np.zeros(out_ch), f"{hint}.weight_zero", np.int8)
+        dq = self.op("DequantizeLinear", [q, self.const(scale.numpy(), f"{hint}.weight_scale"), zero],
+                     f"{hint}.weight_dq", axis=0)  # fmt: skip
+        return _Weight(dq, bias, info, q)
+
+
+@dataclass
+class _Weight:
+    name: str  # float weight tensor (initialiser or DequantizeLinear output)
+    bias: Tensor
+    info: dict[str, Any]
+    int8: str | None = None  # int8 initialiser when the levels fit
+
+
+class _Converter:
+    """Walks the fx graph once, emitting ONNX nodes in order."""
+
+    def __init__(self, model: nn.Module, gm: fx.GraphModule, example: Tensor, opset: int) -> None:
+        self.model, self.gm, self.example = model, gm, example
+        self.b = _Builder(opset)
+        self.env: dict[fx.Node, Any] = {}
+        self.modules = dict(gm.named_modules())
+        self.folded: dict[fx.Node, nn.Module] = {}  # conv/linear node -> its BatchNorm
+        self.bn_skip: set[fx.Node] = set()
+        self._plan_folds()
+
+    def _plan_folds(self) -> None:
+        for node in self.gm.graph.nodes:
+            if node.op != "call_module" or not isinstance(self.modules[node.target], _BN):
+                continue
+            src = node.args[0]
+            if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
+                    and isinstance(self.modules[src.target], (nn.Conv2d, nn.Linear))):  # fmt: skip
+                self.folded[src] = self.modules[node.target]
+                self.bn_skip.add(node)
+
+    def run(self) -> OnnxBuild:
+        h = self.b.h
+        from onnx import TensorProto
+
+        outputs = []
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                self.env[node] = "input"
+            elif node.op == "output":
+                outputs.append(self.env[node.args[0]])
+            elif node in self.bn_skip:
+                self.env[node] = self.env[node.args[0]]
+            else:
+                self.env[node] = getattr(self, f"_{node.op}")(node)
+        if len(outputs) != 1 or not isinstance(outputs[0], str):
+            raise ValueError("export needs a model that returns one tensor")
+        self.b.nodes.append(h.make_node("Identity", [outputs[0]], ["logits"], name="logits"))
+        x = h.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *self.example.shape[1:]])
+        y = h.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", None])
+        graph = h.make_graph(self.b.nodes, "qdistill", [x], [y], self.b.inits)
+        model = h.make_model(graph, opset_imports=[h.make_opsetid("", self.b.opset)], producer_name="qdistill")
+        return OnnxBuild(model, self.b.layers)
+
+    def _arg(self, a: Any) -> Any:
+        if isinstance(a, fx.Node):
+            return self.env[a]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self._arg(v) for v in a)
+        return a
+
+    # -- modules ----------------------------------------------------------------------------------
+    def _call_module(self, node: fx.Node) -> Any:
+        m = self.modules[node.target]
+        x = self._arg(node.args[0])
+        hint = str(node.target)
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            return self._layer(node, m, x, hint)
+        if isinstance(m, _BN):
+            return self._batchnorm(m, x, hint)
+        simple = _MODULES.get(type(m))
+        if simple is None:
+            raise ValueError(f"export: unsupported layer {hint} ({type(m).__name__})")
+        return simple(self.b, m, x, hint)
+
+    def _layer(self, node: fx.Node, m: nn.Module, x: str, hint: str) -> str:
+        aq = getattr(m, "act_quant", None)
+        if aq is not None:
+            x = self.b.act(x, aq, f"{hint}.act")
+        w = self.b.weight(m, self.folded.get(node), hint)
+        info = dict(w.info, name=hint, type=type(m).__name__, act_bits=aq.bits if aq is not None else None)
+        if isinstance(m, QuantModule):
+            info["method"] = type(m.weight_quant).__name__.removesuffix("Quantizer").lower()
+        conv = isinstance(m, nn.Conv2d)
+        attrs: dict[str, Any] = {}
+        if conv:
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise ValueError(f"export: {hint} uses padding {m.padding!r}/{m.padding_mode}; only numeric zero padding is supported")
+            ph, pw = m.padding
+            attrs = dict(kernel_shape=list(m.kernel_size), strides=list(m.stride), pads=[ph, pw, ph, pw],
+                         dilations=list(m.dilation), group=m.groups)  # fmt: skip
+        info["kernel"] = "QDQ" if w.int8 is not None or aq is not None else "float"
+        self.b.layers.append(info)
+        bias = self.b.const(w.bias.numpy(), f"{hint}.bias")
+        if not conv:
+            return self.b.op("Gemm", [x, w.name, bias], hint, transB=1)
+        return self.b.op("Conv", [x, w.name, bias], hint, **attrs)
+
+    def _batchnorm(self, m: nn.Module, x: str, hint: str) -> str:
+        c = lambda t, s: self.b.const(t.detach().float().numpy(), f"{hint}.{s}")  # noqa: E731
+        return self.b.op("BatchNormalization", [x, c(m.weight, "w"), c(m.bias, "b"), c(m.running_mean, "m"),
+                                                c(m.running_var, "v")], hint, epsilon=float(m.eps))  # fmt: skip
+
+    # -- functions and methods ------------------------------------------------------------------
+    def _call_function(self, node: fx.Node) -> Any:
+        fn = _FUNCTIONS.get(node.target)
+        if fn is None:
+            raise ValueError(f"export: unsupported function {getattr(node.target, '__name__', node.target)} at {node.name}")
+        return fn(self.b, *self._arg(node.args), **self._arg(node.kwargs))
+
+    def _call_method(self, node: fx.Node) -> Any:
+        args = self._arg(node.args)
+        if node.target == "size" and args[1:] in ((0,), ()):
+            return _Batch()
+        fn = _METHODS.get(node.target)
+        if fn is None:
+            raise ValueError(f"export: unsupported tensor method .{node.target}() at {node.name}")
+        return fn(self.b, *args, **self._arg(node.kwargs))
+
+    def _get_attr(self, node: fx.Node) -> str:
+        value = operator.attrgetter(node.target)(self.gm)
+        return self.b.const(value.detach().float().numpy(), node.target)
+
+
+def _binary(op_type: str) -> Callable[..., str]:
+    def emit(b: _Builder, x: Any, y: Any, **_: Any) -> str:
+        x = x if isinstance(x, str) else b.const(float(x), "scalar")
+        y = y if isinstance(y, str) else b.const(float(y), "scalar")
+        return b.op(op_type, [x, y])
+
+    return emit
+
+
+def _flatten(b: _Builder, x: str, start_dim: int = 1, end_dim: int = -1) -> str:
+    if start_dim != 1 or end_dim != -1:
+        raise ValueError("export: only flatten(x, 1) is supported")
+    return b.op("Flatten", [x], axis=1)
+
+
+def _reshape(b: _Builder, x: str, *shape: Any) -> str:
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (list, tuple)) else shape
+    if len(shape) == 2 and isinstance(shape[0], _Batch) and shape[1] == -1:
+        return b.op("Flatten", [x], axis=1)
+    raise ValueError("export: only x.view(x.size(0), -1) style reshapes are supported")
+
+
+def _getitem(b: _Builder, x: Any, idx: Any) -> str:
+    if not isinstance(x, str):
+        raise ValueError("export: indexing is only supported on tensors")
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    starts, ends, axes, steps = [], [], [], []
+    for axis, s in enumerate(idx):
+        if not isinstance(s, slice):
+            raise ValueError("export: only slicing (x[:, :, ::2]) is supported")
+        if s == slice(None):
+            continue
+        starts.append(s.start or 0)
+        ends.append(_I64_MAX if s.stop is None else s.stop)
+        axes.append(axis)
+        steps.append(s.step or 1)
+    if not axes:
+        return x
+    c = lambda v, n: b.const(np.array(v), n, np.int64)  # noqa: E731
+    return b.op("Slice", [x, c(starts, "starts"), c(ends, "ends"), c(axes, "axes"), c(steps, "steps")])
+
+
+def _pad(b: _Builder, x: str, pad: Any, mode: str = "constant", value: float | None = None) -> str:
+    if mode != "constant":
+        raise ValueError(f"export: F.pad mode {mode!r} is not supported")
+    pairs = [(pad[i], pad[i + 1]) for i in range(0, len(pad), 2)]  # last dim first
+    rank = 4
+    begin, end = [0] * rank, [0] * rank
+    for j, (lo, hi) in enumerate(pairs):
+        begin[rank - 1 - j], end[rank - 1 - j] = lo, hi
+    pads = b.const(np.array(begin + end), "pads", np.int64)
+    return b.op("Pad", [x, pads, b.const(float(value or 0.0), "pad_value")], mode="constant")
+
+
+def _cat(b: _Builder, tensors: Any, dim: int = 0) -> str:
+    return b.op("Concat", list(tensors), axis=dim)
+
+
+def _adaptive_avg(b: _Builder, x: str, output_size: Any) -> str:
+    if output_size not in (1, (1, 1), [1, 1]):
+        raise ValueError(f"export: adaptive average pool to {output_size} is not supported (only 1)")
+    return b.op("GlobalAveragePool", [x])
+
+
+def _mean(b: _Builder, x: str, dim: Any = None, keepdim: bool = False) -> str:
+    axes = b.const(np.array(list(dim) if isinstance(dim, (list, tuple)) else [dim]), "axes", np.int64)
+    return b.op("ReduceMean", [x, axes], keepdims=int(keepdim))
+
+
+def _pool(op_type: str) -> Callable[..., str]:
+    def emit(b: _Builder, m: nn.Module, x: str, hint: str) -> str:
+        k = _pair(m.kernel_size)
+        s = _pair(m.stride if m.stride is not None else m.kernel_size)
+        p = _pair(m.padding)
+        if getattr(m, "dilation", 1) not in (1, (1, 1)):
+            raise ValueError(f"export: dilated pooling at {hint} is not supported")
+        kw: dict[str, Any] = dict(kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], p[0], p[1]],
+                                  ceil_mode=int(m.ceil_mode))  # fmt: skip
+        if op_type == "AveragePool":
+            kw["count_include_pad"] = int(m.count_include_pad)
+        return b.op(op_type, [x], hint, **kw)
+
+    return emit
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _clip(lo: float, hi: float) -> Callable[..., str]:
+    def emit(b: _Builder, m: nn.Module, x: str, hint: str) -> str:
+        return b.op("Clip", [x, b.const(lo, f"{hint}.min"), b.const(hi, f"{hint}.max")], hint)
+
+    return emit
+
+
+_MODULES: dict[type, Callable[..., str]] = {
+    nn.ReLU: lambda b, m, x, hint: b.op("Relu", [x], hint),
+    nn.ReLU6: _clip(0.0, 6.0),
+    nn.Identity: lambda b, m, x, hint: x,
+    nn.Dropout: lambda b, m, x, hint: x,
+    nn.Flatten: lambda b, m, x, hint: _flatten(b, x, m.start_dim, m.end_dim),
+    nn.AdaptiveAvgPool2d: lambda b, m, x, hint: _adaptive_avg(b, x, m.output_size),
+    nn.MaxPool2d: _pool("MaxPool"),
+    nn.AvgPool2d: _pool("AveragePool"),
+}
+_FUNCTIONS: dict[Any, Callable[..., str]] = {
+    operator.add: _binary("Add"),
+    operator.iadd: _binary("Add"),
+    torch.add: _binary("Add"),
+    operator.mul: _binary("Mul"),
+    torch.mul: _binary("Mul"),
+    operator.getitem: _getitem,
+    torch.flatten: _flatten,
+    torch.cat: _cat,
+    torch.relu: lambda b, x, **_: b.op("Relu", [x]),
+    F.relu: lambda b, x, inplace=False: b.op("Relu", [x]),
+    F.pad: _pad,
+    F.adaptive_avg_pool2d: _adaptive_avg,
+    torch.mean: _mean,
+}
+_METHODS: dict[str, Callable[..., str]] = {
+    "relu": lambda b, x: b.op("Relu", [x]),
+    "flatten": _flatten,
+    "view": _reshape,
+    "reshape": _reshape,
+    "mean": _mean,
+}
+
+
+@torch.no_grad()
+def build_onnx(model: nn.Module, example: Tensor, opset: int = 17) -> OnnxBuild:
+    """Trace ``model`` (eval mode) and return its QDQ ONNX graph; raises ValueError on unsupported ops."""
+    model.eval()
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as e:  # fx raises many types for untraceable code
+        raise ValueError(f"export: cannot trace {type(model).__name__} with torch.fx: {e}") from None
+    gm = fx.GraphModule(model, graph)
+    return _Converter(model, gm, example, opset).run()

@@ -1,0 +1,104 @@
+"""`export_onnx`: a QDQ ONNX file that ONNX Runtime runs with integer kernels, checked for parity."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from qdistill.export.bench import measure, ort_session
+from qdistill.export.card import write_model_card
+from qdistill.export.graph import build_onnx
+from qdistill.export.parity import onnx_parity, require_parity
+from qdistill.export.residual import quantize_float_tensors
+from qdistill.quant.modules import QuantModule
+
+__all__ = ["RESIDUAL_MODES", "export_onnx", "float_twin"]
+
+RESIDUAL_MODES = ("int8", "float")
+
+
+@torch.no_grad()
+def float_twin(model: nn.Module) -> nn.Module:
+    """A float copy with each quantized layer replaced by a plain one holding its quantized weight.
+
+    It is the FP32 baseline of the speed comparison: same graph, no quantizers.
+    """
+    twin = copy.deepcopy(model).eval()
+    for name, m in list(twin.named_modules()):
+        if not isinstance(m, QuantModule):
+            continue
+        if isinstance(m, nn.Conv2d):
+            plain: nn.Module = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
+                                         m.dilation, m.groups, m.bias is not None, m.padding_mode)  # fmt: skip
+        else:
+            plain = nn.Linear(m.in_features, m.out_features, m.bias is not None)
+        plain.weight.copy_(m.weight_quant(m.weight))
+        if m.bias is not None:
+            plain.bias.copy_(m.bias)
+        twin.set_submodule(name, plain)
+    return twin
+
+
+def export_onnx(
+    model: nn.Module,
+    example: Tensor,
+    path: str | Path,
+    *,
+    calib: Tensor | None = None,
+    residual: str = "int8",
+    min_agreement: float = 99.5,
+    threads: int = 2,
+    card: dict[str, Any] | None = None,
+    fp32_reference: bool = False,
+    opset: int = 17,
+) -> dict[str, Any]:
+    """Export a quantized model to QDQ ONNX at ``path``; return the report stored beside it.
+
+    Args:
+        model: any model whose quantized layers are `QConv2d`/`QLinear` (quantizers calibrated).
+        example: an input batch (fixes the image shape; the batch dimension stays dynamic).
+        calib: images for the parity check and for residual ranges (default ``example``).
+        residual: ``"int8"`` quantizes the float residual stream to uint8 (fast: every conv and
+            add becomes an integer kernel); ``"float"`` keeps it float as trained (exact up to
+            float rounding, but convs that feed a float add run in float).
+        min_agreement: refuse to write (RuntimeError) below this top-1 agreement, in percent.
+        card: extra model-card facts (architecture, method, teacher, accuracy, ...).
+        fp32_reference: also write ``<path>.fp32.onnx``, the float twin, for `qdistill bench`.
+
+    Writes ``path``, ``path + ".json"`` (parity, layers, latency) and ``path + ".md"`` (model card).
+    """
+    import onnx
+
+    if residual not in RESIDUAL_MODES:
+        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+    path = Path(path)
+    model = model.eval()
+    calib = example if calib is None else calib
+    build = build_onnx(model, example, opset)
+    notes: list[str] = []
+    if residual == "int8":
+        _, names = quantize_float_tensors(build.model, calib.float().numpy())
+        if names:
+            notes.append(f"{len(names)} float residual-stream tensors quantized to uint8 for integer kernels")
+    onnx.checker.check_model(build.model)
+    blob = build.model.SerializeToString()
+    parity = onnx_parity(model, blob, calib, threads)
+    parity["threshold"] = min_agreement
+    require_parity(parity, min_agreement, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(blob)
+    latency = [dict(measure(ort_session(blob, threads), (1, *example.shape[1:]), 0.5), threads=threads)]
+    report = {"format": f"onnx (QDQ, opset {opset}, residual {residual})", "parity": parity, "latency": latency,
+              "layers": build.layers, "file_bytes": path.stat().st_size, "notes": notes, **(card or {})}  # fmt: skip
+    if fp32_reference:
+        fp = build_onnx(float_twin(model), example, opset).model
+        onnx.save(fp, str(path) + ".fp32.onnx")
+        report["fp32_reference"] = str(path) + ".fp32.onnx"
+    Path(str(path) + ".json").write_text(json.dumps(report, indent=1, default=str))
+    write_model_card(path, report)
+    return report

@@ -1,0 +1,44 @@
+"""`qdistill export` and `qdistill bench` on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from qdistill.cli import main  # noqa: E402
+from qdistill.experiment import RunConfig, run_experiment  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = RunConfig.from_dict({
+        "model": {"name": "smallcnn"}, "data": {"format": "digits", "subset": 256, "test_subset": 200, "batch_size": 64},
+        "quant": {"method": "lsq", "weight_bits": 4, "act_bits": 4}, "method": {"name": "qat"},
+        "train": {"epochs": 1, "max_steps": 3}, "out": str(out), "calib_images": 64,
+    })  # fmt: skip
+    run_experiment(cfg)
+    return out
+
+
+def test_export_onnx_and_bench(run_dir, capsys):
+    assert main(["export", str(run_dir), "--min-agreement", "95", "--images", "200"]) == 0
+    report = json.loads((run_dir / "model.onnx.json").read_text())
+    assert report["parity"]["top1_agreement"] >= 95 and report["labels_used"] is True
+    assert (run_dir / "model.onnx.md").is_file() and (run_dir / "model.onnx.fp32.onnx").is_file()
+    assert main(["bench", str(run_dir / "model.onnx"), "--shape", "1,8,8", "--seconds", "0.05"]) == 0
+    assert "vs FP32" in capsys.readouterr().out
+
+
+def test_export_packed_is_bit_exact(run_dir):
+    assert main(["export", str(run_dir), "--format", "packed", "--images", "100"]) == 0
+    report = json.loads((run_dir / "model.safetensors.json").read_text())
+    assert report["parity"]["bit_exact"] and report["parity"]["top1_agreement"] == 100.0
+
+
+def test_export_refusal_is_one_line_error(run_dir, capsys):
+    assert main(["export", str(run_dir), "--out", str(run_dir / "no.onnx"), "--min-agreement", "100.1"]) == 2
+    assert "parity check failed" in capsys.readouterr().err and not (run_dir / "no.onnx").exists()
