@@ -48,6 +48,7 @@ class ResultLog:
             on_disk = json.loads(self.path.read_text())["results"]
             mine = {r["key"] for r in self.results}
             self.results += [r for r in on_disk if r["key"] not in mine]
+        record = {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.results = [r for r in self.results if r["key"] != record["key"]] + [record]
         self.save()
 

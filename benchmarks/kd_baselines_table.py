@@ -40,7 +40,7 @@ def main() -> None:
     budget = {"student": f"EWGS W{args.bits}A{args.bits}, {args.subset} train images (10% held out), {args.epochs} epochs, Adam 1e-3",
               "test_images": args.test_subset, "hardware": hardware()}  # fmt: skip
     log = ResultLog("kd_baselines_table", {"dataset": "Fashion-MNIST", "model": "smallcnn", "budget": budget,
-                                           "missing": [m for m in args.methods if m not in registered]})  # fmt: skip
+                                           "methods": args.methods, "missing": [m for m in args.methods if m not in registered]})  # fmt: skip
     log.save()
     data = DataConfig(format="idx", root="../shared/data/fashion-mnist", subset=args.subset, test_subset=args.test_subset)
     for seed in args.seeds:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from _common import RESULTS
+from kd_baselines_table import METHODS as KD_METHODS
 
 REPO = Path(__file__).resolve().parent.parent
 IMG = REPO / "docs" / "img"
@@ -63,8 +64,9 @@ def grid_table(data: dict[str, Any], values: dict[str, str], tag: str) -> str:
     lines = ["| method | W1A1 | W2A2 | W4A4 |", "|---|---|---|---|"]
     if "teacher_before" in res:
         values[f"{tag}:teacher_before"] = f"{res['teacher_before']['test_top1']:.2f}"
-        lines.append(f"| FP teacher, before JPEG fine-tuning | {res['teacher_before']['test_top1']:.2f} | | |")
-    lines.append(f"| **FP teacher** | **{teacher:.2f}** | | |")
+        before = res["teacher_before"]["test_top1"]
+        lines.append("| FP teacher (W32A32), before JPEG fine-tuning | " + " | ".join([f"{before:.2f}"] * 3) + " |")
+    lines.append("| **FP teacher (W32A32)** | " + " | ".join([f"**{teacher:.2f}**"] * 3) + " |")
     values[f"{tag}:teacher"] = f"{teacher:.2f}"
     for method, quant, label in ROWS:
         cells = []
@@ -96,7 +98,7 @@ def headline(tables: dict[str, dict[str, Any]], values: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def kd_table(data: dict[str, Any], fmnist: dict[str, Any] | None) -> str:
+def kd_table(data: dict[str, Any], fmnist: dict[str, Any] | None, values: dict[str, str]) -> str:
     """KD baselines at EWGS W2A2; the standalone and SQAKD rows come from the identical Table 1 runs."""
     teacher = next((r["test_top1"] for r in fmnist["results"] if r["key"] == "teacher"), None) if fmnist else None
     lines = ["| method | labels | top-1 | gap to teacher |", "|---|---|---|---|"]
@@ -112,8 +114,13 @@ def kd_table(data: dict[str, Any], fmnist: dict[str, Any] | None) -> str:
             lines.append(f"| {method} | | failed: {runs[0].get('error', '')[:120]} | |")
             continue
         gap = f"{stats(top1)[0] - teacher:+.2f}" if teacher is not None else ""
+        values[f"kd:{method.split()[0]}"] = f"{stats(top1)[0]:.2f}"
         labels = "yes" if runs[0].get("labels_used") else "no"
         lines.append(f"| {method} | {labels} | {cell(top1)} | {gap} |")
+    done = [m.split()[0] for m, runs in groups.items() if any("test_top1" in r for r in runs)]
+    values["kd:best"] = max(done, key=lambda m: float(values[f"kd:{m}"])) if done else "n/a"
+    wanted = data["meta"].get("methods", KD_METHODS)
+    values["kd:not_run"] = ", ".join(m for m in wanted if m not in groups) or "none"
     missing = data["meta"].get("missing") or []
     if missing:
         lines.append(f"\nNot registered in `qdistill.distill.OBJECTIVES` when this ran (not faked): {', '.join(missing)}.")
@@ -243,6 +250,7 @@ def plot_temperature(data: dict[str, Any], plt) -> None:
     ax.errorbar(temps, [s[0] for s in stat], yerr=[s[1] for s in stat], marker="o", capsize=3)
     ax.set(xscale="log", xlabel="temperature T", ylabel="test top-1 (%)", title="SQAKD, EWGS W2A2, Fashion-MNIST")
     ax.set_xticks(temps, [f"{t:g}" for t in temps])
+    ax.set_xticks([], minor=True)
     fig.tight_layout()
     fig.savefig(IMG / "temperature_sweep.png", dpi=110)
     plt.close(fig)
@@ -291,7 +299,7 @@ def main() -> None:
         blocks[tag] = grid_table(data, values, tag)
         blocks[f"{tag}_budget"] = budget(data)
     blocks["headline"] = headline(tables, values)
-    for name, render in (("kd_baselines_table", lambda d: kd_table(d, tables.get("fmnist"))), ("temperature_sweep", temperature_table),
+    for name, render in (("kd_baselines_table", lambda d: kd_table(d, tables.get("fmnist"), values)), ("temperature_sweep", temperature_table),
                          ("train_speed_cpu", speed_table), ("train_speed_gpu", speed_table)):  # fmt: skip
         data = load(name)
         if data and data["results"]:

@@ -34,14 +34,14 @@ def test_round_trip_is_bit_exact(method, bits, images, tmp_path):
 
 
 def test_registry_model_rebuilds_alone_and_sizes_follow_bits(tmp_path):
-    """A W2 ResNet-20 file is at most 1/12 of its FP32 safetensors file; W4 and W8 scale with bits."""
+    """A W2 ResNet-20 file is at most 1/12 of its FP32 safetensors file; W4 is larger."""
     torch.manual_seed(0)
     teacher = qdistill.create_model("resnet20").eval()
     fp32 = tmp_path / "fp32.safetensors"
     save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(fp32))
-    x = torch.randn(8, 3, 32, 32)
+    x = torch.randn(2, 3, 32, 32)
     sizes = {}
-    for bits in (2, 4, 8):
+    for bits in (2, 4):
         student = make_student(teacher, QuantConfig(method="ewgs", weight_bits=bits, act_bits=bits), x).eval()
         path = tmp_path / f"w{bits}.safetensors"
         export_packed(student, path, arch={"name": "resnet20", "num_classes": 10, "in_channels": 3})
@@ -49,7 +49,7 @@ def test_registry_model_rebuilds_alone_and_sizes_follow_bits(tmp_path):
             assert torch.equal(student(x), qdistill.load_packed(path)(x))
         sizes[bits] = path.stat().st_size
     assert sizes[2] * 12 <= fp32.stat().st_size
-    assert sizes[2] < sizes[4] < sizes[8]
+    assert sizes[2] < sizes[4] < fp32.stat().st_size / 6
 
 
 def test_not_a_packed_file(tmp_path):

@@ -170,3 +170,12 @@ def test_projection_equals_quantizer_output_and_is_detached():
 def test_invalid_bits():
     with pytest.raises(ValueError, match="bits"):
         LSQQuantizer(9, is_weight=True)
+
+
+@pytest.mark.parametrize("method", ["pact", "ewgs", "lsq"])
+def test_one_bit_activation_init_keeps_units_alive(method):
+    """A 3-sigma range at 1 bit rounds almost everything to zero; the init must not."""
+    torch.manual_seed(0)
+    x = torch.randn(4096).relu()
+    q = _act(QUANTIZERS.get(method), 1, x)
+    assert (q(x) > 0).float().mean() > 0.2

@@ -38,7 +38,7 @@ class EWGSQuantizer(Quantizer):
             self.lower.copy_(-3 * std)
             self.out_scale.copy_(3 * std)
             return
-        lo, hi = activation_range(x)
+        lo, hi = activation_range(x, self.bits)
         self.lower.fill_(lo)
         self.upper.fill_(hi)
         self.out_scale.fill_((hi - lo) / 2 if bool(self.signed) else hi - lo)

@@ -14,17 +14,21 @@ __all__ = ["PACTQuantizer", "activation_range"]
 
 
 @torch.no_grad()
-def activation_range(x: Tensor) -> tuple[float, float]:
-    """A robust [lo, hi] for an activation tensor (the EWGS initialisation).
+def activation_range(x: Tensor, bits: int) -> tuple[float, float]:
+    """A robust [lo, hi] for an activation tensor from calibration statistics.
 
     Non-negative inputs (after ReLU) are treated as a half-normal: hi = 3 sigma of the underlying
-    normal, sigma = std / sqrt(1 - 2/pi). Signed inputs use mean +- 3 std.
+    normal, sigma = std / sqrt(1 - 2/pi) (the EWGS initialisation). At few levels that range puts
+    the rounding thresholds so high that most activations round to zero (at 1 bit the threshold
+    would be 1.5 sigma: the network goes dead), so hi is capped by LSQ's step rule,
+    (2^b - 1) * 2 mean|x| / sqrt(2^b - 1). Signed inputs use mean +- 3 std.
     """
     x = x.float()
     if bool((x < 0).any()):
         m, s = x.mean().item(), x.std().item()
         return m - 3 * s, m + 3 * s
-    hi = 3.0 * x.std().item() / math.sqrt(1 - 2 / math.pi)
+    n = 2**bits - 1
+    hi = min(3.0 * x.std().item() / math.sqrt(1 - 2 / math.pi), 2 * math.sqrt(n) * x.abs().mean().item())
     return 0.0, max(hi, 1e-4)
 
 
@@ -44,7 +48,7 @@ class PACTQuantizer(DoReFaQuantizer):
 
     def init_from(self, x: Tensor) -> None:
         if not self.is_weight:
-            lo, hi = activation_range(x)
+            lo, hi = activation_range(x, self.bits)
             self.alpha.fill_(max(hi, -lo) if bool(self.signed) else hi)
 
     def interval(self, x: Tensor) -> Interval:
