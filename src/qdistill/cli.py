@@ -21,6 +21,9 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 def cmd_run(args: argparse.Namespace) -> int:
     from qdistill.demo import format_table, run_demo
 
+    import torch
+
+    torch.set_num_threads(args.threads)  # the digits models are tiny: more threads mostly add sync overhead
     params = _parse_params(args.param)
     summary = run_demo(args.out, method=args.method, quantizer=args.quantizer, bits=args.bits, epochs=args.epochs,
                        seed=args.seed, method_params=params, progress=args.progress)  # fmt: skip
@@ -106,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bits", type=int, default=2, help="weight and activation bits (default: 2)")
     r.add_argument("--epochs", type=int, default=30, help="epochs per model (default: 30)")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     r.add_argument("--progress", action="store_true", help="show progress bars")
 
     t = sub.add_parser("train", help="train from a YAML config")
