@@ -129,3 +129,23 @@ def test_ewgs_delta_is_updated_from_hessian():
 def test_ste_quantizers_are_not_touched_by_hessian_update():
     net = quantize(tiny_net(), QuantConfig(method="lsq"), calib_data=torch.randn(4, 3, 8, 8))
     assert update_ewgs_delta(net, [torch.randn(4, 3, 8, 8)], lambda b: net(b).sum()) == {}
+
+
+def test_ewgs_delta_is_measured_on_the_normalised_grid():
+    """Rescaling a quantizer's output scale and undoing it downstream leaves the network, hence delta, unchanged."""
+    from qdistill.quant import EWGSQuantizer
+
+    def delta(c: float) -> float:
+        torch.manual_seed(0)
+        q = EWGSQuantizer(2, is_weight=False, backward="ewgs")
+        x = torch.rand(64, 8)
+        q.initialize(x)
+        q.out_scale.data.mul_(c)
+        head = nn.Linear(8, 3)
+        head.weight.data.div_(c)
+        net = nn.Sequential(q, head)
+        target = torch.randn(64, 3)
+        gen = torch.Generator().manual_seed(1)
+        return update_ewgs_delta(net, [x], lambda b: (net(b) - target).pow(2).mean(), probes=4, generator=gen)["0"]
+
+    assert delta(1.0) == pytest.approx(delta(10.0), rel=1e-4)

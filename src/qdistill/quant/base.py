@@ -62,6 +62,7 @@ class Quantizer(nn.Module):
         self.register_buffer("initialized", torch.tensor(False))
         self.capture = False  # set by the EWGS Hessian estimator to keep the output for autograd
         self.captured: Tensor | None = None
+        self.captured_scale = 1.0  # output units per unit of the normalised grid x_q, for the Hessian
 
     @property
     def levels(self) -> int:
@@ -102,6 +103,7 @@ class Quantizer(nn.Module):
         if self.capture and y.requires_grad:
             y.retain_grad()
             self.captured = y
+            self.captured_scale = float((iv.step * self.n).detach().abs().mean())
         return y
 
     @torch.no_grad()

@@ -1,7 +1,8 @@
 """EWGS's delta from a Hessian-trace estimate (Lee et al., CVPR 2021, section 3.3).
 
 For each quantizer, delta = (Tr(H) / N) / (3 * std(g)) where H is the Hessian of the training
-loss with respect to the quantizer's output, N its number of elements and g the loss gradient
+loss with respect to the quantizer's normalised output x_q (levels k / (L - 1), as in EWGS; our
+quantizers output a * x_q + b, and the estimate is converted accordingly), N its number of elements and g the loss gradient
 there; Tr(H) is estimated with Hutchinson's Rademacher probes (E[v^T H v] = Tr H). One probe
 draws an independent v_i for every quantizer and takes a single Hessian-vector product of the
 whole network: since the v_i are independent with zero mean, E[v_i^T (H v)_i] = Tr(H_ii), so every
@@ -68,8 +69,11 @@ def update_ewgs_delta(
                     hvs = torch.autograd.grad(grads, outs, vs, retain_graph=True, allow_unused=True)
                     for i, (hv, v) in enumerate(zip(hvs, vs)):
                         traces[i] += 0.0 if hv is None else float((hv * v).sum())
-                for (name, _), y, g, tr in zip(qs, outs, grads, traces):
-                    sums[name] += (tr / probes / y.numel()) / (3.0 * float(g.detach().std()) + 1e-12)
+                for (name, q), y, g, tr in zip(qs, outs, grads, traces):
+                    # EWGS defines delta on the normalised grid x_q; y = a * x_q + b scales the trace by
+                    # a^2 and the gradient std by a, so the same delta is a * (value-domain ratio).
+                    ratio = (tr / probes / y.numel()) / (3.0 * float(g.detach().std()) + 1e-12)
+                    sums[name] += q.captured_scale * ratio
                 count += 1
                 del loss, grads, outs
     finally:
