@@ -159,3 +159,14 @@ def test_checkpoint_is_atomic_and_corrupt_files_are_reported(tmp_path):
 def test_train_config_validation(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         TrainConfig(**kwargs)
+
+
+def test_metrics_written_to_csv_json_and_tensorboard(teacher, tiny_images, make_loader, tmp_path):
+    pytest.importorskip("tensorboard")
+    objective = build_objective("sqakd", _student(teacher, tiny_images), teacher)
+    cfg = TrainConfig(epochs=2, tensorboard=True, **FAST)
+    Trainer(objective, make_loader(tiny_images, labels=False), cfg, out_dir=tmp_path).fit()
+    rows = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert (tmp_path / "metrics.csv").read_text().startswith("epoch,")
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
