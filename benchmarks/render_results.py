@@ -57,21 +57,8 @@ def cell(values: list[float], ref: float | None = None) -> str:
     return text + (f" [{m - ref:+.2f}]" if ref is not None else "")
 
 
-LATE = "2026-11-28 16:52"  # results finished after this came from workers restarted on a newer library
-
-
-def late_table(data: dict[str, Any]) -> str:
-    """Runs on the newer library snapshot, listed apart (not averaged with the others)."""
-    late = [r for r in data["results"] if r.get("finished", "") >= LATE and "bits" in r and r["key"] != "teacher"]
-    if not late:
-        return "none"
-    rows = [f"| {r['key']} | {r['test_top1']:.2f} |" for r in late if "test_top1" in r]
-    return "\n".join(["| run | top-1 |", "|---|---|", *rows])
-
-
 def grid_table(data: dict[str, Any], values: dict[str, str], tag: str) -> str:
     """Rows of methods, columns W1A1/W2A2/W4A4: mean ± std (seeds) [gap to the fine-tuned teacher]."""
-    data = {**data, "results": [r for r in data["results"] if r.get("finished", "") < LATE or r["key"].startswith("teacher")]}
     res = {r["key"]: r for r in data["results"]}
     teacher = res["teacher"]["test_top1"]
     lines = ["| method | W1A1 | W2A2 | W4A4 |", "|---|---|---|---|"]
@@ -129,8 +116,7 @@ def kd_table(data: dict[str, Any], fmnist: dict[str, Any] | None, values: dict[s
         gap = f"{stats(top1)[0] - teacher:+.2f}" if teacher is not None else ""
         values[f"kd:{method.split()[0]}"] = f"{stats(top1)[0]:.2f}"
         labels = "yes" if runs[0].get("labels_used") else "no"
-        late = " (newer library, after 16:52)" if runs[0].get("finished", "") >= LATE else ""
-        lines.append(f"| {method}{late} | {labels} | {cell(top1)} | {gap} |")
+        lines.append(f"| {method} | {labels} | {cell(top1)} | {gap} |")
     done = [m.split()[0] for m, runs in groups.items() if any("test_top1" in r for r in runs)]
     values["kd:best"] = max(done, key=lambda m: float(values[f"kd:{m}"])) if done else "n/a"
     wanted = data["meta"].get("methods", KD_METHODS)
@@ -139,11 +125,6 @@ def kd_table(data: dict[str, Any], fmnist: dict[str, Any] | None, values: dict[s
     if missing:
         lines.append(f"\nNot registered in `qdistill.distill.OBJECTIVES` when this ran (not faked): {', '.join(missing)}.")
     return "\n".join(lines)
-
-
-def _early(data: dict[str, Any]) -> dict[str, Any]:
-    """Only results from the library snapshot the sweep started on (see LATE)."""
-    return {**data, "results": [r for r in data["results"] if r.get("finished", "") < LATE]}
 
 
 def temperature_values(data: dict[str, Any], values: dict[str, str]) -> None:
@@ -317,9 +298,8 @@ def main() -> None:
     for tag, data in tables.items():
         blocks[tag] = grid_table(data, values, tag)
         blocks[f"{tag}_budget"] = budget(data)
-        blocks[f"{tag}_late"] = late_table(data)
     blocks["headline"] = headline(tables, values)
-    for name, render in (("kd_baselines_table", lambda d: kd_table(d, tables.get("fmnist"), values)), ("temperature_sweep", lambda d: temperature_table(_early(d))),
+    for name, render in (("kd_baselines_table", lambda d: kd_table(d, tables.get("fmnist"), values)), ("temperature_sweep", lambda d: temperature_table(d)),
                          ("train_speed_cpu", speed_table), ("train_speed_gpu", speed_table)):  # fmt: skip
         data = load(name)
         if data and data["results"]:
@@ -328,8 +308,8 @@ def main() -> None:
     if load("init_accuracy"):
         blocks["init_accuracy"] = init_table(load("init_accuracy"), values)
     if load("temperature_sweep"):
-        temperature_values(_early(load("temperature_sweep")), values)
-    for name, plot in (("loss_curves", plot_loss_curves), ("temperature_sweep", lambda d, plt: plot_temperature(_early(d), plt)),
+        temperature_values(load("temperature_sweep"), values)
+    for name, plot in (("loss_curves", plot_loss_curves), ("temperature_sweep", plot_temperature),
                        ("loss_surface", plot_surfaces), ("train_speed_cpu", plot_speed)):  # fmt: skip
         data = load(name)
         if data and data["results"]:
