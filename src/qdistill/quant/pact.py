@@ -27,8 +27,9 @@ def activation_range(x: Tensor, bits: int) -> tuple[float, float]:
     if bool((x < 0).any()):
         m, s = x.mean().item(), x.std().item()
         return m - 3 * s, m + 3 * s
-    n = 2**bits - 1
-    hi = min(3.0 * x.std().item() / math.sqrt(1 - 2 / math.pi), 2 * math.sqrt(n) * x.abs().mean().item())
+    hi = 3.0 * x.std().item() / math.sqrt(1 - 2 / math.pi)
+    if bits == 1:
+        hi = min(hi, 2 * x.abs().mean().item())
     return 0.0, max(hi, 1e-4)
 
 
