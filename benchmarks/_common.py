@@ -13,7 +13,7 @@ import torch
 
 from qdistill.experiment import RunConfig, run_experiment
 
-__all__ = ["RESULTS", "ResultLog", "hardware", "timed_run"]
+__all__ = ["RESULTS", "ResultLog", "hardware", "record_run", "timed_run"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -68,3 +68,15 @@ def timed_run(cfg: RunConfig) -> dict[str, Any]:
     if metrics.exists():
         res["history"] = json.loads(metrics.read_text())
     return res
+
+
+def record_run(log: ResultLog, row: dict[str, Any], cfg: RunConfig) -> None:
+    """Run ``cfg`` and append its metrics to ``log``; a diverged run is recorded, not retried."""
+    try:
+        res = timed_run(cfg)
+    except FloatingPointError as e:
+        log.add({**row, "error": str(e)})
+        print(row["key"], "diverged:", e, flush=True)
+        return
+    log.add({**row, **res})
+    print(row["key"], res["test_top1"], res["seconds"], flush=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from _common import ResultLog, hardware, timed_run
+from _common import ResultLog, hardware, record_run, timed_run
 from qdistill import BatchLoader, QuantConfig, RunConfig, TrainConfig, create_model, evaluate
 from qdistill.distill import OBJECTIVES
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, prepare_data
@@ -90,15 +90,7 @@ def main() -> None:
             continue
         cfg = RunConfig(model=model, data=data, quant=QuantConfig(method=quantizer, weight_bits=bits, act_bits=bits),
                         method=MethodConfig(method), train=replace(student_train, seed=seed), out=f"{args.out}/{key}")  # fmt: skip
-        row = {"key": key, "method": method, "quantizer": quantizer, "bits": bits, "seed": seed}
-        try:
-            res = timed_run(cfg)
-        except FloatingPointError as e:  # a diverged run is a result too: recorded, not retried
-            log.add({**row, "error": str(e)})
-            print(key, "diverged:", e, flush=True)
-            continue
-        log.add({**row, **res})
-        print(key, res["test_top1"], res["seconds"], flush=True)
+        record_run(log, {"key": key, "method": method, "quantizer": quantizer, "bits": bits, "seed": seed}, cfg)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ over the FP step time (target: at most 1.15). Prints a table and writes JSON wit
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 
@@ -55,7 +54,7 @@ def main() -> None:
     size = 64 if args.model in ("resnet18", "vgg11_64", "mobilenetv2", "shufflenetv2", "squeezenet") else 32
     teacher = qdistill.create_model(args.model).eval()
     images = torch.randn(args.batch, 3, size, size)
-    fp_student = copy.deepcopy(teacher).train().requires_grad_(True)
+    fp_student = make_student(teacher, None)
     q_cfg = qdistill.QuantConfig(method=args.method, weight_bits=args.bits, act_bits=args.bits)
     q_student = make_student(teacher, q_cfg, images[:64])
     fp = time_step(fp_student, teacher, images, args.steps)

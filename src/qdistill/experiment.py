@@ -224,7 +224,7 @@ def run_experiment(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         calib_loader = BatchLoader(_take(calib_set, cfg.calib_images, cfg.data.seed), cfg.calib_images,
                                    mean=splits.mean, std=splits.std, with_labels=False)  # fmt: skip
         calib = next(iter(calib_loader))
-    student = make_student(teacher, cfg.quant, calib) if cfg.quant is not None else _fp_copy(teacher)
+    student = make_student(teacher, cfg.quant, calib)
     if cfg.teachers:
         teacher = TeacherEnsemble([_teacher(cfg, splits, m) for m in cfg.teachers])
     objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
@@ -247,14 +247,6 @@ def run_experiment(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         results.update(_test_metrics(student, teacher, test, splits, cfg, trainer.device))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
-
-
-def _fp_copy(teacher: nn.Module) -> nn.Module:
-    import copy
-
-    student = copy.deepcopy(teacher)
-    student.requires_grad_(True)
-    return student.train()
 
 
 def _test_metrics(student, teacher, test: ImageSet, splits: DataSplits, cfg: RunConfig, device) -> dict[str, float]:

@@ -12,8 +12,10 @@ from qdistill.quant.config import QuantConfig
 __all__ = ["make_student"]
 
 
-def make_student(teacher: nn.Module, config: QuantConfig, calib_data: Tensor | None = None) -> nn.Module:
+def make_student(teacher: nn.Module, config: QuantConfig | None, calib_data: Tensor | None = None) -> nn.Module:
     """Deep-copy ``teacher``, quantize the copy and calibrate it; the teacher is left untouched.
+
+    ``config=None`` returns the trainable full-precision copy (FP KD, or a teacher trained from scratch).
 
     Starting from the teacher's weights is what lets a label-free KL loss work at all: the
     student begins close to the function it must imitate.
@@ -21,4 +23,4 @@ def make_student(teacher: nn.Module, config: QuantConfig, calib_data: Tensor | N
     student = copy.deepcopy(teacher)
     student.requires_grad_(True)
     student.train()
-    return quantize(student, config, calib_data=calib_data)
+    return student if config is None else quantize(student, config, calib_data=calib_data)
