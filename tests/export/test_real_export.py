@@ -26,15 +26,15 @@ def test_images() -> torch.Tensor:
     return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
-# Measured floors for calibrated (not trained) students, residual kept float; the issue's 99.9%
-# target is not met by these untrained students (see docs/export.md).
-@pytest.mark.parametrize("bits,floor", [(8, 97.0), (4, 85.0)])
-def test_resnet20_export_parity(bits, floor, test_images, tmp_path):
+@pytest.mark.parametrize("bits", [8, 4])
+def test_resnet20_export_parity(bits, test_images, tmp_path):
+    """The issue's target, 99.9% top-1 agreement on CIFAR-10 test images (residual kept float,
+    biases snapped to the int32 grid; measured 100.0% for both)."""
     import qdistill
     from qdistill import QuantConfig
     from qdistill.export import export_onnx
 
     teacher = qdistill.create_model("resnet20", pretrained=TEACHER).eval()
     student = qdistill.make_student(teacher, QuantConfig(method="lsq", weight_bits=bits, act_bits=bits), test_images[:256])
-    report = export_onnx(student, test_images[:8], tmp_path / "m.onnx", calib=test_images, min_agreement=floor)
-    assert report["parity"]["images"] == 2000 and report["parity"]["top1_agreement"] >= floor
+    report = export_onnx(student, test_images[:8], tmp_path / "m.onnx", calib=test_images, residual="float", min_agreement=99.9)
+    assert report["parity"]["images"] == 2000 and report["parity"]["top1_agreement"] >= 99.9

@@ -40,6 +40,14 @@ def write_model_card(artefact: str | Path, info: dict[str, Any]) -> Path:
                   f"{parity['images']} images: top-1 agreement {parity['top1_agreement']:.2f}%, "
                   f"max |logit difference| {parity['max_abs_logit_diff']:.4g}"
                   + (f" (threshold {parity['threshold']}%)." if "threshold" in parity else "."), ""]  # fmt: skip
+        if "top1_exported" in parity:
+            lines += [f"Top-1 accuracy on these labelled images: trained model {parity['top1_trained']:.2f}%, "
+                      f"exported model {parity['top1_exported']:.2f}%.", ""]  # fmt: skip
+        if "unsnapped" in parity:
+            u = parity["unsnapped"]
+            lines += [f"Biases were moved onto the runtime's int32 grid (at most {parity['bias_shift_levels']:.2f} "
+                      "grid units) before the check; against the model as trained, before that move: top-1 "
+                      f"agreement {u['top1_agreement']:.2f}%, max |logit difference| {u['max_abs_logit_diff']:.4g}.", ""]  # fmt: skip
     latency = info.get("latency")
     if latency:
         lines += ["## Measured latency", "", "| batch | latency (ms) | images/s | threads |", "|---|---|---|---|"]

@@ -56,11 +56,12 @@ class OnnxBuild:
 
 
 class _Builder:
-    def __init__(self, opset: int) -> None:
+    def __init__(self, opset: int, snap_bias: bool) -> None:
         from onnx import helper, numpy_helper
 
         self.h, self.nh = helper, numpy_helper
         self.opset = opset
+        self.snap_bias = snap_bias
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self.count = 0
@@ -102,8 +103,11 @@ class _Builder:
         self.act_cache[key] = y
         return y
 
-    def weight(self, layer: nn.Module, bn: nn.Module | None, hint: str) -> _Weight:
-        """Weight (int8 + per-channel scale when it fits, else exact float) and folded bias."""
+    def weight(self, layer: nn.Module, bn: nn.Module | None, hint: str, in_step: float | None) -> _Weight:
+        """Weight (int8 + per-channel scale when it fits, else exact float) and folded bias.
+
+        ``in_step`` is the dequantize scale of the layer's input (None for a float input).
+        """
         w = layer.weight.detach().float()
         out_ch = w.shape[0]
         bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(out_ch)
@@ -134,11 +138,33 @@ class _Builder:
         ints = torch.where(dead.view(shape), 0, iw.ints * (sign * m).view(shape))
         scale = torch.where(dead, torch.ones_like(scale), scale)
         info.update(weight="int8 per-channel")
+        if self.snap_bias and in_step is not None:
+            bias, info["bias_shift_levels"] = _snap_bias(layer, bn, bias, scale, in_step)
         q = self.const(ints.numpy(), f"{hint}.weight_int8", np.int8)
         zero = self.const(np.zeros(out_ch), f"{hint}.weight_zero", np.int8)
         dq = self.op("DequantizeLinear", [q, self.const(scale.numpy(), f"{hint}.weight_scale"), zero],
                      f"{hint}.weight_dq", axis=0)  # fmt: skip
         return _Weight(dq, bias, info, q)
+
+
+@torch.no_grad()
+def _snap_bias(layer: nn.Module, bn: nn.Module | None, bias: Tensor, scale: Tensor, in_step: float) -> tuple[Tensor, float]:
+    """Move the folded bias onto the integer runtime's int32 grid, in the model too.
+
+    An integer kernel adds the bias as ``round(bias / (in_step * scale))`` int32 units. That moves
+    each channel by up to half a unit (about 1e-3 of an output level), which is enough to flip
+    roundings that then cascade through a low-bit network. Snapping the model's own BatchNorm
+    shift (or bias) to the grid makes the PyTorch model and the runtime compute the same sums.
+    Returns the snapped bias and the largest move in units of the grid.
+    """
+    unit = np.float32(in_step) * scale.numpy().astype(np.float32)  # as the runtime computes it
+    snapped = torch.from_numpy((np.round(bias.numpy() / unit) * unit).astype(np.float32))
+    move = snapped - bias
+    target = bn.bias if bn is not None else layer.bias
+    if target is None:  # no bias and no BatchNorm: the bias is 0, already on the grid
+        return bias, 0.0
+    target.add_(move.to(target.dtype))
+    return snapped, float((move.abs() / torch.from_numpy(unit)).max())
 
 
 @dataclass
@@ -152,9 +178,9 @@ class _Weight:
 class _Converter:
     """Walks the fx graph once, emitting ONNX nodes in order."""
 
-    def __init__(self, model: nn.Module, gm: fx.GraphModule, example: Tensor, opset: int) -> None:
+    def __init__(self, model: nn.Module, gm: fx.GraphModule, example: Tensor, opset: int, snap_bias: bool) -> None:
         self.model, self.gm, self.example = model, gm, example
-        self.b = _Builder(opset)
+        self.b = _Builder(opset, snap_bias)
         self.env: dict[fx.Node, Any] = {}
         self.modules = dict(gm.named_modules())
         self.folded: dict[fx.Node, nn.Module] = {}  # conv/linear node -> its BatchNorm
@@ -217,9 +243,11 @@ class _Converter:
 
     def _layer(self, node: fx.Node, m: nn.Module, x: str, hint: str) -> str:
         aq = getattr(m, "act_quant", None)
+        in_step = None
         if aq is not None:
             x = self.b.act(x, aq, f"{hint}.act")
-        w = self.b.weight(m, self.folded.get(node), hint)
+            in_step = act_grid(aq).step
+        w = self.b.weight(m, self.folded.get(node), hint, in_step)
         info = dict(w.info, name=hint, type=type(m).__name__, act_bits=aq.bits if aq is not None else None)
         if isinstance(m, QuantModule):
             info["method"] = type(m.weight_quant).__name__.removesuffix("Quantizer").lower()
@@ -395,12 +423,16 @@ _METHODS: dict[str, Callable[..., str]] = {
 
 
 @torch.no_grad()
-def build_onnx(model: nn.Module, example: Tensor, opset: int = 17) -> OnnxBuild:
-    """Trace ``model`` (eval mode) and return its QDQ ONNX graph; raises ValueError on unsupported ops."""
+def build_onnx(model: nn.Module, example: Tensor, opset: int = 17, snap_bias: bool = False) -> OnnxBuild:
+    """Trace ``model`` (eval mode) and return its QDQ ONNX graph; raises ValueError on unsupported ops.
+
+    ``snap_bias`` moves ``model``'s biases onto the integer runtime's int32 grid (in place: pass
+    a copy) so that the graph and the model compute the same integer sums.
+    """
     model.eval()
     try:
         graph = _Tracer().trace(model)
     except Exception as e:  # fx raises many types for untraceable code
         raise ValueError(f"export: cannot trace {type(model).__name__} with torch.fx: {e}") from None
     gm = fx.GraphModule(model, graph)
-    return _Converter(model, gm, example, opset).run()
+    return _Converter(model, gm, example, opset, snap_bias).run()

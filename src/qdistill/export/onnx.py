@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from qdistill.export.bench import measure, ort_session
 from qdistill.export.card import write_model_card
 from qdistill.export.graph import build_onnx
-from qdistill.export.parity import onnx_parity, require_parity
+from qdistill.export.parity import compare_logits, onnx_logits, require_parity, torch_logits
 from qdistill.export.residual import quantize_float_tensors
 from qdistill.quant.modules import QuantModule
 
@@ -50,11 +50,13 @@ def export_onnx(
     path: str | Path,
     *,
     calib: Tensor | None = None,
+    labels: Tensor | None = None,
     residual: str = "int8",
     min_agreement: float = 99.5,
     threads: int = 2,
     card: dict[str, Any] | None = None,
     fp32_reference: bool = False,
+    snap_bias: bool = True,
     opset: int = 17,
 ) -> dict[str, Any]:
     """Export a quantized model to QDQ ONNX at ``path``; return the report stored beside it.
@@ -63,12 +65,19 @@ def export_onnx(
         model: any model whose quantized layers are `QConv2d`/`QLinear` (quantizers calibrated).
         example: an input batch (fixes the image shape; the batch dimension stays dynamic).
         calib: images for the parity check and for residual ranges (default ``example``).
+        labels: labels of ``calib``, when known: the report then also gives the top-1 accuracy
+            of the trained model and of the exported one.
         residual: ``"int8"`` quantizes the float residual stream to uint8 (fast: every conv and
             add becomes an integer kernel); ``"float"`` keeps it float as trained (exact up to
             float rounding, but convs that feed a float add run in float).
         min_agreement: refuse to write (RuntimeError) below this top-1 agreement, in percent.
         card: extra model-card facts (architecture, method, teacher, accuracy, ...).
         fp32_reference: also write ``<path>.fp32.onnx``, the float twin, for `qdistill bench`.
+        snap_bias: move each integer layer's folded bias onto the runtime's int32 grid (at most
+            half a grid unit, about 1e-3 of an output level) so that the exported graph computes
+            exactly what the model computes. Parity is then checked against this snapped copy
+            (the model passed in is not changed) and also reported against the model as given,
+            under ``parity["unsnapped"]``.
 
     Writes ``path``, ``path + ".json"`` (parity, layers, latency) and ``path + ".md"`` (model card).
     """
@@ -79,7 +88,8 @@ def export_onnx(
     path = Path(path)
     model = model.eval()
     calib = example if calib is None else calib
-    build = build_onnx(model, example, opset)
+    reference = copy.deepcopy(model) if snap_bias else model
+    build = build_onnx(reference, example, opset, snap_bias)
     notes: list[str] = []
     if residual == "int8":
         _, names = quantize_float_tensors(build.model, calib.float().numpy())
@@ -87,8 +97,16 @@ def export_onnx(
             notes.append(f"{len(names)} float residual-stream tensors quantized to uint8 for integer kernels")
     onnx.checker.check_model(build.model)
     blob = build.model.SerializeToString()
-    parity = onnx_parity(model, blob, calib, threads)
+    exported = onnx_logits(ort_session(blob, threads), calib)
+    parity = compare_logits(torch_logits(reference, calib), exported)
     parity["threshold"] = min_agreement
+    if labels is not None:
+        truth = labels.numpy()
+        parity["top1_trained"] = float((torch_logits(model, calib).argmax(1) == truth).mean() * 100)
+        parity["top1_exported"] = float((exported.argmax(1) == truth).mean() * 100)
+    if snap_bias:
+        parity["unsnapped"] = compare_logits(torch_logits(model, calib), exported)
+        parity["bias_shift_levels"] = max((layer.get("bias_shift_levels", 0.0) for layer in build.layers), default=0.0)
     require_parity(parity, min_agreement, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)

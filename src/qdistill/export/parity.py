@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["compare_logits", "onnx_parity", "require_parity", "torch_logits"]
+__all__ = ["compare_logits", "onnx_logits", "onnx_parity", "require_parity", "torch_logits"]
 
 
 @torch.no_grad()

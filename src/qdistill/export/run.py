@@ -18,15 +18,16 @@ __all__ = ["export_run"]
 LABELLED_METHODS = ("qat", "ce_kd")
 
 
-def _calibration_images(cfg: Any, count: int) -> torch.Tensor:
-    """The first ``count`` images of the run's test split (else its validation/training split), normalised."""
+def _calibration_images(cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``count`` images of the run's test split (else its validation/training split),
+    normalised, with their labels when the split has them (only to report accuracy)."""
     from qdistill.data import BatchLoader
     from qdistill.experiment import prepare_data
 
     splits, train, val, test = prepare_data(cfg.data)
     data = next(d for d in (test, val, train) if d is not None)
-    batch = next(iter(BatchLoader(data, count, mean=splits.mean, std=splits.std, with_labels=False)))
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
+    batch = next(iter(BatchLoader(data, count, mean=splits.mean, std=splits.std, with_labels=data.labels is not None)))
+    return (batch[0], batch[1]) if isinstance(batch, (list, tuple)) and len(batch) == 2 else (batch, None)
 
 
 def _card_facts(run_dir: Path, cfg: Any) -> dict[str, Any]:
@@ -54,11 +55,11 @@ def export_run(
 
     run_dir = Path(run_dir)
     model, cfg, state = load_run(run_dir)
-    calib = _calibration_images(cfg, images)
+    calib, labels = _calibration_images(cfg, images)
     card = _card_facts(run_dir, cfg)
     if fmt == "onnx":
         out = Path(out or run_dir / "model.onnx")
-        return export_onnx(model, calib[:8], out, calib=calib, residual=residual, min_agreement=min_agreement,
+        return export_onnx(model, calib[:8], out, calib=calib, labels=labels, residual=residual, min_agreement=min_agreement,
                            threads=threads, card=card, fp32_reference=True)  # fmt: skip
     if fmt != "packed":
         raise ValueError(f"unknown format {fmt!r}; choose onnx or packed")
