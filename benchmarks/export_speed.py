@@ -2,10 +2,12 @@
 
     python benchmarks/export_speed.py [--threads 2] [--seconds 2] [--out benchmarks/export_speed.json]
 
-Each model is exported twice from the same weights: as its float twin and as W8A8 LSQ QDQ
-(per-channel int8 weights) with the residual stream kept float (exact) or uint8 (fast). Both run
-in the same process with the same pinned thread count, alternately, and the ratio is taken from
-that same run. Weights are random (calibrated on random images): speed does not depend on them.
+Each model is exported from the same weights as its float twin and as W8A8 LSQ QDQ (per-channel
+int8 weights) three ways: residual sums kept float as in the papers (exact, slow), quantized to
+uint8 after training (`--residual int8`: fast, but rounding the model never saw), and quantized
+during training (`QuantConfig(residual_bits=8)`: fast and exact). FP32 and quantized run in the
+same process with the same pinned thread count, alternately, and the ratio is taken from that
+same run. Weights are random (calibrated on random images): speed does not depend on them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -44,23 +47,29 @@ def main() -> None:
         for name, size in MODELS:
             teacher = qdistill.create_model(name).eval()
             x = torch.randn(64, 3, size, size)
-            student = qdistill.make_student(teacher, QuantConfig(method="lsq", weight_bits=8, act_bits=8, per_channel=True), x)
+            cfg = QuantConfig(method="lsq", weight_bits=8, act_bits=8, per_channel=True)
+            student = qdistill.make_student(teacher, cfg, x)
             fp32 = Path(tmp, f"{name}.fp32.onnx")
             onnx.save(build_onnx(float_twin(student), x[:1]).model, str(fp32))
-            for residual in ("float", "int8"):
-                model = build_onnx(student.eval(), x[:1]).model
+            for residual in ("float", "int8", "8-bit trained"):
+                if residual == "8-bit trained":
+                    trained = qdistill.make_student(teacher, replace(cfg, residual_bits=8), x)
+                    trained.load_state_dict(student.state_dict(), strict=False)  # same weights
+                    model = build_onnx(trained.eval(), x[:1]).model
+                else:
+                    model = build_onnx(student.eval(), x[:1]).model
                 if residual == "int8":
                     quantize_float_tensors(model, x.numpy())
-                q = Path(tmp, f"{name}.{residual}.onnx")
+                q = Path(tmp, f"{name}.{residual.split()[0]}.onnx")
                 onnx.save(model, str(q))
                 for r in compare(fp32, q, (3, size, size), threads=args.threads, seconds=args.seconds):
-                    if r["format"] == "fp32" and residual == "int8":
+                    if r["format"] == "fp32" and residual != "float":
                         continue  # one FP32 row per batch size is enough in the table
                     r.update(model=f"{name} {size}x{size}", format="fp32" if r["format"] == "fp32" else f"w8a8 residual={residual}")
                     rows.append(r)
-    print(f"{'model':<16} {'format':<22} {'batch':>5} {'latency ms':>11} {'img/s':>8} {'vs FP32':>8} {'file':>9}")
+    print(f"{'model':<16} {'format':<30} {'batch':>5} {'latency ms':>11} {'img/s':>8} {'vs FP32':>8} {'file':>9}")
     for r in rows:
-        print(f"{r['model']:<16} {r['format']:<22} {r['batch']:>5} {r['latency_ms']:>11.2f} {r['images_per_s']:>8.0f} "
+        print(f"{r['model']:<16} {r['format']:<30} {r['batch']:>5} {r['latency_ms']:>11.2f} {r['images_per_s']:>8.0f} "
               f"{r['ratio_vs_fp32']:>7.2f}x {r['file_bytes'] / 1024:>6.0f} KiB")  # fmt: skip
     Path(args.out).write_text(json.dumps({"threads": args.threads, "onnxruntime": ort.__version__, "rows": rows}, indent=1))
     print(f"written to {args.out}")

@@ -236,6 +236,8 @@ class _Converter:
             return self._layer(node, m, x, hint)
         if isinstance(m, _BN):
             return self._batchnorm(m, x, hint)
+        if isinstance(m, Quantizer):  # a quantizer of its own, e.g. on a residual sum
+            return self.b.act(x, m, hint)
         simple = _MODULES.get(type(m))
         if simple is None:
             raise ValueError(f"export: unsupported layer {hint} ({type(m).__name__})")

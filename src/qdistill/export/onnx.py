@@ -87,6 +87,9 @@ def export_onnx(
         raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
     path = Path(path)
     model = model.eval()
+    if residual == "int8" and getattr(getattr(model, "qdistill_config", None), "residual_bits", None):
+        raise ValueError("export: this model quantizes its residual sums itself (quant.residual_bits); "
+                         "export it with residual='float', which is then already all-integer")  # fmt: skip
     calib = example if calib is None else calib
     reference = copy.deepcopy(model) if snap_bias else model
     build = build_onnx(reference, example, opset, snap_bias)

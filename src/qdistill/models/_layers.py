@@ -63,6 +63,12 @@ class BasicBlock(nn.Module):
         shortcut: What ``downsample`` does when the shape changes: ``"A"`` subsamples and pads
             with zeros (CIFAR ResNets, no parameters); ``"B"`` projects with 1x1 conv + BN
             (torchvision layout, keys ``downsample.0`` and ``downsample.1``).
+
+    ``quant_branch``, ``quant_shortcut`` and ``quant_out`` are identities unless
+    ``QuantConfig.residual_bits`` puts quantizers there (the two inputs of the residual sum and
+    its output), so that an integer runtime can run the whole block without float tensors. An
+    identity shortcut passes the previous block's ``quant_out`` levels through unchanged, so it
+    gets no quantizer of its own (one rounding fewer, and no requantization at run time).
     """
 
     expansion = 1
@@ -88,11 +94,20 @@ class BasicBlock(nn.Module):
                 nn.BatchNorm2d(planes),
             )
         self.relu2 = nn.ReLU()
+        self.quant_branch: nn.Module = nn.Identity()
+        self.quant_shortcut: nn.Module = nn.Identity()
+        self.quant_out: nn.Module = nn.Identity()
+
+    @property
+    def residual_quant_slots(self) -> tuple[str, ...]:
+        """Where ``QuantConfig.residual_bits`` puts quantizers."""
+        shortcut = () if isinstance(self.downsample, nn.Identity) else ("quant_shortcut",)
+        return ("quant_branch", *shortcut, "quant_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.downsample(x))
+        out = self.quant_branch(self.bn2(self.conv2(out)))
+        return self.quant_out(self.relu2(out + self.quant_shortcut(self.downsample(x))))
 
 
 def init_weights(model: nn.Module) -> None:

@@ -82,10 +82,24 @@ def quantize(
         if filter_fn is not None and not filter_fn(module, name):
             continue
         model.set_submodule(name, quant_cls.from_float(module, config.for_layer(name)))
+    if config.residual_bits is not None:
+        _quantize_residuals(model, config.residual_bits)
     model.qdistill_config = config
     if calib_data is not None:
         calibrate(model, calib_data)
     return model
+
+
+def _quantize_residuals(model: nn.Module, bits: int) -> None:
+    """Put an LSQ activation quantizer in every residual slot a block declares."""
+    from qdistill.quant.lsq import LSQQuantizer
+
+    blocks = [m for m in model.modules() if getattr(m, "residual_quant_slots", ())]
+    if not blocks:
+        raise ValueError(f"quant.residual_bits: {type(model).__name__} has no blocks with residual_quant_slots")
+    for block in blocks:
+        for slot in block.residual_quant_slots:
+            setattr(block, slot, LSQQuantizer(bits, is_weight=False))
 
 
 def named_quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:

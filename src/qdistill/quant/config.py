@@ -32,6 +32,10 @@ class QuantConfig:
         include: module-name globs quantized even when kept by keep_first/keep_last.
         exclude: module-name globs left full precision.
         overrides: module-name glob -> dict of the per-layer keys above (e.g. ``{"layer1.*": {"weight_bits": 4}}``).
+        residual_bits: None keeps residual sums float, as the papers do; 2..8 (8 for deployment)
+            also quantizes both inputs and the output of every residual sum with LSQ (integer zero
+            points), so an exported model runs every layer in integer kernels and still computes
+            exactly what was trained. Only for models whose blocks declare ``residual_quant_slots``.
     """
 
     method: str = "ewgs"
@@ -45,6 +49,7 @@ class QuantConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    residual_bits: int | None = None
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -56,6 +61,9 @@ class QuantConfig:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 8:
                 raise ValueError(f"quant.{key}: must be an integer in 1..8, got {v!r}")
+        r = self.residual_bits
+        if r is not None and (not isinstance(r, int) or isinstance(r, bool) or not 2 <= r <= 8):
+            raise ValueError(f"quant.residual_bits: must be None or an integer in 2..8, got {r!r}")
         if self.backward is not None and self.backward not in BACKWARDS:
             raise ValueError(f"quant.backward: unknown {self.backward!r}; choose one of {', '.join(BACKWARDS)}")
         object.__setattr__(self, "include", tuple(self.include))
