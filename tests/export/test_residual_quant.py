@@ -46,12 +46,27 @@ def test_models_without_residual_slots_are_refused():
 def test_slots_hold_trainable_quantizers(images):
     student = tiny_student("ewgs", 2, images, residual_bits=8)
     slots = {n for n, m in student.named_modules() if isinstance(m, Quantizer) and ".quant_" in n}
-    # block1 has an identity shortcut (previous levels pass through), blocks 2-3 change shape
-    assert slots == {"block1.quant_branch", "block1.quant_out", "block2.quant_branch", "block2.quant_shortcut",
-                     "block2.quant_out", "block3.quant_branch", "block3.quant_shortcut", "block3.quant_out"}  # fmt: skip
+    # identity (block1) and option-A (block2) shortcuts pass quant_in's levels on; block3 projects
+    assert slots == {"block1.quant_in", "block1.quant_branch", "block2.quant_in", "block2.quant_branch",
+                     "block3.quant_in", "block3.quant_branch", "block3.quant_shortcut"}  # fmt: skip
+    assert student.block1.conv1.act_quant is not student.block1.quant_in  # 2-bit input, 8-bit stream
     student.train()
     student(images[:8]).square().mean().backward()
-    assert student.block2.quant_out.step.grad is not None and student.block2.quant_out.step.grad.abs().sum() > 0
+    assert student.block2.quant_in.step.grad is not None and student.block2.quant_in.step.grad.abs().sum() > 0
+
+
+def test_same_width_readers_share_the_block_input_quantizer(images, tmp_path):
+    """W8A8 with an 8-bit stream: the first conv and the projection read quant_in's levels as they
+    are, so the export has no requantization between blocks."""
+    from qdistill.export import export_onnx
+
+    student = tiny_student("lsq", 8, images, residual_bits=8)
+    assert student.block1.conv1.act_quant is student.block1.quant_in
+    assert student.block3.downsample[0].act_quant is student.block3.quant_in
+    export_onnx(student, images[:4], tmp_path / "m.onnx", calib=images, residual="float", min_agreement=99.9)
+    ops = _optimised_ops(tmp_path / "m.onnx", tmp_path)
+    assert ops["QLinearAdd"] == 2 and ops["QLinearConv"] == 7  # the last sum feeds a float pool: float add
+    assert ops["QuantizeLinear"] == 1 and ops["DequantizeLinear"] == 2  # stem output in; last sum out
 
 
 @pytest.mark.parametrize("method", ["lsq", "ewgs", "pact"])

@@ -67,6 +67,8 @@ class _Builder:
         self.inits: list[Any] = []
         self.count = 0
         self.act_cache: dict[tuple[str, int], str] = {}
+        self.act_source: dict[str, int] = {}  # output of an activation quantizer -> id of that quantizer
+        self.levels: dict[str, tuple[str, list[str]]] = {}  # dequantized tensor -> (its uint8 levels, DQ scale and zero)
         self.layers: list[dict[str, Any]] = []
 
     def name(self, hint: str) -> str:
@@ -89,6 +91,8 @@ class _Builder:
         key = (x, id(q))
         if key in self.act_cache:
             return self.act_cache[key]
+        if self.act_source.get(x) == id(q):  # already on q's grid (a shared quantizer): idempotent
+            return x
         g = act_grid(q)
         if g.shift is not None:
             x = self.op("Add", [x, self.const(g.shift, f"{hint}.shift")], f"{hint}.shifted")
@@ -101,7 +105,25 @@ class _Builder:
         y = self.op("DequantizeLinear", [k, self.const(g.step, f"{hint}.scale"), zd], f"{hint}.dq")
         if g.half:
             y = self.op("Add", [y, self.const(g.step / 2, f"{hint}.half")], f"{hint}.dqh")
+        else:
+            self.levels[y] = (k, [y_in for y_in in self.nodes[-1].input[1:]])
         self.act_cache[key] = y
+        self.act_source[y] = id(q)
+        return y
+
+    def on_levels(self, x: str, op_type: str, inputs: list[str], **attrs: Any) -> str:
+        """``op_type`` applied to ``x``; on its integer levels (then dequantized) when ``x`` is a
+        dequantized activation, so that slicing and zero padding keep the tensor quantized (0.0 is
+        the zero point's level) and the sums it enters still fuse into integer kernels."""
+        if x not in self.levels:
+            return self.op(op_type, [x, *inputs], **attrs)
+        k, dq_args = self.levels[x]
+        if op_type == "Pad":  # pad with the zero point's level, which dequantizes to 0.0
+            inputs = [inputs[0], dq_args[1]]
+        kk = self.op(op_type, [k, *inputs], **attrs)
+        y = self.op("DequantizeLinear", [kk, *dq_args])
+        self.levels[y] = (kk, dq_args)
+        self.act_source[y] = self.act_source[x]
         return y
 
     def weight(self, layer: nn.Module, bn: nn.Module | None, hint: str, in_step: float | None) -> _Weight:
@@ -185,6 +207,21 @@ class _Builder:
             self.bias_sites[conv.input[2]].offset += c
             q[0].input[0] = x
             self.nodes.remove(add)
+
+    def prune(self, output: str) -> None:
+        """Drop nodes and initialisers ``output`` does not depend on (e.g. a dequantize that a
+        slice on integer levels made redundant)."""
+        producer = {o: n for n in self.nodes for o in n.output}
+        needed, stack = set(), [output]
+        while stack:
+            t = stack.pop()
+            if t in needed:
+                continue
+            needed.add(t)
+            if t in producer:
+                stack.extend(producer[t].input)
+        self.nodes = [n for n in self.nodes if any(o in needed for o in n.output)]
+        self.inits = [t for t in self.inits if t.name in needed]
 
     def _set_const(self, name: str, value: np.ndarray) -> None:
         i = next(i for i, t in enumerate(self.inits) if t.name == name)
@@ -272,6 +309,7 @@ class _Converter:
             raise ValueError("export needs a model that returns one tensor")
         self.b.finish()
         self.b.nodes.append(h.make_node("Identity", [outputs[0]], ["logits"], name="logits"))
+        self.b.prune("logits")
         x = h.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", *self.example.shape[1:]])
         y = h.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", None])
         graph = h.make_graph(self.b.nodes, "qdistill", [x], [y], self.b.inits)
@@ -393,7 +431,7 @@ def _getitem(b: _Builder, x: Any, idx: Any) -> str:
     if not axes:
         return x
     c = lambda v, n: b.const(np.array(v), n, np.int64)  # noqa: E731
-    return b.op("Slice", [x, c(starts, "starts"), c(ends, "ends"), c(axes, "axes"), c(steps, "steps")])
+    return b.on_levels(x, "Slice", [c(starts, "starts"), c(ends, "ends"), c(axes, "axes"), c(steps, "steps")])
 
 
 def _pad(b: _Builder, x: str, pad: Any, mode: str = "constant", value: float | None = None) -> str:
@@ -405,7 +443,9 @@ def _pad(b: _Builder, x: str, pad: Any, mode: str = "constant", value: float | N
     for j, (lo, hi) in enumerate(pairs):
         begin[rank - 1 - j], end[rank - 1 - j] = lo, hi
     pads = b.const(np.array(begin + end), "pads", np.int64)
-    return b.op("Pad", [x, pads, b.const(float(value or 0.0), "pad_value")], mode="constant")
+    if value:
+        return b.op("Pad", [x, pads, b.const(float(value), "pad_value")], mode="constant")
+    return b.on_levels(x, "Pad", [pads, b.const(0.0, "pad_value")], mode="constant")
 
 
 def _cat(b: _Builder, tensors: Any, dim: int = 0) -> str:

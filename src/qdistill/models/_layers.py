@@ -64,11 +64,12 @@ class BasicBlock(nn.Module):
             with zeros (CIFAR ResNets, no parameters); ``"B"`` projects with 1x1 conv + BN
             (torchvision layout, keys ``downsample.0`` and ``downsample.1``).
 
-    ``quant_branch``, ``quant_shortcut`` and ``quant_out`` are identities unless
-    ``QuantConfig.residual_bits`` puts quantizers there (the two inputs of the residual sum and
-    its output), so that an integer runtime can run the whole block without float tensors. An
-    identity shortcut passes the previous block's ``quant_out`` levels through unchanged, so it
-    gets no quantizer of its own (one rounding fewer, and no requantization at run time).
+    ``quant_in``, ``quant_branch`` and ``quant_shortcut`` are identities unless
+    ``QuantConfig.residual_bits`` puts quantizers there: on the block input (which both the first
+    conv and the shortcut read), on the branch before the sum and on a projection shortcut. Then
+    every tensor entering a residual sum is quantized and an integer runtime can run the whole
+    block without float tensors. An identity or option-A shortcut passes ``quant_in``'s levels
+    through unchanged (zero padding is a level), so it needs no quantizer of its own.
     """
 
     expansion = 1
@@ -94,20 +95,26 @@ class BasicBlock(nn.Module):
                 nn.BatchNorm2d(planes),
             )
         self.relu2 = nn.ReLU()
+        self.quant_in: nn.Module = nn.Identity()
         self.quant_branch: nn.Module = nn.Identity()
         self.quant_shortcut: nn.Module = nn.Identity()
-        self.quant_out: nn.Module = nn.Identity()
 
     @property
     def residual_quant_slots(self) -> tuple[str, ...]:
         """Where ``QuantConfig.residual_bits`` puts quantizers."""
-        shortcut = () if isinstance(self.downsample, nn.Identity) else ("quant_shortcut",)
-        return ("quant_branch", *shortcut, "quant_out")
+        projects = not isinstance(self.downsample, (nn.Identity, PadShortcut))
+        return ("quant_in", "quant_branch") + (("quant_shortcut",) if projects else ())
+
+    def input_readers(self) -> tuple[nn.Module, ...]:
+        """Layers that read the block input directly: they may share ``quant_in``."""
+        projection = (self.downsample[0],) if isinstance(self.downsample, nn.Sequential) else ()
+        return (self.conv1, *projection)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quant_in(x)
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.quant_branch(self.bn2(self.conv2(out)))
-        return self.quant_out(self.relu2(out + self.quant_shortcut(self.downsample(x))))
+        return self.relu2(out + self.quant_shortcut(self.downsample(x)))
 
 
 def init_weights(model: nn.Module) -> None:

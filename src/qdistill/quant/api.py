@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from qdistill.quant.base import Quantizer
 from qdistill.quant.config import QuantConfig
-from qdistill.quant.modules import QConv2d, QLinear
+from qdistill.quant.modules import QConv2d, QLinear, QuantModule
 
 __all__ = [
     "QUANT_MODULE_MAP",
@@ -91,7 +91,12 @@ def quantize(
 
 
 def _quantize_residuals(model: nn.Module, bits: int) -> None:
-    """Put an LSQ activation quantizer in every residual slot a block declares."""
+    """Put an LSQ activation quantizer in every residual slot a block declares.
+
+    A layer reading the block input (``quant_in``) with an input quantizer of the same width
+    shares it: its input is then already on that grid, so one rounding instead of two and no
+    requantization in an integer runtime.
+    """
     from qdistill.quant.lsq import LSQQuantizer
 
     blocks = [m for m in model.modules() if getattr(m, "residual_quant_slots", ())]
@@ -100,6 +105,10 @@ def _quantize_residuals(model: nn.Module, bits: int) -> None:
     for block in blocks:
         for slot in block.residual_quant_slots:
             setattr(block, slot, LSQQuantizer(bits, is_weight=False))
+        readers = block.input_readers() if hasattr(block, "input_readers") else ()
+        for reader in readers:
+            if isinstance(reader, QuantModule) and reader.act_quant is not None and reader.act_quant.bits == bits:
+                reader.act_quant = block.quant_in
 
 
 def named_quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
