@@ -55,8 +55,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--bits", type=int, nargs="+", default=[1, 2, 4], help="only these widths (to split work)")
     p.add_argument("--methods", nargs="+", default=None, help="only these methods (to split work)")
-    p.add_argument("--name", default="cifar_table", help="result file (cifar_table_* files are merged when rendering)")
+    p.add_argument("--quantizers", nargs="+", default=None, help="only these quantizers")
+    p.add_argument("--name", default="cifar_table", help="result file (cifar_table_* files are merged when rendering; "
+                   "cifar_long is the longer-budget table)")  # fmt: skip
     p.add_argument("--out", default="runs/bench/cifar")
+    p.add_argument("--teacher-run", default=None, help="fine-tuned teacher run folder (default OUT/teacher; trained if missing)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     budget = {"teacher_finetune": f"{args.teacher_subset} JPEG train images, {args.teacher_epochs} epoch(s), SGD 0.01 cosine",
@@ -69,21 +72,23 @@ def main() -> None:
                       mean=MEAN, std=STD)  # fmt: skip
     train = TrainConfig(epochs=args.teacher_epochs, optimizer="sgd", lr=0.01, nesterov=True, weight_decay=5e-4,
                         progress=False, device=args.device, hessian_probes=1)  # fmt: skip
-    if not log.has("teacher") and not Path(f"{args.out}/teacher/model.pt").exists():
+    teacher_run = args.teacher_run or f"{args.out}/teacher"
+    if not log.has("teacher") and not Path(f"{teacher_run}/model.pt").exists():
         cfg = RunConfig(model=ModelConfig("resnet20", pretrained=TEACHER), data=data, quant=None,
-                        method=MethodConfig("qat"), train=train, out=f"{args.out}/teacher")  # fmt: skip
+                        method=MethodConfig("qat"), train=train, out=teacher_run)  # fmt: skip
         log.add({"key": "teacher", "method": "fp", "bits": 32, "seed": 0, **timed_run(cfg)})
-    for key, weights in (("teacher_before", TEACHER), ("teacher", f"{args.out}/teacher/model.pt")):
+    for key, weights in (("teacher_before", TEACHER), ("teacher", f"{teacher_run}/model.pt")):
         record = log.get(key) or {"key": key, "method": "fp", "bits": 32, "seed": 0}
         if record.get("test_images") != args.test_subset:  # students are tested on these images: so is the teacher
             log.add({**record, "test_top1": test_top1(data, weights), "test_images": args.test_subset})
     print("teacher", log.get("teacher_before")["test_top1"], "->", log.get("teacher")["test_top1"], flush=True)
-    model = ModelConfig("resnet20", pretrained=f"{args.out}/teacher/model.pt")
+    model = ModelConfig("resnet20", pretrained=f"{teacher_run}/model.pt")
     data = replace(data, subset=args.subset)
     student_train = TrainConfig(epochs=args.epochs, lr=5e-4, progress=False, device=args.device, hessian_probes=1)
     for method, quantizer, bits, seed in jobs(args.seeds):
         key = f"{method}-{quantizer}-w{bits}a{bits}-s{seed}"
-        if log.has(key) or bits not in args.bits or (args.methods and method not in args.methods):
+        if (log.has(key) or bits not in args.bits or (args.methods and method not in args.methods)
+                or (args.quantizers and quantizer not in args.quantizers)):  # fmt: skip
             continue
         if method not in OBJECTIVES.names():
             print(f"skip {key}: method {method!r} is not registered yet", flush=True)

@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.safetensors)")
     x.add_argument("--min-agreement", type=float, default=99.5, help="refuse below this top-1 agreement in %% (default 99.5)")
     x.add_argument("--residual", default="float", choices=["float", "int8"],
-                   help="ONNX only: keep the residual stream float as trained (default) or uint8 (faster)")
+                   help="ONNX only: keep float residual sums float (default, exact) or quantize them to uint8 after "
+                        "training (fast, adds rounding; train with quant.residual_bits instead)")
     x.add_argument("--images", type=int, default=1000, help="parity/calibration images from the run's data (default 1000)")
     x.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
 

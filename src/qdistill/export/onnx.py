@@ -51,7 +51,7 @@ def export_onnx(
     *,
     calib: Tensor | None = None,
     labels: Tensor | None = None,
-    residual: str = "int8",
+    residual: str = "float",
     min_agreement: float = 99.5,
     threads: int = 2,
     card: dict[str, Any] | None = None,
