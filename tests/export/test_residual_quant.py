@@ -104,3 +104,11 @@ def test_packed_round_trip_keeps_residual_quantizers(images, tmp_path):
     rebuilt = load_packed(tmp_path / "m.safetensors", model=tiny_student("lsq", 4, images[:8] * 3, residual_bits=8))
     with torch.no_grad():
         assert torch.equal(student(images), rebuilt(images))
+
+
+def test_float_twin_has_no_quantizers_left(images):
+    """The FP32 speed baseline of a residual-quantized model must not keep its residual quantizers."""
+    from qdistill.export.onnx import float_twin
+
+    twin = float_twin(tiny_student("lsq", 8, images, residual_bits=8))
+    assert not any(isinstance(m, Quantizer) for m in twin.modules())

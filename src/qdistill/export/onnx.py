@@ -15,6 +15,7 @@ from qdistill.export.card import write_model_card
 from qdistill.export.graph import build_onnx
 from qdistill.export.parity import compare_logits, onnx_logits, require_parity, torch_logits
 from qdistill.export.residual import quantize_float_tensors
+from qdistill.quant.base import Quantizer
 from qdistill.quant.modules import QuantModule
 
 __all__ = ["RESIDUAL_MODES", "export_onnx", "float_twin"]
@@ -24,7 +25,8 @@ RESIDUAL_MODES = ("int8", "float")
 
 @torch.no_grad()
 def float_twin(model: nn.Module) -> nn.Module:
-    """A float copy with each quantized layer replaced by a plain one holding its quantized weight.
+    """A float copy with each quantized layer replaced by a plain one holding its quantized weight,
+    and every other quantizer (residual sums) by an identity.
 
     It is the FP32 baseline of the speed comparison: same graph, no quantizers.
     """
@@ -41,6 +43,9 @@ def float_twin(model: nn.Module) -> nn.Module:
         if m.bias is not None:
             plain.bias.copy_(m.bias)
         twin.set_submodule(name, plain)
+    for name, m in list(twin.named_modules()):  # what is left: quantizers of residual sums
+        if isinstance(m, Quantizer):
+            twin.set_submodule(name, nn.Identity())
     return twin
 
 
