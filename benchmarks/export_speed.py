@@ -5,7 +5,8 @@
 Each model is exported from the same weights as its float twin and as W8A8 LSQ QDQ (per-channel
 int8 weights) three ways: residual sums kept float as in the papers (exact, slow), quantized to
 uint8 after training (`--residual int8`: fast, but rounding the model never saw), and quantized
-during training (`QuantConfig(residual_bits=8)`: fast and exact). FP32 and quantized run in the
+during training (`QuantConfig(residual_bits=8)`: fast and exact), the last also as its ONNX Runtime
+build with the residual stream kept channels-last (`export_onnx(ort_build=True)`). FP32 and quantized run in the
 same process with the same pinned thread count, alternately, and the ratio is taken from that
 same run. Weights are random (calibrated on random images): speed does not depend on them.
 """
@@ -28,6 +29,7 @@ from qdistill import QuantConfig
 from qdistill.export.bench import compare
 from qdistill.export.graph import build_onnx
 from qdistill.export.onnx import float_twin
+from qdistill.export.ort_layout import ort_optimized
 from qdistill.export.residual import quantize_float_tensors
 
 MODELS = (("resnet20", 32), ("resnet18", 64))
@@ -51,8 +53,8 @@ def main() -> None:
             student = qdistill.make_student(teacher, cfg, x)
             fp32 = Path(tmp, f"{name}.fp32.onnx")
             onnx.save(build_onnx(float_twin(student), x[:1]).model, str(fp32))
-            for residual in ("float", "int8", "8-bit trained"):
-                if residual == "8-bit trained":
+            for residual in ("float", "int8", "8-bit trained", "8-bit trained, ORT build"):
+                if residual.startswith("8-bit trained"):
                     trained = qdistill.make_student(teacher, replace(cfg, residual_bits=8), x)
                     trained.load_state_dict(student.state_dict(), strict=False)  # same weights
                     model = build_onnx(trained.eval(), x[:1]).model
@@ -60,16 +62,18 @@ def main() -> None:
                     model = build_onnx(student.eval(), x[:1]).model
                 if residual == "int8":
                     quantize_float_tensors(model, x.numpy())
-                q = Path(tmp, f"{name}.{residual.split()[0]}.onnx")
+                if residual.endswith("ORT build"):
+                    model = ort_optimized(model.SerializeToString(), str(Path(tmp, "optimised.onnx")))
+                q = Path(tmp, f"{name}.{residual.replace(' ', '_').replace(',', '')}.onnx")
                 onnx.save(model, str(q))
                 for r in compare(fp32, q, (3, size, size), threads=args.threads, seconds=args.seconds):
                     if r["format"] == "fp32" and residual != "float":
                         continue  # one FP32 row per batch size is enough in the table
                     r.update(model=f"{name} {size}x{size}", format="fp32" if r["format"] == "fp32" else f"w8a8 residual={residual}")
                     rows.append(r)
-    print(f"{'model':<16} {'format':<30} {'batch':>5} {'latency ms':>11} {'img/s':>8} {'vs FP32':>8} {'file':>9}")
+    print(f"{'model':<16} {'format':<40} {'batch':>5} {'latency ms':>11} {'img/s':>8} {'vs FP32':>8} {'file':>9}")
     for r in rows:
-        print(f"{r['model']:<16} {r['format']:<30} {r['batch']:>5} {r['latency_ms']:>11.2f} {r['images_per_s']:>8.0f} "
+        print(f"{r['model']:<16} {r['format']:<40} {r['batch']:>5} {r['latency_ms']:>11.2f} {r['images_per_s']:>8.0f} "
               f"{r['ratio_vs_fp32']:>7.2f}x {r['file_bytes'] / 1024:>6.0f} KiB")  # fmt: skip
     Path(args.out).write_text(json.dumps({"threads": args.threads, "onnxruntime": ort.__version__, "rows": rows}, indent=1))
     print(f"written to {args.out}")

@@ -112,3 +112,22 @@ def test_float_twin_has_no_quantizers_left(images):
 
     twin = float_twin(tiny_student("lsq", 8, images, residual_bits=8))
     assert not any(isinstance(m, Quantizer) for m in twin.modules())
+
+
+def test_ort_build_keeps_the_stream_channels_last(images, tmp_path):
+    """The ONNX Runtime build computes the same logits as the QDQ file, with the layout
+    transposes between residual blocks gone (one into the stream, one out of it)."""
+    import onnx
+
+    from qdistill.export import export_onnx
+    from qdistill.export.bench import ort_session
+    from qdistill.export.parity import onnx_logits
+
+    student = tiny_student("lsq", 8, images, residual_bits=8)
+    report = export_onnx(student, images[:4], tmp_path / "m.onnx", calib=images, min_agreement=99.9, ort_build=True)
+    ort_file = tmp_path / "m.onnx.ort.onnx"
+    assert report["ort_build"]["identical_to_qdq"] and ort_file.is_file()
+    ops = collections.Counter(n.op_type for n in onnx.load(ort_file).graph.node)
+    assert ops["Transpose"] <= 2 and ops["QLinearAdd"] == 2
+    qdq, fast = (onnx_logits(ort_session(p), images) for p in (tmp_path / "m.onnx", ort_file))
+    assert np.array_equal(qdq, fast)

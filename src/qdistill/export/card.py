@@ -48,6 +48,13 @@ def write_model_card(artefact: str | Path, info: dict[str, Any]) -> Path:
             lines += [f"Biases were moved onto the runtime's int32 grid (at most {parity['bias_shift_levels']:.2f} "
                       "grid units) before the check; against the model as trained, before that move: top-1 "
                       f"agreement {u['top1_agreement']:.2f}%, max |logit difference| {u['max_abs_logit_diff']:.4g}.", ""]  # fmt: skip
+    ort = info.get("ort_build")
+    if ort:
+        lines += ["## ONNX Runtime build", "",
+                  f"`{Path(ort['path']).name}`: ONNX Runtime's fused graph with the residual stream kept channels-last "
+                  f"(runs in ONNX Runtime only). Top-1 agreement {ort['parity']['top1_agreement']:.2f}%; logits identical "
+                  f"to the QDQ file: {'yes' if ort['identical_to_qdq'] else 'no'}; latency at batch 1: "
+                  f"{ort['latency'][0]['latency_ms']:.2f} ms.", ""]  # fmt: skip
     latency = info.get("latency")
     if latency:
         lines += ["## Measured latency", "", "| batch | latency (ms) | images/s | threads |", "|---|---|---|---|"]

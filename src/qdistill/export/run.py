@@ -60,7 +60,7 @@ def export_run(
     if fmt == "onnx":
         out = Path(out or run_dir / "model.onnx")
         return export_onnx(model, calib[:8], out, calib=calib, labels=labels, residual=residual, min_agreement=min_agreement,
-                           threads=threads, card=card, fp32_reference=True)  # fmt: skip
+                           threads=threads, card=card, fp32_reference=True, ort_build=True)  # fmt: skip
     if fmt != "packed":
         raise ValueError(f"unknown format {fmt!r}; choose onnx or packed")
     out = Path(out or run_dir / "model.safetensors")
