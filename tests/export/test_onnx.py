@@ -149,5 +149,5 @@ def test_snapping_removes_the_runtime_bias_rounding(images, tmp_path):
     kw = dict(calib=images, residual="float", min_agreement=0)
     plain = export_onnx(student, images[:4], tmp_path / "a.onnx", snap_bias=False, **kw)["parity"]
     snapped = export_onnx(student, images[:4], tmp_path / "b.onnx", **kw)["parity"]
-    assert plain["max_abs_logit_diff"] > 0.05 * scale
+    assert plain["max_abs_logit_diff"] > 0.02 * scale and plain["top1_agreement"] < 100.0
     assert snapped["top1_agreement"] == 100.0 and snapped["max_abs_logit_diff"] <= 1e-3 * scale

@@ -149,3 +149,44 @@ def test_ewgs_delta_is_measured_on_the_normalised_grid():
         return update_ewgs_delta(net, [x], lambda b: (net(b) - target).pow(2).mean(), probes=4, generator=gen)["0"]
 
     assert delta(1.0) == pytest.approx(delta(10.0), rel=1e-4)
+
+
+def _trained_like_cnn() -> torch.nn.Module:
+    """A small conv net whose BatchNorm statistics match its float weights (as a pretrained one's do)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4),
+    )  # fmt: skip
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(0.1)  # small float weights, as trained convs have
+        net.train()
+        for _ in range(20):
+            net(torch.randn(64, 3, 8, 8))
+    return net.eval()
+
+
+def test_scale_free_weights_get_fresh_batchnorm_statistics():
+    """DoReFa/PACT weights (2-8 bit) live in [-1, 1]: with the teacher's BN statistics the
+    student's activations were about 10x too large, and a PACT clip calibrated on them (22 here,
+    for post-BN activations of std about 1) left 4-bit activations almost all zero. Calibration
+    re-estimates the statistics first, and only for such weights."""
+    from qdistill import make_student
+
+    teacher = _trained_like_cnn()
+    x = torch.randn(256, 3, 8, 8)
+    with torch.no_grad():
+        features = teacher[:-1](x)
+    for method, refreshed in (("pact", True), ("dorefa", True), ("lsq", False), ("ewgs", False)):
+        student = make_student(teacher, QuantConfig(method=method, weight_bits=4, act_bits=4, keep_first=False), x).eval()
+        assert torch.equal(student[1].running_var, teacher[1].running_var) != refreshed
+        with torch.no_grad():
+            ours = student[:-1](x)
+        similarity = torch.nn.functional.cosine_similarity(ours - ours.mean(0), features - features.mean(0), dim=1).mean()
+        assert similarity > 0.3  # PACT 0.21, DoReFa 0.09 with the teacher's statistics
+        if method == "pact":
+            assert float(student[3].act_quant.alpha) < 5.0  # 2.9 (22.7 before)

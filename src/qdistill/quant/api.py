@@ -18,6 +18,7 @@ __all__ = [
     "full_precision_layers",
     "named_quantizers",
     "quantize",
+    "reestimate_batchnorm",
     "register_quant_module",
 ]
 
@@ -118,11 +119,41 @@ def named_quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
 
 
 @torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, batch: Tensor) -> None:
+    """Recompute every BatchNorm's running statistics on ``batch`` for the quantized weights,
+    with activations left full precision (activation quantizers are bypassed)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    acts = {m: m.act_quant for m in model.modules() if isinstance(m, QuantModule)}
+    momenta = {bn: bn.momentum for bn in bns}
+    was_training = model.training
+    try:
+        for m in acts:
+            m.act_quant = None
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over this batch
+        model.train()
+        model(batch)
+    finally:
+        for m, q in acts.items():
+            m.act_quant = q
+        for bn, momentum in momenta.items():
+            bn.momentum = momentum
+        model.train(was_training)
+
+
+@torch.no_grad()
 def calibrate(model: nn.Module, batch: Tensor) -> None:
     """Re-initialise every quantizer's range from ``batch`` (activations) and current weights.
 
-    Runs in eval mode so BatchNorm running statistics are untouched.
+    Runs in eval mode so BatchNorm running statistics are untouched, except when a weight
+    quantizer drops the weights' scale (DoReFa and PACT above 1 bit map weights to [-1, 1]):
+    the teacher's statistics then describe outputs 10-50x smaller than the student's, every
+    activation range would be calibrated on wrong inputs (a PACT clip, which learns only from
+    clipped inputs, then never comes down), so the statistics are first re-estimated on ``batch``.
     """
+    if any(q.is_weight and not q.keeps_scale for _, q in named_quantizers(model)):
+        reestimate_batchnorm(model, batch)
     was_training = model.training
     for _, q in named_quantizers(model):
         q.initialized.fill_(False)

@@ -65,6 +65,12 @@ class Quantizer(nn.Module):
         self.captured_scale = 1.0  # output units per unit of the normalised grid x_q, for the Hessian
 
     @property
+    def keeps_scale(self) -> bool:
+        """Whether quantized weights keep the scale of the float weights (False: BatchNorm
+        statistics of a pretrained model no longer fit; see `calibrate`)."""
+        return True
+
+    @property
     def levels(self) -> int:
         return 2**self.bits
 

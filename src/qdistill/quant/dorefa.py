@@ -19,6 +19,10 @@ class DoReFaQuantizer(Quantizer):
     Activations: ``clamp(x, 0, 1)`` (``clamp(x, -1, 1)`` when signed).
     """
 
+    @property
+    def keeps_scale(self) -> bool:
+        return self.bits == 1  # 2-8 bit weights live in [-1, 1] whatever the float weights' scale
+
     def init_from(self, x: Tensor) -> None:  # nothing to learn or calibrate
         return None
 
