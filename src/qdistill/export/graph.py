@@ -30,7 +30,7 @@ from qdistill.export.intgrid import act_grid, weight_ints
 from qdistill.quant.base import Quantizer
 from qdistill.quant.modules import QuantModule
 
-__all__ = ["OnnxBuild", "build_onnx"]
+__all__ = ["OnnxBuild", "build_onnx", "live_nodes"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _I64_MAX = 2**63 - 1
@@ -211,21 +211,28 @@ class _Builder:
     def prune(self, output: str) -> None:
         """Drop nodes and initialisers ``output`` does not depend on (e.g. a dequantize that a
         slice on integer levels made redundant)."""
-        producer = {o: n for n in self.nodes for o in n.output}
-        needed, stack = set(), [output]
-        while stack:
-            t = stack.pop()
-            if t in needed:
-                continue
-            needed.add(t)
-            if t in producer:
-                stack.extend(producer[t].input)
-        self.nodes = [n for n in self.nodes if any(o in needed for o in n.output)]
-        self.inits = [t for t in self.inits if t.name in needed]
+        self.nodes = live_nodes(self.nodes, [output])
+        used = {i for n in self.nodes for i in n.input}
+        self.inits = [t for t in self.inits if t.name in used]
 
     def _set_const(self, name: str, value: np.ndarray) -> None:
         i = next(i for i, t in enumerate(self.inits) if t.name == name)
         self.inits[i] = self.nh.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+def live_nodes(nodes: list[Any], outputs: list[str]) -> list[Any]:
+    """The nodes that ``outputs`` depend on, in their order."""
+    producer = {o: n for n in nodes for o in n.output}
+    needed: set[str] = set()
+    stack = list(outputs)
+    while stack:
+        t = stack.pop()
+        if t in needed:
+            continue
+        needed.add(t)
+        if t in producer:
+            stack.extend(producer[t].input)
+    return [n for n in nodes if any(o in needed for o in n.output)]
 
 
 @dataclass

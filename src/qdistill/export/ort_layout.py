@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from qdistill.export.graph import live_nodes
+
 __all__ = ["channels_last_stream", "ort_optimized"]
 
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
@@ -77,7 +79,7 @@ def channels_last_stream(model: Any) -> Any:
             node = helper.make_node("Transpose", [twin.output[0]], [node.output[0]], perm=TO_NCHW)
         nodes.append(node)
     del graph.node[:]
-    graph.node.extend(_live(nodes, [o.name for o in graph.output]))
+    graph.node.extend(live_nodes(nodes, [o.name for o in graph.output]))
     used = {i for n in graph.node for i in n.input}
     keep = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
@@ -114,18 +116,3 @@ def _attrs(node: Any) -> dict[str, Any]:
     from onnx import helper
 
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _live(nodes: list[Any], outputs: list[str]) -> list[Any]:
-    """The nodes the graph outputs depend on, in their order."""
-    producer = {o: n for n in nodes for o in n.output}
-    needed: set[str] = set()
-    stack = list(outputs)
-    while stack:
-        t = stack.pop()
-        if t in needed:
-            continue
-        needed.add(t)
-        if t in producer:
-            stack.extend(producer[t].input)
-    return [n for n in nodes if any(o in needed for o in n.output)]
