@@ -82,7 +82,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from qdistill.export.bench import compare, print_rows
 
-    fp32 = args.fp32 or args.artefact + ".fp32.onnx"
+    fp32 = args.fp32 or args.artefact.removesuffix(".ort.onnx") + ".fp32.onnx"  # model.onnx[.ort.onnx] -> model.onnx.fp32.onnx
     shape = tuple(int(v) for v in args.shape.split(","))
     rows = compare(fp32, args.artefact, shape, threads=args.threads, seconds=args.seconds)
     print_rows(rows, args.artefact)
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="latency and throughput of an exported ONNX model vs its FP32 twin")
     bn.add_argument("artefact", help="quantized .onnx written by qdistill export")
-    bn.add_argument("--fp32", help="FP32 .onnx to compare with (default: ARTEFACT.fp32.onnx)")
+    bn.add_argument("--fp32", help="FP32 .onnx to compare with (default: model.onnx.fp32.onnx beside the artefact)")
     bn.add_argument("--shape", default="3,32,32", help="one input's C,H,W (default 3,32,32)")
     bn.add_argument("--threads", type=int, default=2, help="intra-op threads, pinned (default 2)")
     bn.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default 2)")

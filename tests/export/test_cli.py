@@ -31,6 +31,9 @@ def test_export_onnx_and_bench(run_dir, capsys):
     assert (run_dir / "model.onnx.md").is_file() and (run_dir / "model.onnx.fp32.onnx").is_file()
     assert main(["bench", str(run_dir / "model.onnx"), "--shape", "1,8,8", "--seconds", "0.05"]) == 0
     assert "vs FP32" in capsys.readouterr().out
+    assert report["ort_build"]["identical_to_qdq"] and "top1_exported" in report["parity"]
+    assert main(["bench", str(run_dir / "model.onnx.ort.onnx"), "--shape", "1,8,8", "--seconds", "0.05"]) == 0
+    assert "vs FP32" in capsys.readouterr().out
 
 
 def test_export_packed_is_bit_exact(run_dir):
