@@ -33,8 +33,8 @@ def jobs(seeds: list[int]) -> list[tuple[str, str, int, int]]:
     rest += [("squat", "ewgs", b) for b in (1, 4)]
     order = [(*g, seeds[0]) for g in first]
     order += [(m, "ewgs", b, s) for s in seeds[1:] for b in (1, 2, 4) for m in ("qat", "sqakd")]
-    order += [(*g, s) for s in seeds[1:] for g in first if g[1] != "ewgs"]  # W2A2 rows, more seeds
-    return order + [(*g, seeds[0]) for g in rest]
+    order += [(*g, s) for s in seeds[1:] for g in first if g[1] != "ewgs" or g[0] == "squat"]  # W2A2, more seeds
+    return order + [(*g, s) for s in seeds for g in rest]
 
 
 def test_top1(data: DataConfig, weights: str) -> float:
