@@ -101,12 +101,12 @@ class _Builder:
         if g.n < 255:
             lo, hi = self.const(0, f"{hint}.min", np.uint8), self.const(g.n, f"{hint}.max", np.uint8)
             k = self.op("Clip", [k, lo, hi], f"{hint}.clip")
-        zd = self.const(g.dq_zero, f"{hint}.zero", np.uint8)
-        y = self.op("DequantizeLinear", [k, self.const(g.step, f"{hint}.scale"), zd], f"{hint}.dq")
+        dq_args = [self.const(g.step, f"{hint}.scale"), self.const(g.dq_zero, f"{hint}.zero", np.uint8)]
+        y = self.op("DequantizeLinear", [k, *dq_args], f"{hint}.dq")
         if g.half:
             y = self.op("Add", [y, self.const(g.step / 2, f"{hint}.half")], f"{hint}.dqh")
         else:
-            self.levels[y] = (k, [y_in for y_in in self.nodes[-1].input[1:]])
+            self.levels[y] = (k, dq_args)
         self.act_cache[key] = y
         self.act_source[y] = id(q)
         return y

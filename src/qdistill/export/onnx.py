@@ -112,14 +112,16 @@ def export_onnx(
     onnx.checker.check_model(build.model)
     blob = build.model.SerializeToString()
     exported = onnx_logits(ort_session(blob, threads), calib)
-    parity = compare_logits(torch_logits(reference, calib), exported)
+    expected = torch_logits(reference, calib)
+    trained = torch_logits(model, calib) if snap_bias else expected
+    parity = compare_logits(expected, exported)
     parity["threshold"] = min_agreement
     if labels is not None:
         truth = labels.numpy()
-        parity["top1_trained"] = float((torch_logits(model, calib).argmax(1) == truth).mean() * 100)
+        parity["top1_trained"] = float((trained.argmax(1) == truth).mean() * 100)
         parity["top1_exported"] = float((exported.argmax(1) == truth).mean() * 100)
     if snap_bias:
-        parity["unsnapped"] = compare_logits(torch_logits(model, calib), exported)
+        parity["unsnapped"] = compare_logits(trained, exported)
         parity["bias_shift_levels"] = max((layer.get("bias_shift_levels", 0.0) for layer in build.layers), default=0.0)
     require_parity(parity, min_agreement, str(path))
     ort_report = None
@@ -128,7 +130,7 @@ def export_onnx(
         with tempfile.TemporaryDirectory() as tmp:
             ort_blob = ort_optimized(blob, str(Path(tmp) / "optimised.onnx")).SerializeToString()
         ort_logits = onnx_logits(ort_session(ort_blob, threads), calib)
-        ort_report = {"path": str(ort_path), "parity": compare_logits(torch_logits(reference, calib), ort_logits),
+        ort_report = {"path": str(ort_path), "parity": compare_logits(expected, ort_logits),
                       "identical_to_qdq": bool((ort_logits == exported).all())}  # fmt: skip
         require_parity(ort_report["parity"], min_agreement, str(ort_path))
     path.parent.mkdir(parents=True, exist_ok=True)
