@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -11,9 +12,10 @@ from typing import Any
 
 import torch
 
-from qdistill.experiment import RunConfig, run_experiment
+from qdistill import QuantConfig, TrainConfig
+from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, RunConfig, run_experiment
 
-__all__ = ["RESULTS", "ResultLog", "hardware", "record_run", "timed_run"]
+__all__ = ["RESULTS", "ResultLog", "add_student_args", "hardware", "record_run", "student_budget", "student_run", "timed_run"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -80,3 +82,29 @@ def record_run(log: ResultLog, row: dict[str, Any], cfg: RunConfig) -> None:
         return
     log.add({**row, **res})
     print(row["key"], res["test_top1"], res["seconds"], flush=True)
+
+
+def add_student_args(p: argparse.ArgumentParser, out: str) -> None:
+    """Options of the Fashion-MNIST EWGS student studies (Table 3, Figure 6a): the same student,
+    images and teacher as the W2A2 runs of `fmnist_table.py`, so their rows can be compared."""
+    p.add_argument("--bits", type=int, default=2)
+    p.add_argument("--subset", type=int, default=3000)
+    p.add_argument("--test-subset", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--teacher", default="runs/bench/fmnist/teacher/model.pt")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=out)
+
+
+def student_budget(args: argparse.Namespace) -> dict[str, Any]:
+    return {"student": f"EWGS W{args.bits}A{args.bits}, {args.subset} train images (10% held out), {args.epochs} epochs, Adam 1e-3",
+            "test_images": args.test_subset, "hardware": hardware()}  # fmt: skip
+
+
+def student_run(args: argparse.Namespace, method: MethodConfig, seed: int, key: str) -> RunConfig:
+    """One student of such a study, trained with ``method``, written to ``OUT/key``."""
+    data = DataConfig(format="idx", root="../shared/data/fashion-mnist", subset=args.subset, test_subset=args.test_subset)
+    return RunConfig(model=ModelConfig("smallcnn", pretrained=args.teacher), data=data,
+                     quant=QuantConfig(method="ewgs", weight_bits=args.bits, act_bits=args.bits), method=method,
+                     train=TrainConfig(epochs=args.epochs, progress=False, device="cpu", hessian_probes=1, seed=seed),
+                     out=f"{args.out}/{key}")  # fmt: skip

@@ -15,10 +15,9 @@ import argparse
 
 import torch
 
-from _common import ResultLog, hardware, timed_run
-from qdistill import QuantConfig, RunConfig, TrainConfig
+from _common import ResultLog, add_student_args, student_budget, student_run, timed_run
 from qdistill.distill import OBJECTIVES
-from qdistill.experiment import DataConfig, MethodConfig, ModelConfig
+from qdistill.experiment import MethodConfig
 
 METHODS = ("ce_kd", "squat", "fitnet", "at", "sp", "cc", "vid", "rkd", "ft", "fsp", "nst", "crd", "cktf")
 
@@ -27,34 +26,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--bits", type=int, default=2)
-    p.add_argument("--subset", type=int, default=3000)
-    p.add_argument("--test-subset", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--teacher", default="runs/bench/fmnist/teacher/model.pt")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="runs/bench/kd_baselines")
+    add_student_args(p, "runs/bench/kd_baselines")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     registered = set(OBJECTIVES.names())
-    budget = {"student": f"EWGS W{args.bits}A{args.bits}, {args.subset} train images (10% held out), {args.epochs} epochs, Adam 1e-3",
-              "test_images": args.test_subset, "hardware": hardware()}  # fmt: skip
-    log = ResultLog("kd_baselines_table", {"dataset": "Fashion-MNIST", "model": "smallcnn", "budget": budget,
+    log = ResultLog("kd_baselines_table", {"dataset": "Fashion-MNIST", "model": "smallcnn", "budget": student_budget(args),
                                            "methods": args.methods, "missing": [m for m in args.methods if m not in registered]})  # fmt: skip
     log.save()
-    data = DataConfig(format="idx", root="../shared/data/fashion-mnist", subset=args.subset, test_subset=args.test_subset)
     for seed in args.seeds:
         for method in args.methods:
             key = f"{method}-s{seed}"
             if log.has(key) or method not in registered:
                 continue
-            cfg = RunConfig(model=ModelConfig("smallcnn", pretrained=args.teacher), data=data,
-                            quant=QuantConfig(method="ewgs", weight_bits=args.bits, act_bits=args.bits),
-                            method=MethodConfig(method),
-                            train=TrainConfig(epochs=args.epochs, progress=False, device="cpu", hessian_probes=1, seed=seed),
-                            out=f"{args.out}/{key}")  # fmt: skip
             try:
-                res = timed_run(cfg)
+                res = timed_run(student_run(args, MethodConfig(method), seed, key))
             except (FloatingPointError, ValueError, RuntimeError) as e:  # recorded in the table, not hidden
                 log.add({"key": key, "method": method, "seed": seed, "error": f"{type(e).__name__}: {e}"})
                 print(key, "failed:", e, flush=True)
