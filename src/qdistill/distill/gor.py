@@ -90,8 +90,7 @@ class GoR(Objective):
         self.balance = LossBalance(2, bound)
         self.features = None
         if not self.uses_labels:
-            taps = [teacher_tap] if isinstance(teacher_tap, str) else teacher_tap
-            self.features = StudentAwareFeatureLoss(student, teacher_members(self.teacher), student_tap, taps,
+            self.features = StudentAwareFeatureLoss(student, teacher_members(self.teacher), student_tap, teacher_tap,
                                                     quantizer, distance, adaptor)  # fmt: skip
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:

@@ -53,8 +53,8 @@ class StudentAwareFeatureLoss(nn.Module):
         student: the quantized student.
         teachers: the frozen teachers (several for an ensemble).
         student_tap: default: the quantized input of the last quantized conv (its ``act_quant`` output).
-        teacher_taps: one per teacher; default: the input of the same-named conv when the teacher
-            has one, else the input of the teacher's last conv.
+        teacher_taps: one per teacher (a single name for one teacher); default: the input of the
+            same-named conv when the teacher has one, else the input of the teacher's last conv.
         quantizer: name of the student quantizer whose grid ``P`` uses; default that conv's ``act_quant``.
         distance: a `FEATURE_DISTANCES` name: ``mse``, ``l1``, ``cosine`` or ``kl_hist``.
         adaptor: put a 1x1 conv + BN on the student side; added anyway for a teacher whose feature
@@ -66,12 +66,13 @@ class StudentAwareFeatureLoss(nn.Module):
         student: nn.Module,
         teachers: Sequence[nn.Module],
         student_tap: str | None = None,
-        teacher_taps: Sequence[str] | None = None,
+        teacher_taps: str | Sequence[str] | None = None,
         quantizer: str | None = None,
         distance: str = "mse",
         adaptor: bool = False,
     ) -> None:
         super().__init__()
+        teacher_taps = [teacher_taps] if isinstance(teacher_taps, str) else teacher_taps
         conv = last_quantized_conv(student) if student_tap is None or quantizer is None else None
         student_tap = student_tap or f"{conv}.act_quant"
         quantizer = quantizer or f"{conv}.act_quant"
@@ -141,8 +142,7 @@ class SQuaT(Objective):
         teacher = at_temperature(teacher, temperature) if teacher is not None else None
         super().__init__(student, teacher)
         self.temperature, self.kd_weight, self.feature_weight = temperature, kd_weight, feature_weight
-        taps = [teacher_tap] if isinstance(teacher_tap, str) else teacher_tap
-        self.features = StudentAwareFeatureLoss(student, teacher_members(self.teacher), student_tap, taps,
+        self.features = StudentAwareFeatureLoss(student, teacher_members(self.teacher), student_tap, teacher_tap,
                                                 quantizer, distance, adaptor)  # fmt: skip
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
