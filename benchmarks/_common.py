@@ -56,7 +56,7 @@ class ResultLog:
 
     def save(self) -> None:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")  # workers sharing a log never share a temp file
         tmp.write_text(json.dumps({"meta": self.meta, "results": self.results}, indent=1))
         tmp.replace(self.path)
 
@@ -88,23 +88,23 @@ def add_student_args(p: argparse.ArgumentParser, out: str) -> None:
     """Options of the Fashion-MNIST EWGS student studies (Table 3, Figure 6a): the same student,
     images and teacher as the W2A2 runs of `fmnist_table.py`, so their rows can be compared."""
     p.add_argument("--bits", type=int, default=2)
-    p.add_argument("--subset", type=int, default=3000)
-    p.add_argument("--test-subset", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--subset", type=int, default=None, help="training images (default: all 60k; 10%% held out)")
+    p.add_argument("--test-subset", type=int, default=None, help="test images (default: all 10k)")
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--teacher", default="runs/bench/fmnist/teacher/model.pt")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=out)
 
 
 def student_budget(args: argparse.Namespace) -> dict[str, Any]:
-    return {"student": f"EWGS W{args.bits}A{args.bits}, {args.subset} train images (10% held out), {args.epochs} epochs, Adam 1e-3",
-            "test_images": args.test_subset, "hardware": hardware()}  # fmt: skip
+    return {"student": f"EWGS W{args.bits}A{args.bits}, {args.subset or 60000} train images (10% held out), {args.epochs} epochs, Adam 1e-3",
+            "test_images": args.test_subset or 10000, "hardware": hardware()}  # fmt: skip
 
 
 def student_run(args: argparse.Namespace, method: MethodConfig, seed: int, key: str) -> RunConfig:
     """One student of such a study, trained with ``method``, written to ``OUT/key``."""
     data = DataConfig(format="idx", root="../shared/data/fashion-mnist", subset=args.subset, test_subset=args.test_subset)
-    return RunConfig(model=ModelConfig("smallcnn", pretrained=args.teacher), data=data,
+    return RunConfig(model=ModelConfig("smallcnn28", pretrained=args.teacher), data=data,
                      quant=QuantConfig(method="ewgs", weight_bits=args.bits, act_bits=args.bits), method=method,
                      train=TrainConfig(epochs=args.epochs, progress=False, device="cpu", hessian_probes=1, seed=seed),
                      out=f"{args.out}/{key}")  # fmt: skip

@@ -38,20 +38,21 @@ def jobs(seeds: list[int]) -> list[tuple[str, str, int, int]]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--teacher-subset", type=int, default=10000)
-    p.add_argument("--teacher-epochs", type=int, default=5)
-    p.add_argument("--subset", type=int, default=3000, help="training images of each student (10%% held out)")
-    p.add_argument("--test-subset", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--teacher-subset", type=int, default=None, help="teacher training images (default: all 60k)")
+    p.add_argument("--teacher-epochs", type=int, default=10)
+    p.add_argument("--subset", type=int, default=None, help="training images of each student (default: all 60k; 10%% held out)")
+    p.add_argument("--test-subset", type=int, default=None, help="test images (default: all 10k)")
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--shard", default="0/1", help="K/N: run every N-th job starting at K (one worker per core, each with its own --name)")
     p.add_argument("--name", default="fmnist_table", help="result file (fmnist_table_* files are merged when rendering)")
     p.add_argument("--out", default="runs/bench/fmnist")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    budget = {"teacher": f"{args.teacher_subset} train images, {args.teacher_epochs} epochs, Adam 2e-3",
-              "student": f"{args.subset} train images (10% held out for model selection), {args.epochs} epochs, Adam 1e-3",
-              "test_images": args.test_subset, "hardware": hardware()}  # fmt: skip
-    log = ResultLog(args.name, {"dataset": "Fashion-MNIST", "model": "smallcnn", "budget": budget})
+    budget = {"teacher": f"{args.teacher_subset or 60000} train images (10% held out), {args.teacher_epochs} epochs, Adam 2e-3",
+              "student": f"{args.subset or 60000} train images (10% held out for model selection), {args.epochs} epochs, Adam 1e-3",
+              "test_images": args.test_subset or 10000, "hardware": hardware()}  # fmt: skip
+    log = ResultLog(args.name, {"dataset": "Fashion-MNIST", "model": "smallcnn28", "budget": budget})
     log.save()
 
     data = DataConfig(format="idx", root=ROOT, subset=args.teacher_subset, test_subset=args.test_subset)
@@ -61,19 +62,20 @@ def main() -> None:
         if first is not None:
             log.add(first)
     if not log.has("teacher"):
-        cfg = RunConfig(model=ModelConfig("smallcnn"), data=data, quant=None, method=MethodConfig("qat"), train=train,
+        cfg = RunConfig(model=ModelConfig("smallcnn28"), data=data, quant=None, method=MethodConfig("qat"), train=train,
                         out=f"{args.out}/teacher")  # fmt: skip
         log.add({"key": "teacher", "method": "fp", "bits": 32, "seed": 0, **timed_run(cfg)})
     teacher = log.get("teacher")
     if teacher.get("test_images") != args.test_subset:  # students are tested on these images: so is the teacher
         splits, _, _, test = prepare_data(data)
-        model = create_model("smallcnn", num_classes=10, in_channels=1, pretrained=f"{args.out}/teacher/model.pt")
+        model = create_model("smallcnn28", num_classes=10, in_channels=1, pretrained=f"{args.out}/teacher/model.pt")
         top1 = evaluate(model, BatchLoader(test, 500, mean=splits.mean, std=splits.std), device="cpu")["top1"]
         log.add({**teacher, "test_top1": top1, "test_images": args.test_subset})
     print("teacher", log.get("teacher")["test_top1"], flush=True)
-    model = ModelConfig("smallcnn", pretrained=f"{args.out}/teacher/model.pt")
+    model = ModelConfig("smallcnn28", pretrained=f"{args.out}/teacher/model.pt")
     data = replace(data, subset=args.subset)
-    for method, quantizer, bits, seed in jobs(args.seeds):
+    k, n = (int(v) for v in args.shard.split("/"))
+    for method, quantizer, bits, seed in jobs(args.seeds)[k::n]:
         key = f"{method}-{quantizer}-w{bits}a{bits}-s{seed}"
         if log.has(key):
             continue

@@ -16,7 +16,7 @@ from qdistill import BatchLoader, QuantConfig, create_model, evaluate, make_stud
 from qdistill.experiment import DataConfig, prepare_data
 
 SETUPS = {
-    "fmnist": ("smallcnn", DataConfig(format="idx", root="../shared/data/fashion-mnist", subset=3000),
+    "fmnist": ("smallcnn28", DataConfig(format="idx", root="../shared/data/fashion-mnist", subset=3000),
                "runs/bench/fmnist/teacher/model.pt"),
     "cifar": ("resnet20", DataConfig(format="imagefolder", root="../shared/data/cifar10-jpeg.tar.gz", subset=4000,
                                      mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),

@@ -30,7 +30,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     registered = set(OBJECTIVES.names())
-    log = ResultLog("kd_baselines_table", {"dataset": "Fashion-MNIST", "model": "smallcnn", "budget": student_budget(args),
+    log = ResultLog("kd_baselines_table", {"dataset": "Fashion-MNIST", "model": "smallcnn28", "budget": student_budget(args),
                                            "methods": args.methods, "missing": [m for m in args.methods if m not in registered]})  # fmt: skip
     log.save()
     for seed in args.seeds:

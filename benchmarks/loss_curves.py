@@ -38,7 +38,7 @@ def run(lam: float, seed: int, args: argparse.Namespace) -> dict[str, list[float
     idx = np.sort(np.random.default_rng(0).permutation(len(splits.train))[: args.subset])
     loader = BatchLoader(splits.train.subset(idx), args.batch_size, mean=splits.mean, std=splits.std, augment="crop",
                          shuffle=True, drop_last=True, seed=seed, with_labels=True)  # fmt: skip
-    teacher = create_model("smallcnn", num_classes=10, in_channels=1, pretrained=args.teacher).eval()
+    teacher = create_model("smallcnn28", num_classes=10, in_channels=1, pretrained=args.teacher).eval()
     torch.manual_seed(seed)
     calib = next(iter(loader))[0]
     student = make_student(teacher, QuantConfig(method="ewgs", weight_bits=args.bits, act_bits=args.bits), calib)
@@ -88,7 +88,7 @@ def main() -> None:
               "student": f"EWGS W{args.bits}A{args.bits} SmallCNN, Adam {args.lr}", "hardware": hardware()}  # fmt: skip
     log = ResultLog("loss_curves", {"dataset": "Fashion-MNIST", "budget": budget})
     if not log.has("teacher"):
-        teacher = create_model("smallcnn", num_classes=10, in_channels=1, pretrained=args.teacher)
+        teacher = create_model("smallcnn28", num_classes=10, in_channels=1, pretrained=args.teacher)
         top1 = evaluate(teacher, _test_loader(load_dataset("idx", ROOT), args.test_images))["top1"]
         log.add({"key": "teacher", "test_top1": top1})
     log.save()

@@ -15,6 +15,7 @@ def test_default_taps_of_registry_models():
     assert default_taps(r20, "last_conv") == ["layer3.2.conv2:input"]
     cnn = create_model("smallcnn", num_classes=10, in_channels=1)
     assert default_taps(cnn, "stages") == ["relu2", "relu3"]
+    assert default_taps(create_model("smallcnn28", in_channels=1), "stages") == ["relu1", "relu2", "relu3"]
 
 
 def test_stages_of_a_model_wrapped_in_one_sequential():

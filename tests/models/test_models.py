@@ -12,12 +12,13 @@ from qdistill.models.resnet_cifar import ResNetCifar
 EXPECTED = {
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "vgg8", "vgg11", "vgg13", "alexnet",
     "resnet18", "vgg11_64", "mobilenetv2", "shufflenetv2", "squeezenet", "smallcnn",
+    "smallcnn28",
 }  # fmt: skip
 NATURAL_SIZE = {"resnet18": 64, "vgg11_64": 64, "mobilenetv2": 64, "shufflenetv2": 64, "squeezenet": 64}
 
 
 def natural_size(name: str) -> int:
-    return NATURAL_SIZE.get(name, 28 if name == "smallcnn" else 32)
+    return NATURAL_SIZE.get(name, 28 if name.startswith("smallcnn") else 32)
 
 
 def leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -77,9 +78,9 @@ def test_every_conv_is_followed_by_its_batchnorm(name: str) -> None:
             assert conv.bias is None
 
 
-@pytest.mark.parametrize(("size", "channels"), [(8, 1), (28, 1), (28, 3)])
-def test_smallcnn_sizes(size: int, channels: int) -> None:
-    model = create_model("smallcnn", num_classes=10, in_channels=channels)
+@pytest.mark.parametrize(("name", "size", "channels"), [("smallcnn", 8, 1), ("smallcnn", 28, 1), ("smallcnn", 28, 3), ("smallcnn28", 28, 1)])
+def test_smallcnn_sizes(name: str, size: int, channels: int) -> None:
+    model = create_model(name, num_classes=10, in_channels=channels)
     assert model(torch.randn(2, channels, size, size)).shape == (2, 10)
 
 
