@@ -15,7 +15,8 @@ import torch
 from qdistill import QuantConfig, TrainConfig
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, RunConfig, run_experiment
 
-__all__ = ["RESULTS", "ResultLog", "add_student_args", "hardware", "record_run", "student_budget", "student_run", "timed_run"]
+__all__ = ["RESULTS", "ResultLog", "add_job_filters", "add_student_args", "hardware", "record_run", "select_jobs", "student_budget",
+           "student_run", "timed_run"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -82,6 +83,22 @@ def record_run(log: ResultLog, row: dict[str, Any], cfg: RunConfig) -> None:
         return
     log.add({**row, **res})
     print(row["key"], res["test_top1"], res["seconds"], flush=True)
+
+
+def add_job_filters(p: argparse.ArgumentParser) -> None:
+    """Options that pick part of a table's (method, quantizer, bits, seed) jobs: to split the work over
+    workers, or to rerun a few rows at a longer budget."""
+    p.add_argument("--bits", type=int, nargs="+", default=[1, 2, 4], help="only these widths")
+    p.add_argument("--methods", nargs="+", default=None, help="only these methods")
+    p.add_argument("--quantizers", nargs="+", default=None, help="only these quantizers")
+    p.add_argument("--shard", default="0/1", help="K/N: every N-th job from the K-th (one worker per core, each with its own --name)")
+
+
+def select_jobs(args: argparse.Namespace, jobs: list[tuple[str, str, int, int]]) -> list[tuple[str, str, int, int]]:
+    """The jobs the `add_job_filters` options keep, in their priority order."""
+    k, n = (int(v) for v in args.shard.split("/"))
+    return [(m, q, b, s) for m, q, b, s in jobs[k::n]
+            if b in args.bits and (not args.methods or m in args.methods) and (not args.quantizers or q in args.quantizers)]  # fmt: skip
 
 
 def add_student_args(p: argparse.ArgumentParser, out: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from _common import ResultLog, hardware, record_run, timed_run
+from _common import ResultLog, add_job_filters, hardware, record_run, select_jobs, timed_run
 from qdistill import BatchLoader, QuantConfig, RunConfig, TrainConfig, create_model, evaluate
 from qdistill.distill import OBJECTIVES
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, prepare_data
@@ -54,9 +54,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--bits", type=int, nargs="+", default=[1, 2, 4], help="only these widths (to split work)")
-    p.add_argument("--methods", nargs="+", default=None, help="only these methods (to split work)")
-    p.add_argument("--quantizers", nargs="+", default=None, help="only these quantizers")
+    add_job_filters(p)
     p.add_argument("--name", default="cifar_table", help="result file (cifar_table_* files are merged when rendering; "
                    "cifar_long is the longer-budget table)")  # fmt: skip
     p.add_argument("--out", default="runs/bench/cifar")
@@ -86,10 +84,9 @@ def main() -> None:
     model = ModelConfig("resnet20", pretrained=f"{teacher_run}/model.pt")
     data = replace(data, subset=args.subset)
     student_train = TrainConfig(epochs=args.epochs, lr=5e-4, progress=False, device=args.device, hessian_probes=1)
-    for method, quantizer, bits, seed in jobs(args.seeds):
+    for method, quantizer, bits, seed in select_jobs(args, jobs(args.seeds)):
         key = f"{method}-{quantizer}-w{bits}a{bits}-s{seed}"
-        if (log.has(key) or bits not in args.bits or (args.methods and method not in args.methods)
-                or (args.quantizers and quantizer not in args.quantizers)):  # fmt: skip
+        if log.has(key):
             continue
         if method not in OBJECTIVES.names():
             print(f"skip {key}: method {method!r} is not registered yet", flush=True)

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from _common import ResultLog, hardware, record_run, timed_run
+from _common import ResultLog, add_job_filters, hardware, record_run, select_jobs, timed_run
 from qdistill import BatchLoader, QuantConfig, RunConfig, TrainConfig, create_model, evaluate
 from qdistill.distill import OBJECTIVES
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, prepare_data
@@ -44,13 +44,15 @@ def main() -> None:
     p.add_argument("--test-subset", type=int, default=None, help="test images (default: all 10k)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--shard", default="0/1", help="K/N: run every N-th job starting at K (one worker per core, each with its own --name)")
-    p.add_argument("--name", default="fmnist_table", help="result file (fmnist_table_* files are merged when rendering)")
+    add_job_filters(p)
+    p.add_argument("--name", default="fmnist_table", help="result file (fmnist_table_* files are merged when rendering; "
+                   "fmnist_long is the longer-budget table)")  # fmt: skip
     p.add_argument("--out", default="runs/bench/fmnist")
+    p.add_argument("--teacher-run", default=None, help="teacher run folder (default OUT/teacher; trained if missing)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     budget = {"teacher": f"{args.teacher_subset or 60000} train images (10% held out), {args.teacher_epochs} epochs, Adam 2e-3",
-              "student": f"{args.subset or 60000} train images (10% held out for model selection), {args.epochs} epochs, Adam 1e-3",
+              "student": f"{args.subset or 60000} train images (10% held out for model selection), {args.epochs} epoch(s), Adam 1e-3",
               "test_images": args.test_subset or 10000, "hardware": hardware()}  # fmt: skip
     log = ResultLog(args.name, {"dataset": "Fashion-MNIST", "model": "smallcnn28", "budget": budget})
     log.save()
@@ -61,21 +63,21 @@ def main() -> None:
         first = ResultLog("fmnist_table", {}).get("teacher")
         if first is not None:
             log.add(first)
+    teacher_run = args.teacher_run or f"{args.out}/teacher"
     if not log.has("teacher"):
         cfg = RunConfig(model=ModelConfig("smallcnn28"), data=data, quant=None, method=MethodConfig("qat"), train=train,
-                        out=f"{args.out}/teacher")  # fmt: skip
+                        out=teacher_run)  # fmt: skip
         log.add({"key": "teacher", "method": "fp", "bits": 32, "seed": 0, **timed_run(cfg)})
     teacher = log.get("teacher")
     if teacher.get("test_images") != args.test_subset:  # students are tested on these images: so is the teacher
         splits, _, _, test = prepare_data(data)
-        model = create_model("smallcnn28", num_classes=10, in_channels=1, pretrained=f"{args.out}/teacher/model.pt")
+        model = create_model("smallcnn28", num_classes=10, in_channels=1, pretrained=f"{teacher_run}/model.pt")
         top1 = evaluate(model, BatchLoader(test, 500, mean=splits.mean, std=splits.std), device="cpu")["top1"]
         log.add({**teacher, "test_top1": top1, "test_images": args.test_subset})
     print("teacher", log.get("teacher")["test_top1"], flush=True)
-    model = ModelConfig("smallcnn28", pretrained=f"{args.out}/teacher/model.pt")
+    model = ModelConfig("smallcnn28", pretrained=f"{teacher_run}/model.pt")
     data = replace(data, subset=args.subset)
-    k, n = (int(v) for v in args.shard.split("/"))
-    for method, quantizer, bits, seed in jobs(args.seeds)[k::n]:
+    for method, quantizer, bits, seed in select_jobs(args, jobs(args.seeds)):
         key = f"{method}-{quantizer}-w{bits}a{bits}-s{seed}"
         if log.has(key):
             continue
