@@ -114,7 +114,7 @@ def add_student_args(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def student_budget(args: argparse.Namespace) -> dict[str, Any]:
-    return {"student": f"EWGS W{args.bits}A{args.bits}, {args.subset or 60000} train images (10% held out), {args.epochs} epochs, Adam 1e-3",
+    return {"student": f"EWGS W{args.bits}A{args.bits}, {args.subset or 60000} train images (10% held out), {args.epochs} epoch(s), Adam 1e-3",
             "test_images": args.test_subset or 10000, "hardware": hardware()}  # fmt: skip
 
 
