@@ -95,7 +95,7 @@ def headline(tables: dict[str, dict[str, Any]], values: dict[str, str]) -> str:
             if tag in tables:
                 gaps = [values.get(f"{tag}:{method}-ewgs-{b}:gap", "not run") for b in BITS]
                 ns = [values.get(f"{tag}:{method}-ewgs-{b}:n", "0") for b in BITS]
-                lines.append(f"| ours, {title}, {name} | " + " | ".join(f"{g} ({n})" for g, n in zip(gaps, ns)) + " |")
+                lines.append(f"| ours, {title}, {name} | " + " | ".join(f"{g} ({n})" if n != "0" else g for g, n in zip(gaps, ns)) + " |")
     return "\n".join(lines)
 
 
