@@ -15,10 +15,15 @@ import torch
 from qdistill import QuantConfig, TrainConfig
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, RunConfig, run_experiment
 
-__all__ = ["RESULTS", "ResultLog", "add_job_filters", "add_student_args", "hardware", "record_run", "select_jobs", "student_budget",
+__all__ = ["FMNIST_MODEL", "FMNIST_ROOT", "FMNIST_TEACHER", "RESULTS", "ResultLog", "add_job_filters", "add_student_args", "hardware", "record_run", "select_jobs", "student_budget",
            "student_run", "timed_run"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+# The Fashion-MNIST setup shared by Table 1, Table 3 and the figures: one place to change it.
+FMNIST_ROOT = "../shared/data/fashion-mnist"
+FMNIST_MODEL = "smallcnn28"
+FMNIST_TEACHER = "runs/bench/fmnist/teacher/model.pt"
 
 
 def hardware() -> str:
@@ -85,18 +90,26 @@ def record_run(log: ResultLog, row: dict[str, Any], cfg: RunConfig) -> None:
     print(row["key"], res["test_top1"], res["seconds"], flush=True)
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """``K/N`` with 0 <= K < N, checked when the options are parsed."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, e.g. 0/2; got {text!r}")
+    return int(k), int(n)
+
+
 def add_job_filters(p: argparse.ArgumentParser) -> None:
     """Options that pick part of a table's (method, quantizer, bits, seed) jobs: to split the work over
     workers, or to rerun a few rows at a longer budget."""
     p.add_argument("--bits", type=int, nargs="+", default=[1, 2, 4], help="only these widths")
     p.add_argument("--methods", nargs="+", default=None, help="only these methods")
     p.add_argument("--quantizers", nargs="+", default=None, help="only these quantizers")
-    p.add_argument("--shard", default="0/1", help="K/N: every N-th job from the K-th (one worker per core, each with its own --name)")
+    p.add_argument("--shard", type=_shard, default=(0, 1), help="K/N: every N-th job from the K-th (one worker per core, each with its own --name)")
 
 
 def select_jobs(args: argparse.Namespace, jobs: list[tuple[str, str, int, int]]) -> list[tuple[str, str, int, int]]:
     """The jobs the `add_job_filters` options keep, in their priority order."""
-    k, n = (int(v) for v in args.shard.split("/"))
+    k, n = args.shard
     return [(m, q, b, s) for m, q, b, s in jobs[k::n]
             if b in args.bits and (not args.methods or m in args.methods) and (not args.quantizers or q in args.quantizers)]  # fmt: skip
 
@@ -108,7 +121,7 @@ def add_student_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--subset", type=int, default=None, help="training images (default: all 60k; 10%% held out)")
     p.add_argument("--test-subset", type=int, default=None, help="test images (default: all 10k)")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--teacher", default="runs/bench/fmnist/teacher/model.pt")
+    p.add_argument("--teacher", default=FMNIST_TEACHER)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=out)
 
@@ -120,8 +133,8 @@ def student_budget(args: argparse.Namespace) -> dict[str, Any]:
 
 def student_run(args: argparse.Namespace, method: MethodConfig, seed: int, key: str) -> RunConfig:
     """One student of such a study, trained with ``method``, written to ``OUT/key``."""
-    data = DataConfig(format="idx", root="../shared/data/fashion-mnist", subset=args.subset, test_subset=args.test_subset)
-    return RunConfig(model=ModelConfig("smallcnn28", pretrained=args.teacher), data=data,
+    data = DataConfig(format="idx", root=FMNIST_ROOT, subset=args.subset, test_subset=args.test_subset)
+    return RunConfig(model=ModelConfig(FMNIST_MODEL, pretrained=args.teacher), data=data,
                      quant=QuantConfig(method="ewgs", weight_bits=args.bits, act_bits=args.bits), method=method,
                      train=TrainConfig(epochs=args.epochs, progress=False, device="cpu", hessian_probes=1, seed=seed),
                      out=f"{args.out}/{key}")  # fmt: skip

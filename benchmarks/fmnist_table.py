@@ -14,12 +14,11 @@ from dataclasses import replace
 
 import torch
 
-from _common import ResultLog, add_job_filters, hardware, record_run, select_jobs, timed_run
+from _common import FMNIST_MODEL, FMNIST_ROOT, ResultLog, add_job_filters, hardware, record_run, select_jobs, timed_run
 from qdistill import BatchLoader, QuantConfig, RunConfig, TrainConfig, create_model, evaluate
 from qdistill.distill import OBJECTIVES
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, prepare_data
 
-ROOT = "../shared/data/fashion-mnist"
 QUANTIZERS = ("ewgs", "pact", "lsq", "dorefa")
 BITS = (1, 2, 4)
 
@@ -54,10 +53,10 @@ def main() -> None:
     budget = {"teacher": f"{args.teacher_subset or 60000} train images (10% held out), {args.teacher_epochs} epochs, Adam 2e-3",
               "student": f"{args.subset or 60000} train images (10% held out for model selection), {args.epochs} epoch(s), Adam 1e-3",
               "test_images": args.test_subset or 10000, "hardware": hardware()}  # fmt: skip
-    log = ResultLog(args.name, {"dataset": "Fashion-MNIST", "model": "smallcnn28", "budget": budget})
+    log = ResultLog(args.name, {"dataset": "Fashion-MNIST", "model": FMNIST_MODEL, "budget": budget})
     log.save()
 
-    data = DataConfig(format="idx", root=ROOT, subset=args.teacher_subset, test_subset=args.test_subset)
+    data = DataConfig(format="idx", root=FMNIST_ROOT, subset=args.teacher_subset, test_subset=args.test_subset)
     train = TrainConfig(epochs=args.teacher_epochs, lr=2e-3, progress=False, device="cpu", hessian_probes=1)
     if not log.has("teacher"):  # a second worker (--name) copies the teacher record of the first
         first = ResultLog("fmnist_table", {}).get("teacher")
@@ -65,17 +64,17 @@ def main() -> None:
             log.add(first)
     teacher_run = args.teacher_run or f"{args.out}/teacher"
     if not log.has("teacher"):
-        cfg = RunConfig(model=ModelConfig("smallcnn28"), data=data, quant=None, method=MethodConfig("qat"), train=train,
+        cfg = RunConfig(model=ModelConfig(FMNIST_MODEL), data=data, quant=None, method=MethodConfig("qat"), train=train,
                         out=teacher_run)  # fmt: skip
         log.add({"key": "teacher", "method": "fp", "bits": 32, "seed": 0, **timed_run(cfg)})
     teacher = log.get("teacher")
     if teacher.get("test_images") != args.test_subset:  # students are tested on these images: so is the teacher
         splits, _, _, test = prepare_data(data)
-        model = create_model("smallcnn28", num_classes=10, in_channels=1, pretrained=f"{teacher_run}/model.pt")
+        model = create_model(FMNIST_MODEL, num_classes=10, in_channels=1, pretrained=f"{teacher_run}/model.pt")
         top1 = evaluate(model, BatchLoader(test, 500, mean=splits.mean, std=splits.std), device="cpu")["top1"]
         log.add({**teacher, "test_top1": top1, "test_images": args.test_subset})
     print("teacher", log.get("teacher")["test_top1"], flush=True)
-    model = ModelConfig("smallcnn28", pretrained=f"{teacher_run}/model.pt")
+    model = ModelConfig(FMNIST_MODEL, pretrained=f"{teacher_run}/model.pt")
     data = replace(data, subset=args.subset)
     for method, quantizer, bits, seed in select_jobs(args, jobs(args.seeds)):
         key = f"{method}-{quantizer}-w{bits}a{bits}-s{seed}"

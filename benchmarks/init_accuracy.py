@@ -11,13 +11,12 @@ import argparse
 
 import torch
 
-from _common import ResultLog, hardware
+from _common import FMNIST_MODEL, FMNIST_ROOT, FMNIST_TEACHER, ResultLog, hardware
 from qdistill import BatchLoader, QuantConfig, create_model, evaluate, make_student
 from qdistill.experiment import DataConfig, prepare_data
 
 SETUPS = {
-    "fmnist": ("smallcnn28", DataConfig(format="idx", root="../shared/data/fashion-mnist", subset=3000),
-               "runs/bench/fmnist/teacher/model.pt"),
+    "fmnist": (FMNIST_MODEL, DataConfig(format="idx", root=FMNIST_ROOT, subset=3000), FMNIST_TEACHER),
     "cifar": ("resnet20", DataConfig(format="imagefolder", root="../shared/data/cifar10-jpeg.tar.gz", subset=4000,
                                      mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
               "runs/bench/cifar/teacher/model.pt"),

@@ -15,7 +15,7 @@ import argparse
 
 import torch
 
-from _common import ResultLog, add_student_args, student_budget, student_run, timed_run
+from _common import FMNIST_MODEL, ResultLog, add_student_args, student_budget, student_run, timed_run
 from qdistill.distill import OBJECTIVES
 from qdistill.experiment import MethodConfig
 
@@ -30,7 +30,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     registered = set(OBJECTIVES.names())
-    log = ResultLog("kd_baselines_table", {"dataset": "Fashion-MNIST", "model": "smallcnn28", "budget": student_budget(args),
+    log = ResultLog("kd_baselines_table", {"dataset": "Fashion-MNIST", "model": FMNIST_MODEL, "budget": student_budget(args),
                                            "methods": args.methods, "missing": [m for m in args.methods if m not in registered]})  # fmt: skip
     log.save()
     for seed in args.seeds:

@@ -20,10 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from _common import ResultLog, hardware
+from _common import FMNIST_MODEL, FMNIST_ROOT, FMNIST_TEACHER, ResultLog, hardware
 from qdistill import BatchLoader, QuantConfig, build_objective, create_model, evaluate, kd_loss, load_dataset, make_student
 
-ROOT = "../shared/data/fashion-mnist"
 OBJECTIVE = {0.0: ("qat", {}), 0.5: ("ce_kd", {"kd_weight": 0.5}), 1.0: ("sqakd", {})}
 
 
@@ -33,12 +32,12 @@ def _test_loader(splits, n: int) -> BatchLoader:
 
 def run(lam: float, seed: int, args: argparse.Namespace) -> dict[str, list[float]]:
     """Train one student for ``args.iters`` steps; return per-iteration CE and KL, and test top-1."""
-    splits = load_dataset("idx", ROOT)
+    splits = load_dataset("idx", FMNIST_ROOT)
     test = _test_loader(splits, args.test_images)
     idx = np.sort(np.random.default_rng(0).permutation(len(splits.train))[: args.subset])
     loader = BatchLoader(splits.train.subset(idx), args.batch_size, mean=splits.mean, std=splits.std, augment="crop",
                          shuffle=True, drop_last=True, seed=seed, with_labels=True)  # fmt: skip
-    teacher = create_model("smallcnn28", num_classes=10, in_channels=1, pretrained=args.teacher).eval()
+    teacher = create_model(FMNIST_MODEL, num_classes=10, in_channels=1, pretrained=args.teacher).eval()
     torch.manual_seed(seed)
     calib = next(iter(loader))[0]
     student = make_student(teacher, QuantConfig(method="ewgs", weight_bits=args.bits, act_bits=args.bits), calib)
@@ -80,7 +79,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--test-images", type=int, default=1000)
-    p.add_argument("--teacher", default="runs/bench/fmnist/teacher/model.pt")
+    p.add_argument("--teacher", default=FMNIST_TEACHER)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -88,8 +87,8 @@ def main() -> None:
               "student": f"EWGS W{args.bits}A{args.bits} SmallCNN, Adam {args.lr}", "hardware": hardware()}  # fmt: skip
     log = ResultLog("loss_curves", {"dataset": "Fashion-MNIST", "budget": budget})
     if not log.has("teacher"):
-        teacher = create_model("smallcnn28", num_classes=10, in_channels=1, pretrained=args.teacher)
-        top1 = evaluate(teacher, _test_loader(load_dataset("idx", ROOT), args.test_images))["top1"]
+        teacher = create_model(FMNIST_MODEL, num_classes=10, in_channels=1, pretrained=args.teacher)
+        top1 = evaluate(teacher, _test_loader(load_dataset("idx", FMNIST_ROOT), args.test_images))["top1"]
         log.add({"key": "teacher", "test_top1": top1})
     log.save()
     for seed in args.seeds:

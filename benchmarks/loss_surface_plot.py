@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from _common import ResultLog, hardware
+from _common import FMNIST_ROOT, ResultLog, hardware
 from qdistill import BatchLoader, load_dataset, load_run
 from qdistill.analysis import loss_surface
 
@@ -32,7 +32,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    splits = load_dataset("idx", "../shared/data/fashion-mnist")
+    splits = load_dataset("idx", FMNIST_ROOT)
     test = splits.test.subset(torch.arange(args.images).numpy())
     batches = list(BatchLoader(test, 256, mean=splits.mean, std=splits.std, with_labels=True))
     log = ResultLog("loss_surface", {"dataset": "Fashion-MNIST", "images": args.images, "steps": args.steps,
