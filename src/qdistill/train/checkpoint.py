@@ -9,13 +9,11 @@ from typing import Any
 
 import torch
 
+from qdistill.errors import CheckpointError
+
 __all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 FORMAT = "qdistill-checkpoint"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, corrupt or not ours."""
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
