@@ -72,6 +72,15 @@ class Objective(nn.Module):
         """Per-epoch values worth logging (e.g. learned loss weights)."""
         return {}
 
+    def close(self) -> None:
+        """Release what the objective attached to the models (feature hooks); safe to call twice."""
+
+    def __enter__(self) -> Objective:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 @OBJECTIVES.register("sqakd")
 class SQAKD(Objective):
