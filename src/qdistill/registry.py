@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from qdistill.errors import ConfigError
+
 __all__ = ["Registry"]
 
 T = TypeVar("T")
@@ -39,10 +41,11 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        """The factory registered as ``name``; an unknown name is a `ConfigError` listing the known ones."""
         try:
             return self._items[name]
         except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}") from None
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)
