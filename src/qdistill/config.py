@@ -35,7 +35,7 @@ _Loader.add_implicit_resolver(
 
 def yaml_load(text: str) -> Any:
     """Parse YAML with safe types only; scientific notation gives floats."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def from_dict(cls: type[T], d: dict[str, Any] | None, section: str) -> T:
@@ -74,7 +74,10 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for option in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own message (e.g. an unknown key inside a section)
+            return _check(value, options[0], key)
+        for option in options:
             try:
                 return _check(value, option, key)
             except ConfigError:

@@ -28,7 +28,7 @@ def test_run_writes_table_and_results(demo_dir):
     assert rows["sqakd student (label-free)"]["labels_used"] is False
     assert rows["supervised QAT baseline"]["labels_used"] is True
     assert rows["sqakd student (label-free)"]["size_bytes"] < rows["teacher (FP32)"]["size_bytes"] / 4
-    for name in ("last.pt", "best.pt", "model.pt", "metrics.csv", "metrics.json"):
+    for name in ("last.pt", "best.pt", "model.safetensors", "model.json", "metrics.csv", "metrics.json"):
         assert (demo_dir / "student_sqakd" / name).exists()
 
 
@@ -46,7 +46,7 @@ def _config(tmp_path, body: str):
 
 def test_train_from_config_with_overrides(tmp_path, demo_dir):
     cfg = _config(tmp_path, f"""
-model: {{name: smallcnn, pretrained: {demo_dir / 'teacher' / 'model.pt'}}}
+model: {{name: smallcnn, pretrained: {demo_dir / 'teacher'}}}
 data: {{format: digits, batch_size: 64}}
 quant: {{method: lsq, weight_bits: 4, act_bits: 4}}
 train: {{epochs: 1, progress: false}}
@@ -65,7 +65,7 @@ out: {tmp_path / 'run'}
         ("quant: {method: ewgs, bits: 2}\n", "quant: unknown key 'bits'"),
         ("quant: {method: fancy}\n", "quant.method: unknown 'fancy'"),
         ("model: {name: resnet1000}\n", "unknown model 'resnet1000'"),
-        ("data: {format: idx, root: /nonexistent/fmnist}\n", "/nonexistent/fmnist does not exist"),
+        ("model: {random_teacher: true}\ndata: {format: idx, root: /nonexistent/fmnist}\n", "/nonexistent/fmnist does not exist"),
         ("method: {name: sqakd, params: {temprature: 2}}\n", "unknown parameter 'temprature'"),
         ("train: {epochs: -1}\n", "train.epochs"),
     ],
@@ -89,7 +89,7 @@ def test_corrupt_teacher_checkpoint(tmp_path, capsys):
 
 
 def test_wrong_number_of_classes(tmp_path, capsys, demo_dir):
-    cfg = _config(tmp_path, f"model: {{name: smallcnn, num_classes: 5, pretrained: {demo_dir / 'teacher' / 'model.pt'}}}\n"
+    cfg = _config(tmp_path, f"model: {{name: smallcnn, num_classes: 5, pretrained: {demo_dir / 'teacher'}}}\n"
                             f"out: {tmp_path / 'x'}\n")  # fmt: skip
     assert main(["train", cfg]) == 2
     assert "checkpoint has 10 classes and the model 5" in _error_line(capsys)
@@ -110,7 +110,7 @@ def test_label_free_method_on_unlabelled_data_trains_and_supervised_refuses(tmp_
     rng = np.random.default_rng(0)
     for i in range(40):
         Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    base = (f"model: {{name: smallcnn, num_classes: 10, in_channels: 1, pretrained: {demo_dir / 'teacher' / 'model.pt'}}}\n"
+    base = (f"model: {{name: smallcnn, num_classes: 10, in_channels: 1, pretrained: {demo_dir / 'teacher'}}}\n"
             f"data: {{format: unlabelled, root: {folder}, batch_size: 16, cache_dir: {tmp_path / 'cache'}}}\n"
             f"train: {{epochs: 1, progress: false}}\n")  # fmt: skip
     assert main(["train", _config(tmp_path, base + f"out: {tmp_path / 'ok'}\n")]) == 0
