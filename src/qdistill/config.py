@@ -74,14 +74,14 @@ def _check(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:  # X | None: X's own message (e.g. an unknown key inside a section)
-            return _check(value, options[0], key)
-        for option in options:
+        errors = []
+        for option in (a for a in args if a is not type(None)):
             try:
                 return _check(value, option, key)
-            except ConfigError:
-                continue
+            except ConfigError as e:
+                errors.append(e)
+        if isinstance(value, (dict, list, tuple)):  # what is wrong inside, e.g. an unknown key
+            raise errors[0]
         raise _type_error(value, tp, key)
     if dataclasses.is_dataclass(tp):
         if isinstance(tp, type) and isinstance(value, tp):

@@ -334,7 +334,7 @@ def run_experiment(
         calib = _calibration_batch(cfg, splits, train)
     teachers = [_teacher(cfg, splits, m) for m in cfg.teachers]
     if objective_cls.needs_teacher:
-        for (where, _), model in zip(cfg.teacher_sections(), teachers or [teacher]):
+        for (where, _), model in zip(cfg.teacher_sections(), teachers or [teacher], strict=True):
             _check_teacher_outputs(model, calib, f"{where}.pretrained")
     student = make_student(teacher, cfg.quant, calib)
     summary = getattr(student, "qdistill_summary", None)
