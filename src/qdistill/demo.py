@@ -1,4 +1,4 @@
-"""`qdistill run`: the whole story on scikit-learn's bundled digits, in about a minute on a laptop CPU.
+"""`qdistill run`: the whole story on the bundled 8x8 digits, in about a minute on a laptop CPU.
 
 1. Train a small full-precision CNN with labels: it stands in for *your* pretrained model.
 2. Make a label-free low-bit student from it (SQAKD by default: KL to the teacher, no labels).
@@ -68,7 +68,7 @@ def run_demo(
     baseline_cfg = replace(student_cfg, method=MethodConfig("qat"), teachers=(), out=str(out / "baseline_qat"))
     rows["supervised QAT baseline"] = run_experiment(baseline_cfg, overwrite=overwrite)
 
-    summary = {"dataset": "sklearn digits (8x8)", "quantizer": quantizer, "bits": f"W{bits}A{bits}",
+    summary = {"dataset": "digits (8x8)", "quantizer": quantizer, "bits": f"W{bits}A{bits}",
                "seconds": round(time.perf_counter() - started, 1), "rows": rows}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=1))
