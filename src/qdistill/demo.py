@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qdistill.distill.objectives import OBJECTIVES
-from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, RunConfig, run_experiment
+from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, RunConfig, check_out, run_experiment
 from qdistill.quant.config import QuantConfig
 from qdistill.rundir import ensure_writable
 from qdistill.train.config import TrainConfig
@@ -46,27 +46,32 @@ def run_demo(
     train = TrainConfig(epochs=epochs, optimizer="adam", lr=2e-3, seed=seed, progress=progress, hessian_probes=1)
     model = ModelConfig(name="smallcnn")
     quant = QuantConfig(method=quantizer, weight_bits=bits, act_bits=bits)
-    rows: dict[str, Any] = {}
     started = time.perf_counter()
     ensure_writable(out)
 
     teacher_cfg = RunConfig(model=model, data=data, quant=None, method=MethodConfig("qat"), train=train,
                             out=str(out / "teacher"))  # fmt: skip
-    rows["teacher (FP32)"] = run_experiment(teacher_cfg, overwrite=overwrite)
+    runs = {"teacher (FP32)": teacher_cfg}
     pretrained = replace(model, pretrained=teacher_cfg.out)  # the run folder: its model.safetensors
     teachers: tuple[ModelConfig, ...] = ()
     if OBJECTIVES.get(method).ensemble:  # a second teacher of another architecture
         second = replace(teacher_cfg, model=ModelConfig(name="resnet20"), out=str(out / "teacher_resnet20"),
                          train=replace(train, epochs=max(1, epochs // 3)))  # fmt: skip
-        rows["teacher 2: resnet20 (FP32)"] = run_experiment(second, overwrite=overwrite)
+        runs["teacher 2: resnet20 (FP32)"] = second
         teachers = (pretrained, replace(second.model, pretrained=second.out))
     student_train = replace(train, lr=1e-3)
-    student_cfg = RunConfig(model=pretrained, data=data, quant=quant, train=student_train, teachers=teachers,
-                            method=MethodConfig(method, dict(method_params or {})), out=str(out / f"student_{method}"))  # fmt: skip
-    result = run_experiment(student_cfg, overwrite=overwrite)
-    rows[f"{method} student" + ("" if result["labels_used"] else " (label-free)")] = result
-    baseline_cfg = replace(student_cfg, method=MethodConfig("qat"), teachers=(), out=str(out / "baseline_qat"))
-    rows["supervised QAT baseline"] = run_experiment(baseline_cfg, overwrite=overwrite)
+    runs["student"] = RunConfig(model=pretrained, data=data, quant=quant, train=student_train, teachers=teachers,
+                                method=MethodConfig(method, dict(method_params or {})), out=str(out / f"student_{method}"))  # fmt: skip
+    runs["supervised QAT baseline"] = replace(runs["student"], method=MethodConfig("qat"), teachers=(),
+                                              out=str(out / "baseline_qat"))  # fmt: skip
+    for cfg in runs.values():  # refuse another run's folder before training anything
+        check_out(cfg, overwrite=overwrite)
+    rows: dict[str, Any] = {}
+    for name, cfg in runs.items():
+        result = run_experiment(cfg, overwrite=overwrite)
+        if name == "student":
+            name = f"{method} student" + ("" if result["labels_used"] else " (label-free)")
+        rows[name] = result
 
     summary = {"dataset": "digits (8x8)", "quantizer": quantizer, "bits": f"W{bits}A{bits}",
                "seconds": round(time.perf_counter() - started, 1), "rows": rows}  # fmt: skip

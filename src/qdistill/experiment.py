@@ -41,6 +41,7 @@ __all__ = [
     "ModelConfig",
     "RunConfig",
     "build_loaders",
+    "check_out",
     "load_config",
     "load_run",
     "model_size_bytes",
@@ -276,13 +277,14 @@ def _differences(old: dict[str, Any], new: dict[str, Any], sections: tuple[str, 
     return [d for d in diffs if not d.startswith(tuple(k + " " for k in _IGNORED_KEYS))]
 
 
-def _prepare_out(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> None:
+def check_out(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> list[str]:
     """Refuse a resume under another config, and a fresh start over another config's run.
 
     A resume must keep the model, data, quant and method sections (``train.epochs`` may grow). A
-    fresh start replaces a run of the same config; one of another config only with ``overwrite``.
+    fresh start may replace a run of the same config, one of another config only with
+    ``overwrite``. Returns the files of the replaced run, which a fresh start must delete.
     """
-    new = cfg.to_dict()
+    out, new = Path(cfg.out), cfg.to_dict()
     if resume and (out / "last.pt").is_file():
         old = load_checkpoint(out / "last.pt").get("meta", {}).get("config")
         if not isinstance(old, dict):
@@ -291,11 +293,10 @@ def _prepare_out(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> No
         if diffs:
             raise ConfigError(f"cannot resume {out}: the config differs from its checkpoint in "
                               f"{', '.join(diffs)}; only train.epochs may change")  # fmt: skip
-        return
+        return []
     present = [name for name in FINISHED_FILES if (out / name).exists()]
     if not present or overwrite:
-        _clear(out, present)
-        return
+        return present
     try:
         old = stored_config(out)
         diffs = ["its config is not recorded"] if old is None else _differences(_stored_run_config(old, out).to_dict(), new)
@@ -304,13 +305,7 @@ def _prepare_out(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> No
     if diffs:
         raise ConfigError(f"{out} holds another run ({', '.join(present)}; {', '.join(diffs[:4])}): "
                           "pass --overwrite to replace it, --resume to continue it, or choose another out")  # fmt: skip
-    _clear(out, present)
-
-
-def _clear(out: Path, names: list[str]) -> None:
-    """A fresh start leaves no result of the run it replaces (a stale model.json, best.pt)."""
-    for name in names:
-        (out / name).unlink()
+    return present
 
 
 def run_experiment(
@@ -324,7 +319,8 @@ def run_experiment(
     receives human-readable notes (the quantization summary).
     """
     out = ensure_writable(cfg.out)
-    _prepare_out(out, cfg, resume, overwrite)
+    for name in check_out(cfg, resume, overwrite):  # a fresh start leaves nothing of the run it replaces
+        (out / name).unlink()
     seed_everything(cfg.train.seed)
     splits, train, val, test = prepare_data(cfg.data)
     teacher = _teacher(cfg, splits)

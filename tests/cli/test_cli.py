@@ -32,6 +32,15 @@ def test_run_writes_table_and_results(demo_dir):
         assert (demo_dir / "student_sqakd" / name).exists()
 
 
+def test_run_with_other_settings_refuses_before_training(demo_dir, capsys):
+    teacher = demo_dir / "teacher" / "model.safetensors"
+    before = teacher.stat().st_mtime_ns
+    assert main(["run", "--out", str(demo_dir), "--epochs", "3", "--bits", "4"]) == 2
+    line = _error_line(capsys)
+    assert "student_sqakd holds another run" in line and "quant.weight_bits (2 -> 4)" in line
+    assert teacher.stat().st_mtime_ns == before
+
+
 def test_eval_reports_test_accuracy(demo_dir, capsys):
     assert main(["eval", str(demo_dir / "student_sqakd")]) == 0
     metrics = json.loads(capsys.readouterr().out)
