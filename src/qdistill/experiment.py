@@ -207,24 +207,23 @@ def build_loaders(cfg: DataConfig, splits: DataSplits, train: ImageSet, val: Ima
     return train_loader, val_loader
 
 
-def _teacher(cfg: RunConfig, splits: DataSplits, m: ModelConfig | None = None) -> nn.Module:
-    m = m or cfg.model
+def _teacher(splits: DataSplits, m: ModelConfig, where: str = "model") -> nn.Module:
     num_classes = m.num_classes or splits.num_classes
     if num_classes is None:
-        raise ConfigError("model.num_classes is required when the data has no labels")
+        raise ConfigError(f"{where}.num_classes is required when the data has no labels")
     in_channels = m.in_channels or splits.train.images.shape[-1]
     model = create_model(m.name, num_classes=num_classes, in_channels=in_channels, pretrained=m.pretrained)
-    _check_labels(splits, num_classes)
+    _check_labels(splits, num_classes, where)
     return model
 
 
-def _check_labels(splits: DataSplits, num_classes: int) -> None:
+def _check_labels(splits: DataSplits, num_classes: int, where: str) -> None:
     """Labels must index the classifier's outputs (else an IndexError deep inside a loss)."""
     top = max((int(s.labels.max()) for s in (splits.train, splits.test) if s is not None and s.labels is not None
                and len(s.labels)), default=-1)  # fmt: skip
     if top >= num_classes:
-        raise ConfigError(f"model.num_classes is {num_classes} but the data has labels up to {top}: "
-                          f"set model.num_classes: {top + 1} or leave it out to take it from the data")  # fmt: skip
+        raise ConfigError(f"{where}.num_classes is {num_classes} but the data has labels up to {top}: "
+                          f"set {where}.num_classes: {top + 1} or leave it out to take it from the data")  # fmt: skip
 
 
 def _check_teacher_outputs(teacher: nn.Module, calib: torch.Tensor, where: str) -> None:
@@ -292,7 +291,7 @@ def check_out(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> 
         diffs = _differences(_stored_run_config(old, out / "last.pt").to_dict(), new, _RESUME_SECTIONS)
         if diffs:
             raise ConfigError(f"cannot resume {out}: the config differs from its checkpoint in "
-                              f"{', '.join(diffs)}; only train.epochs may change")  # fmt: skip
+                              f"{', '.join(diffs)}; resume with the same model, data, quant and method (train.epochs may grow)")  # fmt: skip
         return []
     present = [name for name in FINISHED_FILES if (out / name).exists()]
     if not present or overwrite:
@@ -323,20 +322,20 @@ def run_experiment(
         (out / name).unlink()
     seed_everything(cfg.train.seed)
     splits, train, val, test = prepare_data(cfg.data)
-    teacher = _teacher(cfg, splits)
+    teacher = _teacher(splits, cfg.model)
     objective_cls = OBJECTIVES.get(cfg.method.name)
     calib = None
     if cfg.quant is not None or objective_cls.needs_teacher:
         calib = _calibration_batch(cfg, splits, train)
-    teachers = [_teacher(cfg, splits, m) for m in cfg.teachers]
+    teachers = [_teacher(splits, m, where) for where, m in cfg.teacher_sections()] if cfg.teachers else [teacher]
     if objective_cls.needs_teacher:
-        for (where, _), model in zip(cfg.teacher_sections(), teachers or [teacher], strict=True):
+        for (where, _), model in zip(cfg.teacher_sections(), teachers, strict=True):
             _check_teacher_outputs(model, calib, f"{where}.pretrained")
     student = make_student(teacher, cfg.quant, calib)
     summary = getattr(student, "qdistill_summary", None)
     if log is not None and summary is not None:
         log(str(summary))
-    if teachers:
+    if cfg.teachers:
         teacher = TeacherEnsemble(teachers)
     objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
     labels = objective.uses_labels
