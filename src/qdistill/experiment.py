@@ -29,7 +29,7 @@ from qdistill.errors import CheckpointError, ConfigError, DataError, MissingFile
 from qdistill.models import MODELS, create_model, load_state_dict_file
 from qdistill.quant.api import quantize
 from qdistill.quant.config import QuantConfig
-from qdistill.rundir import FINISHED_FILES, config_diff, ensure_writable, read_model_info, save_model, stored_config
+from qdistill.rundir import RUN_FILES, config_diff, ensure_writable, read_model_info, save_model, stored_config
 from qdistill.train.checkpoint import load_checkpoint
 from qdistill.train.config import TrainConfig
 from qdistill.train.evaluate import evaluate
@@ -293,7 +293,7 @@ def check_out(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> 
             raise ConfigError(f"cannot resume {out}: the config differs from its checkpoint in "
                               f"{', '.join(diffs)}; resume with the same model, data, quant and method (train.epochs may grow)")  # fmt: skip
         return []
-    present = [name for name in FINISHED_FILES if (out / name).exists()]
+    present = [name for name in RUN_FILES if (out / name).exists()]
     if not present or overwrite:
         return present
     try:

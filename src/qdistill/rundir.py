@@ -20,8 +20,8 @@ from qdistill.errors import CheckpointError, ConfigError, MissingFileError
 from qdistill.train.checkpoint import load_checkpoint
 
 __all__ = [
-    "FINISHED_FILES",
     "MODEL_FORMAT",
+    "RUN_FILES",
     "config_diff",
     "ensure_writable",
     "read_model_info",
@@ -30,7 +30,9 @@ __all__ = [
 ]
 
 MODEL_FORMAT = "qdistill-model"
-FINISHED_FILES = ("results.json", "model.safetensors", "model.json", "model.pt", "best.pt", "last.pt")
+# what a run writes into its folder (model.pt: runs before model.safetensors); a fresh start removes them
+RUN_FILES = ("results.json", "model.safetensors", "model.json", "model.pt", "best.pt", "last.pt", "metrics.json",
+             "metrics.csv")  # fmt: skip
 
 
 def ensure_writable(folder: str | Path, what: str = "out") -> Path:
