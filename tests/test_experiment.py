@@ -84,6 +84,8 @@ def test_load_run_errors_are_one_line(tmp_path, finished):
 
     with pytest.raises(MissingFileError, match="run directory not found"):
         load_run(tmp_path / "nope")
+    with pytest.raises(MissingFileError, match="neither model.json nor best.pt"):
+        load_run(tmp_path)
     run = tmp_path / "copy"
     shutil.copytree(finished[0].out, run)
     (run / "model.safetensors").unlink()

@@ -391,6 +391,8 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[nn.Module, RunCo
         load_state_dict_file(model, run_dir / "model.safetensors")
         return model.to(pick_device("cpu")).eval(), cfg, {"meta": meta, "epoch": info.get("best_epoch")}
     path = run_dir / f"{which}.pt"
+    if not path.is_file():
+        raise MissingFileError(f"{run_dir} has neither model.json nor {which}.pt: is it a qdistill run folder?")
     state = load_checkpoint(path)
     meta = state.get("meta", {})
     if "config" not in meta or "student" not in state:
