@@ -63,7 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if cfg.model.pretrained:
         from qdistill.models import create_model
 
-        teacher = create_model(cfg.model.name, num_classes=splits.num_classes or cfg.model.num_classes,
+        teacher = create_model(cfg.model.name, num_classes=cfg.model.num_classes or splits.num_classes,
                                in_channels=splits.train.images.shape[-1], pretrained=cfg.model.pretrained).eval()  # fmt: skip
     print(json.dumps(evaluate(model, loader, teacher), indent=1))
     return 0
