@@ -19,14 +19,14 @@ def command(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Names
 
 @command
 def cmd_run(args: argparse.Namespace) -> int:
-    from qdistill.demo import format_table, run_demo
-
     import torch
+
+    from qdistill.demo import format_table, run_demo
 
     torch.set_num_threads(args.threads)  # the digits models are tiny: more threads mostly add sync overhead
     params = _parse_params(args.param)
     summary = run_demo(args.out, method=args.method, quantizer=args.quantizer, bits=args.bits, epochs=args.epochs,
-                       seed=args.seed, method_params=params, progress=args.progress)  # fmt: skip
+                       seed=args.seed, method_params=params, progress=args.progress, overwrite=args.overwrite)  # fmt: skip
     print(format_table(summary))
     print(f"results written to {args.out}/results.json")
     return 0
@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         cfg = replace(cfg, out=args.out)
-    results = run_experiment(cfg, resume=args.resume)
+    results = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, log=print)
     print(json.dumps(results, indent=1))
     return 0
 
@@ -55,13 +55,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model, cfg, _ = load_run(args.run_dir, args.which)
     splits, _, _, test = prepare_data(cfg.data)
     if test is None:
-        raise ValueError(f"{cfg.data.format} data at {cfg.data.root} has no test split to evaluate on")
+        from qdistill.errors import DataError
+
+        raise DataError(f"{cfg.data.format} data at {cfg.data.root} has no test split to evaluate on")
     loader = BatchLoader(test, cfg.data.eval_batch_size, mean=splits.mean, std=splits.std)
     teacher = None
     if cfg.model.pretrained:
         from qdistill.models import create_model
 
-        teacher = create_model(cfg.model.name, num_classes=splits.num_classes or cfg.model.num_classes,
+        teacher = create_model(cfg.model.name, num_classes=cfg.model.num_classes or splits.num_classes,
                                in_channels=splits.train.images.shape[-1], pretrained=cfg.model.pretrained).eval()  # fmt: skip
     print(json.dumps(evaluate(model, loader, teacher), indent=1))
     return 0
@@ -80,13 +82,33 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @command
 def cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from qdistill.errors import ConfigError, MissingFileError
     from qdistill.export.bench import compare, print_rows
 
+    if not args.artefact.endswith(".onnx"):
+        raise ConfigError(f"{args.artefact}: bench takes an .onnx file written by qdistill export (qdistill export RUN_DIR)")
     fp32 = args.fp32 or args.artefact.removesuffix(".ort.onnx") + ".fp32.onnx"  # model.onnx[.ort.onnx] -> model.onnx.fp32.onnx
-    shape = tuple(int(v) for v in args.shape.split(","))
+    for path in (args.artefact, fp32):
+        if not Path(path).is_file():
+            raise MissingFileError(f"{path} not found")
+    shape = None if args.shape is None else _parse_shape(args.shape)
     rows = compare(fp32, args.artefact, shape, threads=args.threads, seconds=args.seconds)
     print_rows(rows, args.artefact)
     return 0
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    from qdistill.errors import ConfigError
+
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--shape {text!r}: expected C,H,W as three positive integers, e.g. 3,32,32")
+    return shape
 
 
 def _parse_params(items: Sequence[str]) -> dict:
@@ -96,33 +118,42 @@ def _parse_params(items: Sequence[str]) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qdistill.distill import OBJECTIVES
+    from qdistill.quant import QUANTIZERS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     p = argparse.ArgumentParser(prog="qdistill", description="Label-free low-bit quantization by self-distillation.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="the main job on the bundled digits data: teacher, label-free student, baseline")
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    r = add("run", "the main job on the bundled digits data: teacher, label-free student, baseline")
     r.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    r.add_argument("--method", default="sqakd",
-                   help="student method (default: sqakd): sqakd, squat, gor, ekd, ce_kd or a KD baseline "
-                        "(fitnet, at, sp, cc, vid, rkd, ft, fsp, nst, crd, cktf); see docs/methods.md")  # fmt: skip
+    r.add_argument("--overwrite", action="store_true", help="replace runs of other settings in OUT")
+    r.add_argument("--method", default="sqakd", choices=OBJECTIVES.names(), metavar="METHOD",
+                   help=f"student method (default: sqakd): {', '.join(OBJECTIVES.names())}; see docs/methods.md")  # fmt: skip
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter, repeatable")
-    r.add_argument("--quantizer", default="ewgs", help="pact, lsq, dorefa or ewgs (default: ewgs)")
+    r.add_argument("--quantizer", default="ewgs", choices=QUANTIZERS.names(), help="quantizer (default: ewgs)")
     r.add_argument("--bits", type=int, default=2, help="weight and activation bits (default: 2)")
     r.add_argument("--epochs", type=int, default=30, help="epochs per model (default: 30)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     r.add_argument("--progress", action="store_true", help="show progress bars")
 
-    t = sub.add_parser("train", help="train from a YAML config")
+    t = add("train", "train from a YAML config")
     t.add_argument("config", help="YAML file (see configs/)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.epochs=5")
     t.add_argument("--out", help="output folder (overrides the config's out)")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same config; epochs may grow)")
+    t.add_argument("--overwrite", action="store_true", help="replace a run of another config in OUT")
 
-    e = sub.add_parser("eval", help="evaluate a trained run on its test split")
+    e = add("eval", "evaluate a trained run on its test split")
     e.add_argument("run_dir")
     e.add_argument("--which", default="best", choices=["best", "last"])
 
-    x = sub.add_parser("export", help="export a trained run as QDQ ONNX or bit-packed safetensors, with a parity check")
+    x = add("export", "export a trained run as QDQ ONNX or bit-packed safetensors, with a parity check")
     x.add_argument("run_dir")
     x.add_argument("--format", default="onnx", choices=["onnx", "packed"])
     x.add_argument("--out", help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.safetensors)")
@@ -133,24 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--images", type=int, default=1000, help="parity/calibration images from the run's data (default 1000)")
     x.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
 
-    bn = sub.add_parser("bench", help="latency and throughput of an exported ONNX model vs its FP32 twin")
+    bn = add("bench", "latency and throughput of an exported ONNX model vs its FP32 twin")
     bn.add_argument("artefact", help="quantized .onnx written by qdistill export")
     bn.add_argument("--fp32", help="FP32 .onnx to compare with (default: model.onnx.fp32.onnx beside the artefact)")
-    bn.add_argument("--shape", default="3,32,32", help="one input's C,H,W (default 3,32,32)")
+    bn.add_argument("--shape", help="one input's C,H,W (default: read from the model)")
     bn.add_argument("--threads", type=int, default=2, help="intra-op threads, pinned (default 2)")
     bn.add_argument("--seconds", type=float, default=2.0, help="time per measurement (default 2)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user error (`QdistillError`) is one line and exit code 2, a bug a traceback."""
+    from qdistill.errors import QdistillError
+
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted: rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError, TypeError) as e:
-        print(f"qdistill {args.command}: error: {e}", file=sys.stderr)
+    except QdistillError as e:
+        if args.debug:
+            raise
+        print(f"qdistill {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 

@@ -1,4 +1,4 @@
-"""`qdistill run`: the whole story on scikit-learn's bundled digits, in about a minute on a laptop CPU.
+"""`qdistill run`: the whole story on the bundled 8x8 digits, in about a minute on a laptop CPU.
 
 1. Train a small full-precision CNN with labels: it stands in for *your* pretrained model.
 2. Make a label-free low-bit student from it (SQAKD by default: KL to the teacher, no labels).
@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from qdistill.distill.objectives import OBJECTIVES
-from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, RunConfig, run_experiment
+from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, RunConfig, check_out, run_experiment
 from qdistill.quant.config import QuantConfig
+from qdistill.rundir import ensure_writable
 from qdistill.train.config import TrainConfig
 
 __all__ = ["format_table", "run_demo"]
@@ -33,35 +34,46 @@ def run_demo(
     seed: int = 0,
     method_params: dict[str, Any] | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run teacher -> label-free student -> supervised baseline on digits; write ``OUT/results.json``."""
+    """Run teacher -> label-free student -> supervised baseline on digits; write ``OUT/results.json``.
+
+    The same arguments give the same numbers; runs of other arguments in ``out`` are replaced
+    only with ``overwrite``.
+    """
     out = Path(out)
     data = DataConfig(format="digits", batch_size=64, val_fraction=0.1, seed=seed)
     train = TrainConfig(epochs=epochs, optimizer="adam", lr=2e-3, seed=seed, progress=progress, hessian_probes=1)
     model = ModelConfig(name="smallcnn")
     quant = QuantConfig(method=quantizer, weight_bits=bits, act_bits=bits)
-    rows: dict[str, Any] = {}
     started = time.perf_counter()
+    ensure_writable(out)
 
     teacher_cfg = RunConfig(model=model, data=data, quant=None, method=MethodConfig("qat"), train=train,
                             out=str(out / "teacher"))  # fmt: skip
-    rows["teacher (FP32)"] = run_experiment(teacher_cfg)
-    pretrained = replace(model, pretrained=str(out / "teacher" / "model.pt"))
+    runs = {"teacher (FP32)": teacher_cfg}
+    pretrained = replace(model, pretrained=teacher_cfg.out)  # the run folder: its model.safetensors
     teachers: tuple[ModelConfig, ...] = ()
     if OBJECTIVES.get(method).ensemble:  # a second teacher of another architecture
         second = replace(teacher_cfg, model=ModelConfig(name="resnet20"), out=str(out / "teacher_resnet20"),
                          train=replace(train, epochs=max(1, epochs // 3)))  # fmt: skip
-        rows["teacher 2: resnet20 (FP32)"] = run_experiment(second)
-        teachers = (pretrained, replace(second.model, pretrained=str(out / "teacher_resnet20" / "model.pt")))
+        runs["teacher 2: resnet20 (FP32)"] = second
+        teachers = (pretrained, replace(second.model, pretrained=second.out))
     student_train = replace(train, lr=1e-3)
-    student_cfg = RunConfig(model=pretrained, data=data, quant=quant, train=student_train, teachers=teachers,
-                            method=MethodConfig(method, dict(method_params or {})), out=str(out / f"student_{method}"))  # fmt: skip
-    result = run_experiment(student_cfg)
-    rows[f"{method} student" + ("" if result["labels_used"] else " (label-free)")] = result
-    baseline_cfg = replace(student_cfg, method=MethodConfig("qat"), teachers=(), out=str(out / "baseline_qat"))
-    rows["supervised QAT baseline"] = run_experiment(baseline_cfg)
+    runs["student"] = RunConfig(model=pretrained, data=data, quant=quant, train=student_train, teachers=teachers,
+                                method=MethodConfig(method, dict(method_params or {})), out=str(out / f"student_{method}"))  # fmt: skip
+    runs["supervised QAT baseline"] = replace(runs["student"], method=MethodConfig("qat"), teachers=(),
+                                              out=str(out / "baseline_qat"))  # fmt: skip
+    for cfg in runs.values():  # refuse another run's folder before training anything
+        check_out(cfg, overwrite=overwrite)
+    rows: dict[str, Any] = {}
+    for name, cfg in runs.items():
+        result = run_experiment(cfg, overwrite=overwrite)
+        if name == "student":
+            name = f"{method} student" + ("" if result["labels_used"] else " (label-free)")
+        rows[name] = result
 
-    summary = {"dataset": "sklearn digits (8x8)", "quantizer": quantizer, "bits": f"W{bits}A{bits}",
+    summary = {"dataset": "digits (8x8)", "quantizer": quantizer, "bits": f"W{bits}A{bits}",
                "seconds": round(time.perf_counter() - started, 1), "rows": rows}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=1))

@@ -8,6 +8,7 @@ with a `RunConfig`, or use the pieces (`create_model`, `make_student`, `build_ob
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,18 +18,22 @@ import torch
 import yaml
 from torch import nn
 
-from qdistill.config import apply_overrides, from_dict
+from qdistill.batch import call_model, logits_of
+from qdistill.config import apply_overrides, from_dict, yaml_load
 from qdistill.data import BatchLoader, DataSplits, ImageSet, load_dataset, split_holdout
+from qdistill.data.formats import DATASET_FORMATS
 from qdistill.distill.ensemble import TeacherEnsemble
-from qdistill.distill.objectives import build_objective
+from qdistill.distill.objectives import OBJECTIVES, build_objective, objective_params
 from qdistill.distill.student import make_student
-from qdistill.models import create_model
+from qdistill.errors import CheckpointError, ConfigError, DataError, MissingFileError, QdistillError
+from qdistill.models import MODELS, create_model, load_state_dict_file
 from qdistill.quant.api import quantize
 from qdistill.quant.config import QuantConfig
+from qdistill.rundir import RUN_FILES, config_diff, ensure_writable, read_model_info, save_model, stored_config
 from qdistill.train.checkpoint import load_checkpoint
 from qdistill.train.config import TrainConfig
 from qdistill.train.evaluate import evaluate
-from qdistill.train.trainer import Trainer, pick_device
+from qdistill.train.trainer import Trainer, pick_device, seed_everything
 
 __all__ = [
     "DataConfig",
@@ -36,6 +41,7 @@ __all__ = [
     "ModelConfig",
     "RunConfig",
     "build_loaders",
+    "check_out",
     "load_config",
     "load_run",
     "model_size_bytes",
@@ -67,20 +73,29 @@ class DataConfig:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        DATASET_FORMATS.get(self.format)
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
+            raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The teacher architecture and its weights; the student is a quantized copy of it."""
+    """The teacher architecture and its weights; the student is a quantized copy of it.
+
+    ``pretrained`` is a state-dict file or a finished run's folder. A method that distils from
+    a teacher refuses a teacher without weights unless ``random_teacher`` says it is meant.
+    """
 
     name: str = "smallcnn"
     pretrained: str | None = None
     num_classes: int | None = None
     in_channels: int | None = None
+    random_teacher: bool = False
+
+    def __post_init__(self) -> None:
+        MODELS.get(self.name)
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,12 @@ class MethodConfig:
 
     name: str = "sqakd"
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        allowed = objective_params(OBJECTIVES.get(self.name))
+        for key in self.params:
+            if key not in allowed:
+                raise ConfigError(f"method {self.name!r}: unknown parameter {key!r}; allowed: {', '.join(allowed) or 'none'}")
 
 
 @dataclass(frozen=True)
@@ -111,28 +132,28 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teachers", tuple(self.teachers))
+        if self.calib_images < 1:
+            raise ConfigError(f"calib_images must be >= 1, got {self.calib_images}")
+        if not OBJECTIVES.get(self.method.name).needs_teacher:
+            return
+        for where, m in self.teacher_sections():
+            if m.pretrained is None and not m.random_teacher:
+                raise ConfigError(
+                    f"method {self.method.name!r} distils from a teacher but {where}.pretrained is not set: give the "
+                    f"teacher's weights (a state-dict file or a run folder), or set {where}.random_teacher: true "
+                    "to distil from random weights on purpose"
+                )
+
+    def teacher_sections(self) -> list[tuple[str, ModelConfig]]:
+        """(config key, section) of each model the method distils from."""
+        if self.teachers:
+            return [(f"teachers[{i}]", m) for i, m in enumerate(self.teachers)]
+        return [("model", self.model)]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
-        d = dict(d)
-        known = ("model", "data", "quant", "method", "train", "out", "calib_images", "teachers")
-        for key in d:
-            if key not in known:
-                raise ValueError(f"config: unknown top-level key {key!r}; allowed: {', '.join(known)}")
-        quant = d.get("quant", {})
-        teachers = d.get("teachers") or []
-        if not isinstance(teachers, (list, tuple)):
-            raise ValueError("teachers: expected a list of model sections, e.g. [{name: resnet32, pretrained: t32.th}]")
-        return cls(
-            model=from_dict(ModelConfig, d.get("model"), "model"),
-            data=from_dict(DataConfig, d.get("data"), "data"),
-            quant=None if quant is None else QuantConfig.from_dict(quant),
-            method=from_dict(MethodConfig, d.get("method"), "method"),
-            train=TrainConfig.from_dict(d.get("train")),
-            out=str(d.get("out", "runs/default")),
-            calib_images=int(d.get("calib_images", 256)),
-            teachers=tuple(from_dict(ModelConfig, t, f"teachers[{i}]") for i, t in enumerate(teachers)),
-        )
+        """Build and validate a whole config (keys, value types, names, method parameters)."""
+        return from_dict(cls, d, "")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -144,13 +165,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     """Read a YAML config, apply ``key=value`` overrides and validate it all before anything runs."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise MissingFileError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
+        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(tree, dict):
-        raise ValueError(f"{path}: expected a mapping of sections at the top level")
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return RunConfig.from_dict(apply_overrides(tree, overrides or []))
 
 
@@ -174,7 +195,7 @@ def prepare_data(cfg: DataConfig) -> tuple[DataSplits, ImageSet, ImageSet | None
 
 def build_loaders(cfg: DataConfig, splits: DataSplits, train: ImageSet, val: ImageSet | None, labels: bool, seed: int):
     """Training loader (labels only if the method reads them) and validation loader."""
-    norm = dict(mean=splits.mean, std=splits.std)
+    norm = {"mean": splits.mean, "std": splits.std}
     augment = cfg.augment or splits.augment
     train_data = train if labels else train.without_labels()
     train_loader = BatchLoader(train_data, cfg.batch_size, **norm, augment=augment, shuffle=True,
@@ -186,13 +207,45 @@ def build_loaders(cfg: DataConfig, splits: DataSplits, train: ImageSet, val: Ima
     return train_loader, val_loader
 
 
-def _teacher(cfg: RunConfig, splits: DataSplits, m: ModelConfig | None = None) -> nn.Module:
-    m = m or cfg.model
+def _teacher(splits: DataSplits, m: ModelConfig, where: str = "model") -> nn.Module:
     num_classes = m.num_classes or splits.num_classes
     if num_classes is None:
-        raise ValueError("model.num_classes is required when the data has no labels")
+        raise ConfigError(f"{where}.num_classes is required when the data has no labels")
     in_channels = m.in_channels or splits.train.images.shape[-1]
-    return create_model(m.name, num_classes=num_classes, in_channels=in_channels, pretrained=m.pretrained)
+    model = create_model(m.name, num_classes=num_classes, in_channels=in_channels, pretrained=m.pretrained)
+    _check_labels(splits, num_classes, where)
+    return model
+
+
+def _check_labels(splits: DataSplits, num_classes: int, where: str) -> None:
+    """Labels must index the classifier's outputs (else an IndexError deep inside a loss)."""
+    top = max((int(s.labels.max()) for s in (splits.train, splits.test) if s is not None and s.labels is not None
+               and len(s.labels)), default=-1)  # fmt: skip
+    if top >= num_classes:
+        raise ConfigError(f"{where}.num_classes is {num_classes} but the data has labels up to {top}: "
+                          f"set {where}.num_classes: {top + 1} or leave it out to take it from the data")  # fmt: skip
+
+
+def _check_teacher_outputs(teacher: nn.Module, calib: torch.Tensor, where: str) -> None:
+    """Refuse a teacher whose outputs are non-finite or the same for every image (e.g. inf in BatchNorm)."""
+    was_training = teacher.training
+    teacher.eval()
+    with torch.no_grad():
+        logits = logits_of(call_model(teacher, calib)).float()
+    teacher.train(was_training)
+    if not torch.isfinite(logits).all():
+        raise CheckpointError(f"{where}: the teacher's outputs on the calibration images are not finite "
+                              "(inf or nan in its weights or BatchNorm buffers?)")  # fmt: skip
+    spread = (logits.amax(0) - logits.amin(0)).max()
+    if len(logits) > 1 and spread <= 1e-6 * (1.0 + logits.abs().max()):
+        raise CheckpointError(f"{where}: the teacher gives the same outputs for every calibration image "
+                              "(broken weights or BatchNorm buffers?)")  # fmt: skip
+
+
+def _calibration_batch(cfg: RunConfig, splits: DataSplits, train: ImageSet) -> torch.Tensor:
+    images = _take(train.without_labels(), cfg.calib_images, cfg.data.seed)
+    loader = BatchLoader(images, cfg.calib_images, mean=splits.mean, std=splits.std, with_labels=False)
+    return next(iter(loader))
 
 
 def model_size_bytes(model: nn.Module) -> int:
@@ -213,24 +266,81 @@ def model_size_bytes(model: nn.Module) -> int:
     return bits // 8
 
 
-def run_experiment(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Train the configured student and return (and write to ``OUT/results.json``) its test metrics."""
-    out = Path(cfg.out)
+_IGNORED_KEYS = ("out", "train.progress", "train.tensorboard")  # a run is the same run without these
+_RESUME_SECTIONS = ("model", "data", "quant", "method", "teachers", "calib_images")
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], sections: tuple[str, ...] | None = None) -> list[str]:
+    keys = sections or tuple(new)
+    diffs = config_diff({k: old.get(k) for k in keys}, {k: new.get(k) for k in keys})
+    return [d for d in diffs if not d.startswith(tuple(k + " " for k in _IGNORED_KEYS))]
+
+
+def check_out(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> list[str]:
+    """Refuse a resume under another config, and a fresh start over another config's run.
+
+    A resume must keep the model, data, quant and method sections (``train.epochs`` may grow). A
+    fresh start may replace a run of the same config, one of another config only with
+    ``overwrite``. Returns the files of the replaced run, which a fresh start must delete.
+    """
+    out, new = Path(cfg.out), cfg.to_dict()
+    if resume and (out / "last.pt").is_file():
+        old = load_checkpoint(out / "last.pt").get("meta", {}).get("config")
+        if not isinstance(old, dict):
+            raise CheckpointError(f"{out / 'last.pt'} records no run config: cannot check the resume")
+        diffs = _differences(_stored_run_config(old, out / "last.pt").to_dict(), new, _RESUME_SECTIONS)
+        if diffs:
+            raise ConfigError(f"cannot resume {out}: the config differs from its checkpoint in "
+                              f"{', '.join(diffs)}; resume with the same model, data, quant and method (train.epochs may grow)")  # fmt: skip
+        return []
+    present = [name for name in RUN_FILES if (out / name).exists()]
+    if not present or overwrite:
+        return present
+    try:
+        old = stored_config(out)
+        diffs = ["its config is not recorded"] if old is None else _differences(_stored_run_config(old, out).to_dict(), new)
+    except QdistillError as e:
+        diffs = [str(e)]
+    if diffs:
+        raise ConfigError(f"{out} holds another run ({', '.join(present)}; {', '.join(diffs[:4])}): "
+                          "pass --overwrite to replace it, --resume to continue it, or choose another out")  # fmt: skip
+    return present
+
+
+def run_experiment(
+    cfg: RunConfig, resume: bool = False, overwrite: bool = False, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Train the configured student and return (and write to ``OUT/results.json``) its test metrics.
+
+    ``OUT`` must be writable, and a run of another config there is replaced only with
+    ``overwrite``. Everything random (teacher without weights, student, objective modules) is
+    built after seeding with ``train.seed``, so the same config gives the same numbers. ``log``
+    receives human-readable notes (the quantization summary).
+    """
+    out = ensure_writable(cfg.out)
+    for name in check_out(cfg, resume, overwrite):  # a fresh start leaves nothing of the run it replaces
+        (out / name).unlink()
+    seed_everything(cfg.train.seed)
     splits, train, val, test = prepare_data(cfg.data)
-    teacher = _teacher(cfg, splits)
+    teacher = _teacher(splits, cfg.model)
+    objective_cls = OBJECTIVES.get(cfg.method.name)
     calib = None
-    if cfg.quant is not None:
-        calib_set = train.without_labels()
-        calib_loader = BatchLoader(_take(calib_set, cfg.calib_images, cfg.data.seed), cfg.calib_images,
-                                   mean=splits.mean, std=splits.std, with_labels=False)  # fmt: skip
-        calib = next(iter(calib_loader))
+    if cfg.quant is not None or objective_cls.needs_teacher:
+        calib = _calibration_batch(cfg, splits, train)
+    teachers = [_teacher(splits, m, where) for where, m in cfg.teacher_sections()] if cfg.teachers else [teacher]
+    if objective_cls.needs_teacher:
+        for (where, _), model in zip(cfg.teacher_sections(), teachers, strict=True):
+            _check_teacher_outputs(model, calib, f"{where}.pretrained")
     student = make_student(teacher, cfg.quant, calib)
+    summary = getattr(student, "qdistill_summary", None)
+    if log is not None and summary is not None:
+        log(str(summary))
     if cfg.teachers:
-        teacher = TeacherEnsemble([_teacher(cfg, splits, m) for m in cfg.teachers])
+        teacher = TeacherEnsemble(teachers)
     objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
     labels = objective.uses_labels
     if labels and train.labels is None:
-        raise ValueError(f"method {cfg.method.name!r} needs labels but the training data has none")
+        raise DataError(f"method {cfg.method.name!r} needs labels but the training data has none")
     train_loader, val_loader = build_loaders(cfg.data, splits, train, val, labels, cfg.train.seed)
     meta = {"config": cfg.to_dict(), "labels_used": labels, "num_classes": splits.num_classes,
             "in_channels": int(splits.train.images.shape[-1])}  # fmt: skip
@@ -238,7 +348,12 @@ def run_experiment(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     trainer.fit(resume=resume)
     best = load_checkpoint(out / "best.pt", map_location=trainer.device)
     student.load_state_dict(best["student"])
-    torch.save(student.state_dict(), out / "model.pt")
+    num_classes = cfg.model.num_classes or splits.num_classes
+    save_model(out, student, {
+        "model": {"name": cfg.model.name, "num_classes": num_classes, "in_channels": meta["in_channels"]},
+        "quant": None if cfg.quant is None else cfg.quant.to_dict(),
+        "labels_used": labels, "teacher": cfg.model.pretrained, "best_epoch": best["epoch"], "config": meta["config"],
+    })  # fmt: skip
     results = {"best_epoch": best["epoch"], "labels_used": labels, "method": cfg.method.name,
                "weight_bits": cfg.quant.weight_bits if cfg.quant else 32,
                "act_bits": (cfg.quant.act_bits or 32) if cfg.quant else 32,
@@ -256,21 +371,54 @@ def _test_metrics(student, teacher, test: ImageSet, splits: DataSplits, cfg: Run
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> tuple[nn.Module, RunConfig, dict[str, Any]]:
-    """Rebuild the trained student of a run directory: (model in eval mode, its config, checkpoint meta)."""
+    """Rebuild the trained student of a run folder: (model in eval mode, its config, its record).
+
+    ``best`` reads a finished run's ``model.safetensors`` + ``model.json`` (create, quantize, load),
+    or ``best.pt`` while the run is unfinished; ``last`` reads ``last.pt``. The record holds
+    ``meta`` (config, labels_used, num_classes, in_channels) either way.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"run directory not found: {run_dir}")
-    state = load_checkpoint(run_dir / f"{which}.pt")
+        raise MissingFileError(f"run directory not found: {run_dir}")
+    if which == "best" and (run_dir / "model.json").is_file():
+        info = read_model_info(run_dir)
+        arch, quant = info["model"], info.get("quant")
+        meta = {"config": info["config"], "labels_used": info.get("labels_used"),
+                "num_classes": arch.get("num_classes"), "in_channels": arch.get("in_channels")}  # fmt: skip
+        cfg = _stored_run_config(info["config"], run_dir / "model.json")
+        quant_cfg = None if quant is None else QuantConfig.from_dict(quant)
+        model = _rebuild(arch.get("name"), arch.get("num_classes"), arch.get("in_channels"), quant_cfg, run_dir / "model.json")
+        load_state_dict_file(model, run_dir / "model.safetensors")
+        return model.to(pick_device("cpu")).eval(), cfg, {"meta": meta, "epoch": info.get("best_epoch")}
+    path = run_dir / f"{which}.pt"
+    if not path.is_file():
+        raise MissingFileError(f"{run_dir} has neither model.json nor {which}.pt: is it a qdistill run folder?")
+    state = load_checkpoint(path)
     meta = state.get("meta", {})
-    if "config" not in meta:
-        raise ValueError(f"{run_dir / (which + '.pt')} has no run config; was it written by qdistill train?")
-    cfg = RunConfig.from_dict(meta["config"])
-    model = create_model(cfg.model.name, num_classes=meta["num_classes"] or cfg.model.num_classes,
-                         in_channels=meta["in_channels"])  # fmt: skip
-    if cfg.quant is not None:
-        quantize(model, cfg.quant)
+    if "config" not in meta or "student" not in state:
+        raise CheckpointError(f"{path} has no run config or student weights; was it written by qdistill train?")
+    cfg = _stored_run_config(meta["config"], path)
+    num_classes = cfg.model.num_classes or meta.get("num_classes")
+    model = _rebuild(cfg.model.name, num_classes, meta.get("in_channels"), cfg.quant, path)
     try:
         model.load_state_dict(state["student"])
     except RuntimeError as e:
-        raise ValueError(f"{run_dir}: checkpoint does not fit {cfg.model.name}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{path} does not fit {cfg.model.name}: {str(e).splitlines()[0]}") from None
     return model.to(pick_device("cpu")).eval(), cfg, state
+
+
+def _stored_run_config(config: Any, where: Path) -> RunConfig:
+    """A config recorded in a run folder, validated (and laid out as `RunConfig.to_dict` writes it now)."""
+    try:
+        return RunConfig.from_dict(config)
+    except QdistillError as e:
+        raise CheckpointError(f"{where}: its recorded config is not valid ({e})") from None
+
+
+def _rebuild(name: Any, num_classes: Any, in_channels: Any, quant: QuantConfig | None, where: Path) -> nn.Module:
+    """An untrained student of the recorded architecture, quantized as recorded."""
+    try:
+        model = create_model(name, num_classes=num_classes, in_channels=in_channels)
+    except QdistillError as e:
+        raise CheckpointError(f"{where}: cannot rebuild the model it records ({e})") from None
+    return model if quant is None else quantize(model, quant)

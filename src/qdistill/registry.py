@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from qdistill.errors import ConfigError
+
 __all__ = ["Registry"]
 
 T = TypeVar("T")
@@ -30,7 +32,7 @@ class Registry(Generic[T]):
         """Decorator registering a factory under `name` (default: its ``__name__``)."""
 
         def deco(obj: T) -> T:
-            key = name or getattr(obj, "__name__")
+            key = name or obj.__name__
             if key in self._items:
                 raise ValueError(f"{self.kind} {key!r} is already registered")
             self._items[key] = obj
@@ -39,10 +41,11 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        """The factory registered as ``name``; an unknown name is a `ConfigError` listing the known ones."""
         try:
             return self._items[name]
         except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}") from None
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}") from None
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from qdistill.errors import ConfigError
 from qdistill.models import create_model, list_models, register_model
 from qdistill.models.resnet_cifar import ResNetCifar
 
@@ -122,16 +123,16 @@ def test_vgg8_has_six_convs_and_two_linears() -> None:
 
 
 def test_unknown_name_lists_known_models() -> None:
-    with pytest.raises(ValueError, match=r"unknown model 'resnet1000'.*resnet20.*vgg8"):
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet1000'.*resnet20.*vgg8"):
         create_model("resnet1000")
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ConfigError, match="num_classes"):
         create_model("resnet20", num_classes=0)
-    with pytest.raises(TypeError, match="path"):
+    with pytest.raises(ConfigError, match="path"):
         create_model("resnet20", pretrained=True)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"6n\+2"):
+    with pytest.raises(ConfigError, match=r"6n\+2"):
         ResNetCifar(depth=21)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from qdistill.errors import CheckpointError, MissingFileError
 from qdistill.models import create_model, load_state_dict_file
 
 
@@ -48,14 +49,14 @@ def test_safetensors_and_compiled_prefix(tmp_path: Path) -> None:
 
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.th"
-    with pytest.raises(FileNotFoundError, match="nope.th"):
+    with pytest.raises(MissingFileError, match="nope.th"):
         create_model("resnet20", pretrained=path)
 
 
 def test_corrupt_file(tmp_path: Path) -> None:
     path = tmp_path / "corrupt.th"
     path.write_bytes(b"\x80\x02this is not a checkpoint" * 10)
-    with pytest.raises(ValueError, match=r"cannot read checkpoint .*corrupt\.th") as info:
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*corrupt\.th") as info:
         create_model("resnet20", pretrained=path)
     assert "\n" not in str(info.value)
 
@@ -63,14 +64,14 @@ def test_corrupt_file(tmp_path: Path) -> None:
 def test_file_without_state_dict(tmp_path: Path) -> None:
     path = tmp_path / "list.th"
     torch.save([1, 2, 3], path)
-    with pytest.raises(ValueError, match="holds no state dict"):
+    with pytest.raises(CheckpointError, match="holds no state dict"):
         create_model("resnet20", pretrained=path)
 
 
 def test_wrong_num_classes(tmp_path: Path) -> None:
     path = tmp_path / "c100.th"
     torch.save({"state_dict": create_model("resnet20", num_classes=100).state_dict()}, path)
-    with pytest.raises(ValueError, match=r"checkpoint has 100 classes and the model 10") as info:
+    with pytest.raises(CheckpointError, match=r"checkpoint has 100 classes and the model 10") as info:
         create_model("resnet20", num_classes=10, pretrained=path)
     assert "\n" not in str(info.value)
 
@@ -78,7 +79,7 @@ def test_wrong_num_classes(tmp_path: Path) -> None:
 def test_key_and_shape_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "r32.th"
     torch.save(create_model("resnet32").state_dict(), path)
-    with pytest.raises(ValueError, match=r"unexpected keys \(72\): layer1\.3\.conv1\.weight") as info:
+    with pytest.raises(CheckpointError, match=r"unexpected keys \(72\): layer1\.3\.conv1\.weight") as info:
         create_model("resnet20", pretrained=path)
     assert "\n" not in str(info.value)
 
@@ -86,5 +87,19 @@ def test_key_and_shape_mismatch(tmp_path: Path) -> None:
     del state["bn1.bias"]
     state["conv1.weight"] = torch.zeros(16, 1, 3, 3)
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"missing keys \(1\): bn1\.bias.*shape mismatch \(1\): conv1\.weight"):
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): bn1\.bias.*shape mismatch \(1\): conv1\.weight"):
         create_model("resnet20", pretrained=path)
+
+
+def test_run_folder_means_its_model_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    src = create_model("smallcnn", in_channels=1)
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    load_state_dict_file(dst := create_model("smallcnn", in_channels=1), tmp_path)
+    assert _same_weights(src, dst)
+
+
+def test_run_folder_without_weights(tmp_path: Path) -> None:
+    with pytest.raises(MissingFileError, match="without model.safetensors or model.pt"):
+        create_model("smallcnn", pretrained=tmp_path)

@@ -15,12 +15,15 @@ import torch
 from torch import nn
 from torch.nn.modules.module import _IncompatibleKeys
 
+from qdistill.errors import CheckpointError, ConfigError, MissingFileError
+
 from ._registry import MODELS
 
 __all__ = ["create_model", "load_state_dict_file"]
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile
 _SHOW = 3  # keys named per category in an error message
+_RUN_WEIGHTS = ("model.safetensors", "model.pt")  # a finished run's weights, newest format first
 
 
 def create_model(
@@ -36,20 +39,20 @@ def create_model(
         name: A name from :func:`list_models`.
         num_classes: Size of the classifier output.
         in_channels: Channels of the input images.
-        pretrained: Path of a state-dict file (see :func:`load_state_dict_file`); weights are
-            never downloaded.
+        pretrained: Path of a state-dict file or of a run folder (see :func:`load_state_dict_file`);
+            weights are never downloaded.
         **kwargs: Passed to the model's entry point.
 
     Raises:
-        ValueError: Unknown ``name`` (the message lists the known ones), bad sizes, or a
-            checkpoint that does not fit the model.
+        ConfigError: Unknown ``name`` (the message lists the known ones) or bad sizes.
+        MissingFileError / CheckpointError: see :func:`load_state_dict_file`.
     """
     factory = MODELS.get(name)
     for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+            raise ConfigError(f"{arg} must be a positive int, got {value!r}")
     if isinstance(pretrained, bool):
-        raise TypeError("pretrained must be a checkpoint path or None; qdistill never downloads weights")
+        raise ConfigError("pretrained must be a checkpoint path or None; qdistill never downloads weights")
     model = factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
     if pretrained is not None:
         load_state_dict_file(model, pretrained)
@@ -60,7 +63,8 @@ def load_state_dict_file(model: nn.Module, path: str | os.PathLike[str]) -> _Inc
     """Strictly load a checkpoint file into ``model``.
 
     Accepts a bare state dict or a dict holding one under ``"state_dict"`` or ``"model"``,
-    saved by ``torch.save`` (read with ``weights_only=True``) or as ``.safetensors``.
+    saved by ``torch.save`` (read with ``weights_only=True``) or as ``.safetensors``; a run
+    folder stands for its ``model.safetensors`` (or the ``model.pt`` of older runs).
     ``module.`` and ``_orig_mod.`` prefixes are stripped. BatchNorm ``num_batches_tracked``
     buffers absent from old checkpoints keep the model's values.
 
@@ -68,13 +72,13 @@ def load_state_dict_file(model: nn.Module, path: str | os.PathLike[str]) -> _Inc
         PyTorch's ``(missing_keys, unexpected_keys)`` result; both are empty on success.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: The file is unreadable, holds no state dict, or its keys, shapes or class
-            count do not match ``model``.
+        MissingFileError: ``path`` does not exist.
+        CheckpointError: The file is unreadable, holds no state dict, or its keys, shapes or
+            class count do not match ``model``.
     """
-    path = Path(path)
+    path = _resolve_run_folder(Path(path))
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise MissingFileError(f"checkpoint file not found: {path}")
     state = _strip_prefixes(_extract_state_dict(_read(path), path))
     own = model.state_dict()
     for key, value in own.items():
@@ -82,6 +86,16 @@ def load_state_dict_file(model: nn.Module, path: str | os.PathLike[str]) -> _Inc
             state[key] = value
     _check_compatible(model, own, state, path)
     return model.load_state_dict(state, strict=True)
+
+
+def _resolve_run_folder(path: Path) -> Path:
+    """A run folder means its trained model; any other path is returned unchanged."""
+    if not path.is_dir():
+        return path
+    for name in _RUN_WEIGHTS:
+        if (path / name).is_file():
+            return path / name
+    raise MissingFileError(f"{path} is a folder without {' or '.join(_RUN_WEIGHTS)}; is the run finished?")
 
 
 def _read(path: Path) -> Any:
@@ -92,7 +106,7 @@ def _read(path: Path) -> Any:
             return load_file(str(path), device="cpu")
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several unrelated types for corrupt files
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {_short_reason(err)}") from err
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {_short_reason(err)}") from err
 
 
 def _short_reason(err: Exception, limit: int = 200) -> str:
@@ -115,7 +129,7 @@ def _extract_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         what = f"keys {sorted(map(str, obj))[:5]}" if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(f"{path} holds no state dict (found {what}); expected tensors, maybe under 'state_dict'")
+        raise CheckpointError(f"{path} holds no state dict (found {what}); expected tensors, maybe under 'state_dict'")
     return dict(obj)
 
 
@@ -138,7 +152,7 @@ def _check_compatible(
     head = getattr(model, "classifier", None)
     head_key = f"{head}.weight" if isinstance(head, str) else None
     if head_key in own and head_key in state and state[head_key].shape[0] != own[head_key].shape[0]:
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: checkpoint has {state[head_key].shape[0]} classes and the model "
             f"{own[head_key].shape[0]}; create the model with num_classes={state[head_key].shape[0]}"
         )
@@ -155,4 +169,4 @@ def _check_compatible(
         if items
     ]
     if problems:
-        raise ValueError(f"{path} does not fit {type(model).__name__}: {'; '.join(problems)}")
+        raise CheckpointError(f"{path} does not fit {type(model).__name__}: {'; '.join(problems)}")

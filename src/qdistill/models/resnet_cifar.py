@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from qdistill.errors import ConfigError
+
 from ._layers import BasicBlock, init_weights
 from ._registry import register_model
 
@@ -34,7 +36,7 @@ class ResNetCifar(nn.Module):
     def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110), got {depth}")
+            raise ConfigError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56, 110), got {depth}")
         blocks = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
