@@ -12,7 +12,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 __all__ = ["decode_image", "decode_images", "default_workers"]
 
@@ -28,6 +28,8 @@ def default_workers() -> int:
     """Decoder processes: env ``QDISTILL_DECODE_WORKERS``, else the usable CPU count (at most 8)."""
     env = os.environ.get("QDISTILL_DECODE_WORKERS")
     if env:
+        if not env.strip().isdigit():
+            raise ConfigError(f"QDISTILL_DECODE_WORKERS must be a whole number, got {env!r}")
         return max(1, int(env))
     try:
         cpus = len(os.sched_getaffinity(0))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, MissingFileError
 from ..registry import Registry
 from . import folders, readers
 from .cache import cache_file, default_cache_dir, read_cache, write_cache
@@ -155,19 +156,23 @@ def load_dataset(
         std: per-channel std on the [0, 1] scale, overriding the format's or the data's.
 
     Raises:
-        FileNotFoundError: `root` (or a file the layout needs) does not exist.
-        ValueError: unknown format, no images, or an unreadable file (named in the message).
+        MissingFileError: `root` (or a file the layout needs) does not exist.
+        ConfigError: unknown format, or a root given where none is read (or missing where one is).
+        DataError: no images, an unreadable file or archive, or a layout or class list that is
+            not what the format promises (named in the message).
     """
+    if source not in DATASET_FORMATS:
+        raise ConfigError(f"unknown dataset format {source!r}; choose one of: {', '.join(list_formats())}")
     fmt = DATASET_FORMATS.get(source)
     path = None
     if fmt.needs_root:
         if root is None:
-            raise ValueError(f"format {source!r} reads from a path: pass root=<{fmt.layout}>")
+            raise ConfigError(f"format {source!r} reads from a path: pass root=<{fmt.layout}>")
         path = Path(root).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"{source}: {path} does not exist; expected {fmt.layout}")
+            raise MissingFileError(f"{source}: {path} does not exist; expected {fmt.layout}")
     elif root is not None:
-        raise ValueError(f"format {source!r} takes no root (got {root!r})")
+        raise ConfigError(f"format {source!r} takes no root (got {root!r})")
     train, test, data_mean, data_std = _read(source, fmt, path, cache_dir)
     classes = train.classes
     if classes is not None:

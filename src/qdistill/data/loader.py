@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .imageset import AUGMENTS, ImageSet
 
 __all__ = ["BatchLoader", "default_pad"]
@@ -76,20 +77,20 @@ class BatchLoader:
     ) -> None:
         n, height, width, channels = data.images.shape
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+            raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean and std need {channels} values (one per channel), got {mean} and {std}")
+            raise ConfigError(f"mean and std need {channels} values (one per channel), got {mean} and {std}")
         if min(std) <= 0:
-            raise ValueError(f"std must be positive, got {std}")
+            raise ConfigError(f"std must be positive, got {std}")
         if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
+            raise ConfigError(f"seed must be >= 0, got {seed}")
         self.batch_size = batch_size
         self.augment = augment
         self.pad = default_pad(height, width) if pad is None else pad
         if self.pad < 0:
-            raise ValueError(f"pad must be >= 0, got {self.pad}")
+            raise ConfigError(f"pad must be >= 0, got {self.pad}")
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.seed = seed
