@@ -58,7 +58,7 @@ class DatasetFormat:
 
 DATASET_FORMATS: Registry[DatasetFormat] = Registry("dataset format")
 DATASET_FORMATS.register("digits")(
-    DatasetFormat(readers.load_digits, "scikit-learn's bundled digits (no path)", "none", needs_root=False)
+    DatasetFormat(readers.load_digits, "the bundled 8x8 digits (no path)", "none", needs_root=False)
 )
 DATASET_FORMATS.register("cifar10")(
     DatasetFormat(
