@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ConfigError, MissingFileError
 from ..registry import Registry
 from . import folders, readers
-from .cache import cache_file, default_cache_dir, read_cache, write_cache
+from .cache import cache_file, read_cache, resolve_cache_dir, write_cache
 from .imageset import AUGMENTS, DataSplits, ImageSet, channel_stats
 from .sources import Source, open_source
 
@@ -119,7 +119,8 @@ def _read(
     if root is None:
         train, test = fmt.load(None)
         return (train, test, *channel_stats(train.images))
-    file = cache_file(cache_dir or default_cache_dir(), name, root) if fmt.cache else None
+    folder = resolve_cache_dir(cache_dir) if fmt.cache else None
+    file = cache_file(folder, name, root) if folder is not None else None
     cached = read_cache(file) if file is not None else None
     if cached is not None:
         try:
@@ -151,7 +152,7 @@ def load_dataset(
             ``idx``, ``imagefolder`` or ``unlabelled``.
         root: the directory, or a ``.tar``/``.tar.gz``/``.tgz`` archive of it (not for ``digits``).
         cache_dir: where decoded image folders are cached; default env ``QDISTILL_CACHE``
-            or ``~/.cache/qdistill``.
+            or ``~/.cache/qdistill``; ``"off"`` (here or in the env) decodes every time.
         mean: per-channel mean on the [0, 1] scale, overriding the format's or the data's.
         std: per-channel std on the [0, 1] scale, overriding the format's or the data's.
 
