@@ -23,6 +23,7 @@ __all__ = [
     "TarSource",
     "ZipSource",
     "is_archive",
+    "is_hidden",
     "is_image",
     "open_source",
 ]
@@ -50,13 +51,13 @@ def is_archive(path: str | Path) -> bool:
     return str(path).lower().endswith(_ARCHIVE_SUFFIXES)
 
 
-def _hidden(rel: str) -> bool:
-    # dot files, macOS resource forks (._x) and __MACOSX folders are never data
+def is_hidden(rel: str) -> bool:
+    """Whether a relative path is never data: dot files, macOS resource forks (``._x``), ``__MACOSX``."""
     return any(part.startswith(".") or part == "__MACOSX" for part in rel.split("/"))
 
 
 class Source:
-    """The regular files under one directory or inside one tar archive.
+    """The regular files under one directory or inside one tar or zip archive.
 
     Attributes:
         path: the directory or archive.
@@ -89,7 +90,7 @@ class DirSource(Source):
             rel_dir = Path(dirpath).relative_to(self.path).as_posix()
             for name in filenames:
                 rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if not _hidden(rel):
+                if not is_hidden(rel):
                     found.append(rel)
         self.files = tuple(sorted(found))
 
@@ -146,7 +147,7 @@ def _check_tar_end(tap: _LastBlock, raw: BinaryIO, members: int) -> None:
 def _blob_name(rel: str) -> str | None:
     """`rel` normalised (``./a/b`` -> ``a/b``), or None for names outside the root and hidden files."""
     rel = posixpath.normpath(rel).lstrip("/")
-    return None if rel.startswith("..") or rel == "." or _hidden(rel) else rel
+    return None if rel.startswith("..") or rel == "." or is_hidden(rel) else rel
 
 
 class TarSource(Source):
