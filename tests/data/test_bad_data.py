@@ -40,6 +40,14 @@ def member_offset(tar_path, name_part):
         return next(m.offset for m in tar.getmembers() if name_part in m.name)
 
 
+@pytest.mark.parametrize("cache", ["on", "off"])  # the cache key reads every file first; without it, the reader does
+def test_unreadable_file_in_a_folder_is_named(class_folder, tmp_path, cache):
+    dangling = class_folder / "train" / "cat" / "gone.png"
+    dangling.symlink_to(tmp_path / "deleted.png")
+    with pytest.raises(DataError, match=f"cannot read {dangling}: No such file"):
+        load_dataset("imagefolder", class_folder, cache_dir=tmp_path / "cache" if cache == "on" else "off")
+
+
 def test_intact_archives_load(noisy_folder, kit, tmp_path):
     data = load("imagefolder", kit.make_tar(noisy_folder, tmp_path / "ok.tar.gz"), tmp_path)
     assert (len(data.train), len(data.test), data.train.classes) == (24, 8, ("a", "b"))

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .sources import unreadable
+
 __all__ = [
     "CACHE_ENV",
     "CACHE_VERSION",
@@ -73,16 +75,19 @@ def fingerprint(path: str | Path) -> str:
     any added, removed, resized or touched file changes the key, wherever the folder lives.
     """
     path = Path(path).expanduser().resolve()
-    st = path.stat()
-    if not path.is_dir():
-        return "file|" + _file_digest(path, st.st_size, st.st_mtime_ns)
-    parts = ["dir"]
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            fst = os.stat(full)
-            parts.append(f"{Path(os.path.relpath(full, path)).as_posix()}|{fst.st_size}|{fst.st_mtime_ns}")
+    try:
+        st = path.stat()
+        if not path.is_dir():
+            return "file|" + _file_digest(path, st.st_size, st.st_mtime_ns)
+        parts = ["dir"]
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = os.path.join(dirpath, name)
+                fst = os.stat(full)
+                parts.append(f"{Path(os.path.relpath(full, path)).as_posix()}|{fst.st_size}|{fst.st_mtime_ns}")
+    except OSError as err:
+        raise unreadable(err) from None
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

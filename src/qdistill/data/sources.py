@@ -26,6 +26,7 @@ __all__ = [
     "is_hidden",
     "is_image",
     "open_source",
+    "unreadable",
 ]
 
 IMAGE_EXTENSIONS = frozenset(
@@ -79,13 +80,26 @@ class Source:
         return f"{self.path}{sep}{rel}"
 
 
+def unreadable(err: OSError) -> DataError:
+    """The one-line error for a file or folder the OS will not read (missing, a broken link, no permission)."""
+    return DataError(f"cannot read {err.filename}: {err.strerror}")
+
+
+def _raise_unreadable(err: OSError) -> None:
+    raise unreadable(err) from None
+
+
 class DirSource(Source):
-    """Files under a directory, walked recursively (following symlinks) and read on demand."""
+    """Files under a directory, walked recursively (following symlinks) and read on demand.
+
+    Raises:
+        DataError: a folder or file that cannot be read (never skipped silently).
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         found = []
-        for dirpath, dirnames, filenames in os.walk(self.path, followlinks=True):
+        for dirpath, dirnames, filenames in os.walk(self.path, onerror=_raise_unreadable, followlinks=True):
             dirnames.sort()
             rel_dir = Path(dirpath).relative_to(self.path).as_posix()
             for name in filenames:
@@ -95,7 +109,10 @@ class DirSource(Source):
         self.files = tuple(sorted(found))
 
     def read(self, rel: str) -> bytes:
-        return (self.path / rel).read_bytes()
+        try:
+            return (self.path / rel).read_bytes()
+        except OSError as err:
+            raise unreadable(err) from None
 
 
 class _LastBlock:
