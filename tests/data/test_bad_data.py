@@ -92,6 +92,17 @@ def test_truncated_archives_are_refused(noisy_folder, kit, tmp_path):
         load("imagefolder", plain, tmp_path)
 
 
+@pytest.mark.parametrize("suffix, mode", [("tar.bz2", "w:bz2"), ("tar.xz", "w:xz")])
+def test_bz2_and_xz_archives_load_and_truncation_is_refused(noisy_folder, tmp_path, suffix, mode):
+    archive = tmp_path / f"noisy.{suffix}"
+    with tarfile.open(archive, mode) as tar:
+        tar.add(noisy_folder, arcname="noisy")
+    assert len(load("imagefolder", archive, tmp_path).train) == 24
+    archive.write_bytes(archive.read_bytes()[:-64])
+    with pytest.raises(DataError, match=f"cannot read archive {archive}"):
+        load("imagefolder", archive, tmp_path)
+
+
 def test_zip_archive_loads_like_the_folder(noisy_folder, tmp_path):
     archive = tmp_path / "noisy.zip"
     with zipfile.ZipFile(archive, "w") as zf:
