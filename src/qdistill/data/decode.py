@@ -39,7 +39,7 @@ def default_workers() -> int:
 
 
 def _wide_to_uint8(pixels: np.ndarray, name: str) -> np.ndarray:
-    """16-bit grey levels 0..65535 onto 0..255 (v / 257, rounded), as an 8-bit export would.
+    """16-bit grey levels 0..65535 onto the nearest of 0..255 (v / 257, rounded).
 
     Pillow's own ``convert("L")`` clips instead, turning almost every pixel of a 16-bit
     image white. 32-bit images are read the same way when their values fit 16 bits.

@@ -167,7 +167,16 @@ def _blob_name(rel: str) -> str | None:
     return None if rel.startswith("..") or rel == "." or is_hidden(rel) else rel
 
 
-class TarSource(Source):
+class _InMemory(Source):
+    """An archive whose files were all read (and checked) when it was opened."""
+
+    _blobs: dict[str, bytes]
+
+    def read(self, rel: str) -> bytes:
+        return self._blobs[rel]
+
+
+class TarSource(_InMemory):
     """Files inside a (possibly compressed) tar archive, read into memory in one sequential pass.
 
     Nothing is extracted to disk. The whole archive is read to its end, so a damaged or
@@ -194,11 +203,8 @@ class TarSource(Source):
             raise DataError(f"cannot read archive {self.path}: {err}") from None
         self.files = tuple(sorted(self._blobs))
 
-    def read(self, rel: str) -> bytes:
-        return self._blobs[rel]
 
-
-class ZipSource(Source):
+class ZipSource(_InMemory):
     """Files inside a zip archive, all read (and CRC-checked) when it is opened.
 
     Raises:
@@ -214,12 +220,9 @@ class ZipSource(Source):
                     rel = _blob_name(info.filename)
                     if rel and not info.is_dir():
                         self._blobs[rel] = archive.read(info)
-        except _READ_ERRORS as err:
+        except (*_READ_ERRORS, NotImplementedError, RuntimeError) as err:  # unsupported method, encrypted member
             raise DataError(f"cannot read archive {self.path}: {err}") from None
         self.files = tuple(sorted(self._blobs))
-
-    def read(self, rel: str) -> bytes:
-        return self._blobs[rel]
 
 
 def open_source(path: str | Path) -> Source:
