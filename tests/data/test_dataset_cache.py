@@ -139,6 +139,7 @@ def test_caching_can_be_switched_off(class_folder, tmp_path, monkeypatch, how):
         load_dataset("imagefolder", class_folder, None if how == "env" else "off")
     assert len(calls) == 2 and not (tmp_path / "home").exists() and not (tmp_path / "off").exists()
     assert cache.resolve_cache_dir("none") is None and cache.resolve_cache_dir(tmp_path) == tmp_path
+    assert cache.resolve_cache_dir(False) is None  # YAML's reading of "cache_dir: off"
 
 
 def test_default_cache_dir_is_under_home(tmp_path, monkeypatch):

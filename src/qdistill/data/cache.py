@@ -37,10 +37,15 @@ _EDGE = 1 << 20
 _HASH_CHUNK = 1 << 22
 
 
-def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path | None:
-    """The cache folder: `cache_dir`, else env ``QDISTILL_CACHE``, else ``~/.cache/qdistill``; None when off."""
+def resolve_cache_dir(cache_dir: str | Path | bool | None = None) -> Path | None:
+    """The cache folder: `cache_dir`, else env ``QDISTILL_CACHE``, else ``~/.cache/qdistill``; None when off.
+
+    ``False`` means off too: YAML reads ``cache_dir: off`` as a boolean.
+    """
     value = os.environ.get(CACHE_ENV) if cache_dir is None else cache_dir
-    if value is None or str(value).strip() == "":
+    if value is False:
+        return None
+    if value is None or value is True or str(value).strip() == "":
         return Path.home() / ".cache" / "qdistill"
     if str(value).strip().lower() in CACHE_OFF:
         return None

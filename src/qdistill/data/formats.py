@@ -113,7 +113,7 @@ def _unpack(arrays: dict[str, np.ndarray]) -> tuple[ImageSet, ImageSet | None, S
 
 
 def _read(
-    name: str, fmt: DatasetFormat, root: Path | None, cache_dir: str | Path | None
+    name: str, fmt: DatasetFormat, root: Path | None, cache_dir: str | Path | bool | None
 ) -> tuple[ImageSet, ImageSet | None, Stats, Stats]:
     """``(train, test, mean, std)`` from the cache when fresh, else decoded (and cached)."""
     if root is None:
@@ -140,7 +140,7 @@ def _read(
 def load_dataset(
     source: str,
     root: str | Path | None = None,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | bool | None = None,
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -152,7 +152,7 @@ def load_dataset(
             ``idx``, ``imagefolder`` or ``unlabelled``.
         root: the directory, or a ``.tar``/``.tar.gz``/``.tgz`` archive of it (not for ``digits``).
         cache_dir: where decoded image folders are cached; default env ``QDISTILL_CACHE``
-            or ``~/.cache/qdistill``; ``"off"`` (here or in the env) decodes every time.
+            or ``~/.cache/qdistill``; ``"off"`` or False (here, or ``off`` in the env) decodes every time.
         mean: per-channel mean on the [0, 1] scale, overriding the format's or the data's.
         std: per-channel std on the [0, 1] scale, overriding the format's or the data's.
 
