@@ -1,4 +1,4 @@
-"""Datasets held in memory as uint8 arrays, and a deterministic batch loader.
+"""Datasets held in memory as uint8 arrays (or token blocks, for text), and deterministic batch loaders.
 
 Example:
     >>> from qdistill.data import BatchLoader, load_dataset
@@ -14,6 +14,7 @@ from .decode import decode_images
 from .formats import DATASET_FORMATS, DatasetFormat, list_formats, load_dataset
 from .imageset import AUGMENTS, DataSplits, ImageSet, channel_stats, split_holdout
 from .loader import BatchLoader, default_pad
+from .text import TextBlockLoader, TextSplits, load_text, read_text_units
 
 __all__ = [
     "AUGMENTS",
@@ -22,11 +23,15 @@ __all__ = [
     "DataSplits",
     "DatasetFormat",
     "ImageSet",
+    "TextBlockLoader",
+    "TextSplits",
     "channel_stats",
     "decode_images",
     "default_cache_dir",
     "default_pad",
     "list_formats",
     "load_dataset",
+    "load_text",
+    "read_text_units",
     "split_holdout",
 ]

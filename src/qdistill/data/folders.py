@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
+from ..errors import DataError
 from .decode import decode_images
 from .imageset import ImageSet
 from .sources import Source, is_image
@@ -64,7 +66,7 @@ def _tiny_val(source: Source, prefix: str, files: Sequence[str]) -> dict[str, li
         if f.startswith("val/images/") and is_image(f):
             name = f.rsplit("/", 1)[1]
             if name not in wnid:
-                raise ValueError(f"{source.display(prefix + f)} is missing from {_TINY_ANNOTATIONS}")
+                raise DataError(f"{source.display(prefix + f)} is missing from {_TINY_ANNOTATIONS}")
             groups.setdefault(wnid[name], []).append(f)
     return groups
 
@@ -85,7 +87,21 @@ def _decode_groups(
     images = decode_images([source.read(prefix + n) for n in names], [source.display(prefix + n) for n in names])
     label_array = np.asarray(labels, dtype=np.int64)
     bounds = np.cumsum([0] + counts)
-    return [ImageSet(images[a:b], label_array[a:b], classes) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [ImageSet(images[a:b], label_array[a:b], classes) for a, b in pairwise(bounds)]
+
+
+def _check_classes(where: str, train: dict[str, list[str]], test: dict[str, list[str]], test_dir: str) -> None:
+    """Refuses a class list that cannot be what the user meant: one class, or train and test disagreeing."""
+    if len(train) < 2:
+        raise DataError(
+            f"{where} has a single class folder ({', '.join(train)}); a labelled dataset needs at least two, "
+            f"expected {IMAGEFOLDER_LAYOUT}, or use the 'unlabelled' format"
+        )
+    if test and set(test) != set(train):
+        extra, missing = sorted(set(test) - set(train)), sorted(set(train) - set(test))
+        problems = [f"has classes missing from train: {', '.join(extra[:5])}"] if extra else []
+        problems += [f"lacks train classes: {', '.join(missing[:5])}"] if missing else []
+        raise DataError(f"{where}/{test_dir} {'; '.join(problems)}")
 
 
 def load_imagefolder(source: Source) -> tuple[ImageSet, ImageSet | None]:
@@ -93,11 +109,16 @@ def load_imagefolder(source: Source) -> tuple[ImageSet, ImageSet | None]:
 
     Returns:
         ``(train, test)``; test is None when there is no ``test/`` or ``val/`` folder.
+
+    Raises:
+        DataError: no images, loose images, a ``test/`` or ``val/`` folder without ``train/``,
+            a single class, or test classes that differ from the train classes.
     """
     prefix, files = _strip_top(source.files)
     if not files:
-        raise ValueError(f"no images found in {source.display()}")
+        raise DataError(f"no images found in {source.display()}")
     where = source.display(prefix.rstrip("/"))
+    test_dir = ""
     if any(f.startswith("train/") for f in files):
         train = _by_class(files, "train")
         if _TINY_ANNOTATIONS in files:
@@ -106,18 +127,19 @@ def load_imagefolder(source: Source) -> tuple[ImageSet, ImageSet | None]:
             test_dir = "test" if _by_class(files, "test") else "val"
             test = _by_class(files, test_dir)
         if not train:
-            raise ValueError(f"no class subfolders with images in {where}/train; expected {IMAGEFOLDER_LAYOUT}")
-        unknown = sorted(set(test) - set(train))
-        if unknown:
-            raise ValueError(f"{where}/{test_dir} has classes missing from train: {', '.join(unknown[:5])}")
+            raise DataError(f"no class subfolders with images in {where}/train; expected {IMAGEFOLDER_LAYOUT}")
     else:
         loose = [f for f in files if "/" not in f]
         if loose:
-            raise ValueError(
+            raise DataError(
                 f"{where} holds images outside class subfolders (e.g. {loose[0]}); expected {IMAGEFOLDER_LAYOUT}, "
                 "or use the 'unlabelled' format"
             )
         train, test = _by_class(files, ""), {}
+        split_dirs = [f"{d}/" for d in sorted(set(train) & set(_SPLIT_DIRS))]
+        if split_dirs:
+            raise DataError(f"{where} has {', '.join(split_dirs)} but no train/ folder; expected {IMAGEFOLDER_LAYOUT}")
+    _check_classes(where, train, test, test_dir)
     classes = tuple(sorted(train))
     splits = _decode_groups(source, prefix, [train, test] if test else [train], classes)
     return splits[0], (splits[1] if test else None)
@@ -127,6 +149,6 @@ def load_unlabelled(source: Source) -> tuple[ImageSet, None]:
     """Every image under the folder (recursively, in path order), without labels."""
     names = [f for f in source.files if is_image(f)]
     if not names:
-        raise ValueError(f"no images found in {source.display()}")
+        raise DataError(f"no images found in {source.display()}")
     images = decode_images([source.read(n) for n in names], [source.display(n) for n in names])
     return ImageSet(images, None), None

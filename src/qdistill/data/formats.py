@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError, MissingFileError
 from ..registry import Registry
 from . import folders, readers
-from .cache import cache_file, default_cache_dir, read_cache, write_cache
+from .cache import cache_file, read_cache, resolve_cache_dir, write_cache
 from .imageset import AUGMENTS, DataSplits, ImageSet, channel_stats
 from .sources import Source, open_source
 
@@ -57,7 +58,7 @@ class DatasetFormat:
 
 DATASET_FORMATS: Registry[DatasetFormat] = Registry("dataset format")
 DATASET_FORMATS.register("digits")(
-    DatasetFormat(readers.load_digits, "scikit-learn's bundled digits (no path)", "none", needs_root=False)
+    DatasetFormat(readers.load_digits, "the bundled 8x8 digits (no path)", "none", needs_root=False)
 )
 DATASET_FORMATS.register("cifar10")(
     DatasetFormat(
@@ -112,13 +113,14 @@ def _unpack(arrays: dict[str, np.ndarray]) -> tuple[ImageSet, ImageSet | None, S
 
 
 def _read(
-    name: str, fmt: DatasetFormat, root: Path | None, cache_dir: str | Path | None
+    name: str, fmt: DatasetFormat, root: Path | None, cache_dir: str | Path | bool | None
 ) -> tuple[ImageSet, ImageSet | None, Stats, Stats]:
     """``(train, test, mean, std)`` from the cache when fresh, else decoded (and cached)."""
     if root is None:
         train, test = fmt.load(None)
         return (train, test, *channel_stats(train.images))
-    file = cache_file(cache_dir or default_cache_dir(), name, root) if fmt.cache else None
+    folder = resolve_cache_dir(cache_dir) if fmt.cache else None
+    file = cache_file(folder, name, root) if folder is not None else None
     cached = read_cache(file) if file is not None else None
     if cached is not None:
         try:
@@ -138,7 +140,7 @@ def _read(
 def load_dataset(
     source: str,
     root: str | Path | None = None,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | Path | bool | None = None,
     *,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -150,24 +152,28 @@ def load_dataset(
             ``idx``, ``imagefolder`` or ``unlabelled``.
         root: the directory, or a ``.tar``/``.tar.gz``/``.tgz`` archive of it (not for ``digits``).
         cache_dir: where decoded image folders are cached; default env ``QDISTILL_CACHE``
-            or ``~/.cache/qdistill``.
+            or ``~/.cache/qdistill``; ``"off"`` or False (here, or ``off`` in the env) decodes every time.
         mean: per-channel mean on the [0, 1] scale, overriding the format's or the data's.
         std: per-channel std on the [0, 1] scale, overriding the format's or the data's.
 
     Raises:
-        FileNotFoundError: `root` (or a file the layout needs) does not exist.
-        ValueError: unknown format, no images, or an unreadable file (named in the message).
+        MissingFileError: `root` (or a file the layout needs) does not exist.
+        ConfigError: unknown format, or a root given where none is read (or missing where one is).
+        DataError: no images, an unreadable file or archive, or a layout or class list that is
+            not what the format promises (named in the message).
     """
+    if source not in DATASET_FORMATS:
+        raise ConfigError(f"unknown dataset format {source!r}; choose one of: {', '.join(list_formats())}")
     fmt = DATASET_FORMATS.get(source)
     path = None
     if fmt.needs_root:
         if root is None:
-            raise ValueError(f"format {source!r} reads from a path: pass root=<{fmt.layout}>")
+            raise ConfigError(f"format {source!r} reads from a path: pass root=<{fmt.layout}>")
         path = Path(root).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"{source}: {path} does not exist; expected {fmt.layout}")
+            raise MissingFileError(f"{source}: {path} does not exist; expected {fmt.layout}")
     elif root is not None:
-        raise ValueError(f"format {source!r} takes no root (got {root!r})")
+        raise ConfigError(f"format {source!r} takes no root (got {root!r})")
     train, test, data_mean, data_std = _read(source, fmt, path, cache_dir)
     classes = train.classes
     if classes is not None:

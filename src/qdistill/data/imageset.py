@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ConfigError, DataError
+
 __all__ = ["AUGMENTS", "DataSplits", "ImageSet", "channel_stats", "split_holdout"]
 
 AUGMENTS = ("none", "crop", "crop_flip")
@@ -36,7 +38,7 @@ class ImageSet:
         if images.ndim == 3:
             images = images[..., None]
         if images.ndim != 4:
-            raise ValueError(f"ImageSet.images must have shape [N, H, W, C], got {images.shape}")
+            raise DataError(f"ImageSet.images must have shape [N, H, W, C], got {images.shape}")
         object.__setattr__(self, "images", images)
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
@@ -46,12 +48,12 @@ class ImageSet:
         if not isinstance(labels, np.ndarray) or labels.dtype.kind not in "iu":
             raise TypeError(f"ImageSet.labels must be an integer numpy array or None, got {_describe(labels)}")
         if labels.shape != (len(images),):
-            raise ValueError(f"ImageSet.labels must have shape ({len(images)},), got {labels.shape}")
+            raise DataError(f"ImageSet.labels must have shape ({len(images)},), got {labels.shape}")
         labels = labels.astype(np.int64, copy=False)
         if len(labels) and labels.min() < 0:
-            raise ValueError("ImageSet.labels must be non-negative")
+            raise DataError("ImageSet.labels must be non-negative")
         if self.classes is not None and len(labels) and labels.max() >= len(self.classes):
-            raise ValueError(f"label {labels.max()} is out of range for {len(self.classes)} classes")
+            raise DataError(f"label {labels.max()} is out of range for {len(self.classes)} classes")
         object.__setattr__(self, "labels", labels)
 
     def __len__(self) -> int:
@@ -102,16 +104,16 @@ class DataSplits:
     def __post_init__(self) -> None:
         channels = self.train.images.shape[-1]
         if self.test is not None and self.test.image_shape != self.train.image_shape:
-            raise ValueError(f"test images {self.test.image_shape} differ from train images {self.train.image_shape}")
+            raise DataError(f"test images {self.test.image_shape} differ from train images {self.train.image_shape}")
         for name in ("mean", "std"):
             value = tuple(float(v) for v in getattr(self, name))
             if len(value) != channels:
-                raise ValueError(f"{name} needs one value per channel ({channels}), got {value}")
+                raise ConfigError(f"{name} needs one value per channel ({channels}), got {value}")
             object.__setattr__(self, name, value)
         if min(self.std) <= 0:
-            raise ValueError(f"std must be positive, got {self.std}")
+            raise ConfigError(f"std must be positive, got {self.std}")
         if self.augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+            raise ConfigError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -121,7 +123,7 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     A constant channel gets std 1.0 so that normalising by it stays finite.
     """
     if images.size == 0:
-        raise ValueError("cannot compute statistics of an empty image set")
+        raise DataError("cannot compute statistics of an empty image set")
     flat = images.reshape(-1, images.shape[-1])
     values = np.arange(256, dtype=np.float64) / 255.0
     means, stds = [], []
@@ -153,11 +155,11 @@ def split_holdout(data: ImageSet, fraction: float, seed: int = 0) -> tuple[Image
         ``(rest, holdout)``, disjoint and together covering `data`.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be strictly between 0 and 1, got {fraction}")
+        raise ConfigError(f"fraction must be strictly between 0 and 1, got {fraction}")
     n = len(data)
-    n_hold = int(round(fraction * n))
+    n_hold = round(fraction * n)
     if n_hold < 1 or n_hold >= n:
-        raise ValueError(f"fraction {fraction} of {n} samples leaves one side empty")
+        raise DataError(f"fraction {fraction} of {n} samples leaves one side empty")
     rng = np.random.default_rng(seed)
     if data.labels is None:
         hold = rng.permutation(n)[:n_hold]

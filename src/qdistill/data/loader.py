@@ -1,4 +1,7 @@
-"""`BatchLoader`: deterministic, batch-wise augmented mini-batches straight from uint8 arrays."""
+"""`BatchLoader`: deterministic, batch-wise augmented mini-batches straight from uint8 arrays.
+
+`EpochLoader` holds the part every loader shares: an order fixed by ``(seed, epoch)``, resumable mid-epoch.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,13 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .imageset import AUGMENTS, ImageSet
 
-__all__ = ["BatchLoader", "default_pad"]
+__all__ = ["BatchLoader", "EpochLoader", "default_pad"]
 
 Batch = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+Index = slice | torch.Tensor
 
 
 def default_pad(height: int, width: int) -> int:
@@ -27,7 +32,60 @@ def _generator(*key: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 
-class BatchLoader:
+class EpochLoader:
+    """Mini-batches over `num_samples` items in an order that depends only on ``(seed, epoch)``.
+
+    Each pass uses the current `epoch` and then advances it by one; `set_epoch` pins the next
+    pass (and may start it mid-way). Subclasses build one batch from the indices `_batch` gets:
+    a slice in storage order, or an index tensor when shuffling.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {seed}")
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.epoch = 0
+        self._start_batch = 0
+        self._num_samples = num_samples
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self._num_samples // self.batch_size
+        return math.ceil(self._num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Makes the next pass epoch `epoch`, starting at batch `start_batch` (to resume mid-epoch)."""
+        if epoch < 0 or not 0 <= start_batch <= len(self):
+            raise ValueError(f"need epoch >= 0 and 0 <= start_batch <= {len(self)}, got {epoch}, {start_batch}")
+        self.epoch = epoch
+        self._start_batch = start_batch
+
+    def __iter__(self) -> Iterator:
+        epoch, start = self.epoch, self._start_batch
+        self.epoch, self._start_batch = epoch + 1, 0
+        order = torch.randperm(self._num_samples, generator=_generator(self.seed, epoch)) if self.shuffle else None
+        return self._batches(epoch, start, order)
+
+    def _batches(self, epoch: int, start: int, order: torch.Tensor | None) -> Iterator:
+        for b in range(start, len(self)):
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self._num_samples)
+            yield self._batch(slice(lo, hi) if order is None else order[lo:hi], epoch, b)
+
+    def _batch(self, index: Index, epoch: int, batch: int) -> object:
+        raise NotImplementedError
+
+
+def take(tensor: torch.Tensor, index: Index) -> torch.Tensor:
+    """Rows of `tensor` at a slice (a view) or an index tensor (a copy)."""
+    return tensor[index] if isinstance(index, slice) else tensor.index_select(0, index)
+
+
+class BatchLoader(EpochLoader):
     """Iterates over an `ImageSet` in normalised float32 NCHW batches.
 
     Augmentation runs on the whole batch with tensor ops: zero padding by `pad`, a random
@@ -75,28 +133,18 @@ class BatchLoader:
         with_labels: bool = True,
     ) -> None:
         n, height, width, channels = data.images.shape
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        super().__init__(n, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
         if augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {AUGMENTS}, got {augment!r}")
+            raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean and std need {channels} values (one per channel), got {mean} and {std}")
+            raise ConfigError(f"mean and std need {channels} values (one per channel), got {mean} and {std}")
         if min(std) <= 0:
-            raise ValueError(f"std must be positive, got {std}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        self.batch_size = batch_size
+            raise ConfigError(f"std must be positive, got {std}")
         self.augment = augment
         self.pad = default_pad(height, width) if pad is None else pad
         if self.pad < 0:
-            raise ValueError(f"pad must be >= 0, got {self.pad}")
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.seed = seed
+            raise ConfigError(f"pad must be >= 0, got {self.pad}")
         self.with_labels = with_labels
-        self.epoch = 0
-        self._start_batch = 0
-        self._num_samples = n
         self._images = torch.from_numpy(np.ascontiguousarray(data.images))
         labels = data.labels if with_labels else None  # the only place labels are read
         self._labels = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
@@ -104,41 +152,13 @@ class BatchLoader:
         self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
         self._shift = (torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
 
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self._num_samples // self.batch_size
-        return math.ceil(self._num_samples / self.batch_size)
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Makes the next pass epoch `epoch`, starting at batch `start_batch` (to resume mid-epoch)."""
-        if epoch < 0 or not 0 <= start_batch <= len(self):
-            raise ValueError(f"need epoch >= 0 and 0 <= start_batch <= {len(self)}, got {epoch}, {start_batch}")
-        self.epoch = epoch
-        self._start_batch = start_batch
-
-    def __iter__(self) -> Iterator[Batch]:
-        epoch, start = self.epoch, self._start_batch
-        self.epoch, self._start_batch = epoch + 1, 0
-        if self.shuffle:
-            order = torch.randperm(self._num_samples, generator=_generator(self.seed, epoch))
-        else:
-            order = None
-        return self._batches(epoch, start, order)
-
-    def _batches(self, epoch: int, start: int, order: torch.Tensor | None) -> Iterator[Batch]:
-        for b in range(start, len(self)):
-            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self._num_samples)
-            if order is None:
-                pixels, labels = self._images[lo:hi], (None if self._labels is None else self._labels[lo:hi])
-            else:
-                idx = order[lo:hi]
-                pixels = self._images.index_select(0, idx)
-                labels = None if self._labels is None else self._labels.index_select(0, idx)
-            if self.augment != "none":
-                pixels = self._crop(pixels, _generator(self.seed, epoch, b))
-            x = pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-            x.mul_(self._scale).sub_(self._shift)
-            yield x if labels is None else (x, labels)
+    def _batch(self, index: Index, epoch: int, batch: int) -> Batch:
+        pixels = take(self._images, index)
+        if self.augment != "none":
+            pixels = self._crop(pixels, _generator(self.seed, epoch, batch))
+        x = pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        x.mul_(self._scale).sub_(self._shift)
+        return x if self._labels is None else (x, take(self._labels, index))
 
     def _crop(self, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Random zero-padded crops (and flips) of NHWC uint8 pixels, all in one gather."""
