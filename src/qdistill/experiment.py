@@ -70,7 +70,7 @@ class DataConfig:
     seed: int = 0
     mean: list[float] | None = None
     std: list[float] | None = None
-    cache_dir: str | None = None
+    cache_dir: str | bool | None = None  # False (YAML `off`) disables the cache
 
     def __post_init__(self) -> None:
         DATASET_FORMATS.get(self.format)
