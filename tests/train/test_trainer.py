@@ -7,6 +7,7 @@ import torch
 from qdistill.data import ImageSet
 from qdistill.distill import build_objective
 from qdistill.distill.student import make_student
+from qdistill.errors import DataError
 from qdistill.quant import QuantConfig, named_quantizers
 from qdistill.train import CheckpointError, TrainConfig, Trainer, load_checkpoint, save_checkpoint
 from qdistill.train.trainer import param_groups
@@ -54,7 +55,7 @@ def test_label_free_loader_never_touches_labels(tiny_images, make_loader):
 def test_label_free_method_refuses_labelled_batches(teacher, tiny_images, make_loader):
     objective = build_objective("sqakd", _student(teacher, tiny_images), teacher)
     trainer = Trainer(objective, make_loader(tiny_images, labels=True), TrainConfig(epochs=1, **FAST))
-    with pytest.raises(RuntimeError, match="label-free"):
+    with pytest.raises(DataError, match="label-free"):
         trainer.fit()
 
 
