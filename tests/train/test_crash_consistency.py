@@ -12,7 +12,7 @@ from qdistill.quant import QuantConfig
 from qdistill.train import Callback, TrainConfig, Trainer, load_checkpoint, save_checkpoint
 from qdistill.train import trainer as trainer_mod
 
-FAST = dict(progress=False, hessian_probes=1)
+FAST = {"progress": False, "hessian_probes": 1}
 
 
 def _trainer(teacher, loader, out, epochs=2, val=None):

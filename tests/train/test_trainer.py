@@ -12,7 +12,7 @@ from qdistill.quant import QuantConfig, named_quantizers
 from qdistill.train import CheckpointError, TrainConfig, Trainer, load_checkpoint, save_checkpoint
 from qdistill.train.trainer import param_groups
 
-FAST = dict(progress=False, hessian_probes=1)
+FAST = {"progress": False, "hessian_probes": 1}
 
 
 class ExplodingLabels(np.ndarray):
