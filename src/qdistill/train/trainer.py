@@ -308,12 +308,13 @@ class Trainer:
         """Stop on a non-finite loss or one far above the run's start (see `TrainConfig.diverge_factor`)."""
         if not math.isfinite(loss):
             raise self._diverged(f"loss is {loss}")
+        factor = self.cfg.diverge_factor
+        if factor is not None and self.start_losses and loss > self.cfg.diverge_min_loss:
+            ref = sum(self.start_losses) / len(self.start_losses)
+            if loss > factor * abs(ref):
+                raise self._diverged(f"loss is {loss:.4g}, over {factor:g}x the first steps' mean {ref:.4g}")
         if len(self.start_losses) < DIVERGE_WINDOW:
             self.start_losses.append(loss)
-        ref = sum(self.start_losses) / len(self.start_losses)
-        factor = self.cfg.diverge_factor
-        if factor is not None and loss > self.cfg.diverge_min_loss and loss > factor * abs(ref):
-            raise self._diverged(f"loss is {loss:.4g}, over {factor:g}x the first steps' mean {ref:.4g}")
 
     def train_step(self, inputs: Inputs, labels: torch.Tensor | None) -> dict[str, float]:
         with self.autocast():
@@ -353,10 +354,10 @@ class Trainer:
     def _start(self, resume: bool) -> None:
         if self.out_dir is not None:
             remove_stale_tmp(self.out_dir)
-            if not self.exact_resume:
+            if not self.exact_resume and (resume or self.cfg.checkpoint_every):
                 warnings.warn(
-                    f"train_loader is a {type(self.train_loader).__name__}, not a qdistill BatchLoader: "
-                    "checkpoints are written at epoch ends only and a resumed run restarts at the last completed epoch",
+                    f"train_loader is a {type(self.train_loader).__name__}, not a qdistill BatchLoader: checkpoints "
+                    "are written at epoch ends only, so a resumed run restarts at the last completed epoch",
                     stacklevel=3,
                 )
         if not (resume and self.resume()):
