@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from qdistill.quant import fake_quant
 from qdistill.quant.api import named_quantizers
+from qdistill.quant.fake_quant import _COMPILED, use_compiled_kernels
 from qdistill.quant.hessian import update_ewgs_delta
 
 if TYPE_CHECKING:
@@ -29,12 +29,12 @@ class CompiledQuantizers:
         self._was_on: bool | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self._was_on = bool(fake_quant._COMPILED)  # no public getter yet (quant/fake_quant.py)
-        fake_quant.use_compiled_kernels(True)
+        self._was_on = bool(_COMPILED)  # no public getter yet (quant/fake_quant.py)
+        use_compiled_kernels(True)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self._was_on is False:
-            fake_quant.use_compiled_kernels(False)
+            use_compiled_kernels(False)
         self._was_on = None
 
 
