@@ -84,6 +84,12 @@ def test_stale_tmp_files_are_removed(tmp_path):
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_tensors_are_never_written(tmp_path, bad):
     state = {"student": {"fc.weight": torch.tensor([1.0, bad])}, "step": torch.tensor([3])}
-    with pytest.raises(DivergedError, match=r"student\.fc\.weight holds NaN or infinite"):
+    with pytest.raises(DivergedError, match=r"state\.student\.fc\.weight holds NaN or infinite"):
         save_checkpoint(state, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_objects_that_could_not_be_read_back_are_not_written(tmp_path):
+    with pytest.raises(TypeError, match=r"state\.meta\.root is a PosixPath"):
+        save_checkpoint({"meta": {"root": tmp_path}}, tmp_path / "c.pt")
     assert list(tmp_path.iterdir()) == []

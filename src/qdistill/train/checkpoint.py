@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +17,33 @@ __all__ = ["CheckpointError", "load_checkpoint", "remove_stale_tmp", "require_ke
 
 FORMAT = "qdistill-checkpoint"
 TMP_GLOB = "*.pt.*.tmp"  # what `save_checkpoint` leaves behind when killed mid-write
+PLAIN = (str, int, float, bool, type(None))  # with tensors and dict/list/tuple: all that ``weights_only`` reads
 
 
-def _tensors(obj: Any, where: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+def _check(obj: Any, path: Path, where: str = "state") -> None:
+    """Refuse what could not be read back safely: non-plain objects (a bug) and non-finite tensors."""
     if isinstance(obj, torch.Tensor):
-        yield where, obj
+        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+            raise DivergedError(f"not writing {path}: {where} holds NaN or infinite values (the run diverged)")
     elif isinstance(obj, dict):
         for k, v in obj.items():
-            yield from _tensors(v, f"{where}.{k}" if where else str(k))
+            _check(v, path, f"{where}.{k}")
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            yield from _tensors(v, f"{where}[{i}]")
+            _check(v, path, f"{where}[{i}]")
+    elif not isinstance(obj, PLAIN):
+        raise TypeError(f"not writing {path}: {where} is a {type(obj).__name__}; checkpoints hold tensors and plain types")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` via a temporary file in the same folder and an atomic rename.
 
     Refuses (`DivergedError`) a state holding a NaN or infinite tensor: a checkpoint is only ever
-    written for a run worth resuming.
+    written for a run worth resuming. Anything but tensors and plain types is a `TypeError`, since
+    `load_checkpoint` could not read it back.
     """
-    for where, t in _tensors(state):
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise DivergedError(f"not writing {path}: {where} holds NaN or infinite values (the run diverged)")
     path = Path(path)
+    _check(state, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
