@@ -124,8 +124,8 @@ def _steps_per_epoch(loader: Iterable, max_steps: int | None) -> int:
 class Trainer:
     """Trains ``objective.student`` on ``train_loader`` and keeps the run resumable.
 
-    Each epoch: the callbacks' epoch start (EWGS delta refresh, from the same loss the run trains
-    on), one pass of optimisation, validation, metrics, and one atomic ``last.pt`` that also holds
+    Each epoch: the callbacks' epoch start (e.g. the quantizer-delta refresh of quant/callbacks.py,
+    from the same loss the run trains on), one pass of optimisation, validation, metrics, and one atomic ``last.pt`` that also holds
     the best epoch's student weights; ``best.pt`` is then written from it (and re-written from it
     on resume, so a kill between the two writes loses nothing). Label-free runs choose the best
     epoch by teacher agreement, so labels are never read; others by validation top-1; without a
