@@ -261,7 +261,7 @@ class Trainer:
             self.train_loader.set_epoch(epoch)
 
     def sample_batches(self, n: int) -> list[tuple[Inputs, torch.Tensor | None]]:
-        """The first ``n`` batches of the current epoch, on the device (for estimates such as EWGS's)."""
+        """The first ``n`` batches of the current epoch, on the device (for estimates such as a Hessian trace)."""
         self._set_epoch(self.epoch)
         return [self._to_device(b) for b in itertools.islice(self.train_loader, n)]
 
