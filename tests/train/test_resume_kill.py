@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from qdistill.train import load_checkpoint
+
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"
 pytestmark = [
     pytest.mark.slow,
@@ -40,14 +42,14 @@ calib_images: 64
     deadline = time.time() + 900
     while not last.exists() and victim.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert victim.poll() is None, "run finished before it could be killed"
+    assert victim.poll() is None, "run ended before it could be killed: " + victim.stdout.read().decode()[-2000:]
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
-    state = torch.load(last, weights_only=False)
+    state = load_checkpoint(last)
     assert state["epoch"] == 0 and 0 < state["step"] < 9  # really stopped mid-epoch
 
     resumed = _train(cfg, tmp_path / "killed", "--resume")
     assert resumed.wait(timeout=900) == 0, resumed.stdout.read().decode()[-2000:]
-    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["student"]
-    b = torch.load(last, weights_only=False)["student"]
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["student"]
+    b = load_checkpoint(last)["student"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -7,8 +7,9 @@ there; Tr(H) is estimated with Hutchinson's Rademacher probes (E[v^T H v] = Tr H
 draws an independent v_i for every quantizer and takes a single Hessian-vector product of the
 whole network: since the v_i are independent with zero mean, E[v_i^T (H v)_i] = Tr(H_ii), so every
 quantizer's trace comes out of one backward pass instead of one pass each. The reference
-code defines this update but never calls it, so its "EWGS" runs as STE; here the trainer calls it
-every N epochs with whatever loss it trains on (the label-free KD loss in label-free runs).
+code defines this update but never calls it, so its "EWGS" runs as STE; here the trainer's
+`EWGSDeltaUpdate` callback (quant/callbacks.py) calls it every N epochs with whatever loss the run
+trains on (the label-free KD loss in label-free runs).
 """
 
 from __future__ import annotations
@@ -21,20 +22,23 @@ from torch import Tensor, nn
 
 from qdistill.quant.api import named_quantizers
 
-__all__ = ["preserved_batchnorm", "update_ewgs_delta"]
+__all__ = ["preserved_buffers", "update_ewgs_delta"]
 
 
 @contextmanager
-def preserved_batchnorm(model: nn.Module):
-    """Restore BatchNorm running statistics after extra training-mode forwards."""
-    saved = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in model.named_modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm)}  # fmt: skip
+def preserved_buffers(*modules: nn.Module):
+    """Restore every buffer (BatchNorm statistics, queues, counters) of ``modules`` on exit.
+
+    The estimate's extra training-mode forwards must leave no trace: not in the student's
+    BatchNorm, nor in an objective's own modules (regressors' BatchNorm, contrastive queues).
+    """
+    saved = [(m, name, b.detach().clone()) for m in modules for name, b in m.named_buffers()]
     try:
         yield
     finally:
-        for n, m in model.named_modules():
-            if n in saved:
-                m.load_state_dict(saved[n])
+        for m, name, value in saved:  # assign rather than copy: a forward may have replaced a buffer
+            owner, _, leaf = name.rpartition(".")
+            setattr(m.get_submodule(owner), leaf, value)
 
 
 def update_ewgs_delta(
@@ -43,10 +47,13 @@ def update_ewgs_delta(
     loss_fn: Callable[[object], Tensor],
     probes: int = 4,
     generator: torch.Generator | None = None,
+    preserve: Iterable[nn.Module] = (),
 ) -> dict[str, float]:
     """Set every EWGS-backward quantizer's delta from the loss on ``batches``; return the deltas.
 
-    ``loss_fn(batch)`` must run the model forward and return the scalar training loss.
+    ``loss_fn(batch)`` must run the model forward and return the scalar training loss. The buffers
+    of ``model`` and of the modules in ``preserve`` (e.g. the objective whose loss this is) are
+    restored after the forwards, so the estimate changes nothing but the deltas.
     """
     qs = [(n, q) for n, q in named_quantizers(model) if q.backward_mode == "ewgs"]
     if not qs:
@@ -56,7 +63,7 @@ def update_ewgs_delta(
     for _, q in qs:
         q.capture = True
     try:
-        with preserved_batchnorm(model):
+        with preserved_buffers(model, *preserve):
             for batch in batches:
                 loss = loss_fn(batch)
                 outs = [q.captured for _, q in qs]

@@ -6,8 +6,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from qdistill.config import from_dict
+from qdistill.errors import ConfigError
 
-__all__ = ["TrainConfig"]
+__all__ = ["DIVERGE_WINDOW", "TrainConfig"]
+
+DIVERGE_WINDOW = 10  # steps whose mean loss is the reference of the divergence check
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,13 @@ class TrainConfig:
         compile_quantizers: fuse quantizer kernels with torch.compile (about 9x faster quantizers
             after a one-off compile of tens of seconds on CPU; see `use_compiled_kernels`).
         checkpoint_every: also write ``last.pt`` every N steps inside an epoch, so a kill loses
-            at most N steps (a checkpoint is always written at the end of each epoch).
+            at most N steps (a checkpoint is always written at the end of each epoch). Honoured
+            only with qdistill's `BatchLoader`, the one loader that can restart mid-epoch exactly.
+        diverge_factor / diverge_min_loss: stop with `DivergedError` when a step's loss exceeds both
+            ``diverge_factor`` times the mean loss of the run's first `DIVERGE_WINDOW` steps and the
+            absolute floor ``diverge_min_loss`` (the floor keeps a near-zero starting KD loss from
+            making ordinary noise look like divergence). ``diverge_factor: null`` turns the check
+            off; non-finite losses and weights always stop the run.
     """
 
     epochs: int = 10
@@ -50,6 +59,8 @@ class TrainConfig:
     compile_quantizers: bool = False
     progress: bool = True
     tensorboard: bool = False
+    diverge_factor: float | None = 1e3
+    diverge_min_loss: float = 100.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -64,10 +75,12 @@ class TrainConfig:
             (self.amp in ("auto", "bf16", "off"), f"train.amp: unknown {self.amp!r}; choose auto, bf16 or off"),
             (self.max_steps is None or self.max_steps >= 1, "train.max_steps must be >= 1"),
             (self.checkpoint_every is None or self.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+            (self.diverge_factor is None or self.diverge_factor > 1, "train.diverge_factor must be > 1 (or null: off)"),
+            (self.diverge_min_loss >= 0, "train.diverge_min_loss must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise ConfigError(msg)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

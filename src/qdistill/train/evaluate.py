@@ -1,51 +1,72 @@
-"""Evaluation: top-1/top-5 when labels exist, teacher-student agreement always."""
+"""Evaluation: top-1/top-5 when labels exist, teacher-student agreement always.
+
+Works on any iterable of batches (see qdistill/batch.py) and on classifier logits ``[B, C]`` as
+well as per-token logits ``[B, T, V]``: then every position counts once, except padding
+(``attention_mask == 0``) and labels of -100 (the Hugging Face "ignore" value).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["evaluate", "split_batch"]
+from qdistill.batch import batch_size, call_model, logits_of, split_batch, to_device
+from qdistill.errors import DataError
+
+__all__ = ["evaluate"]
+
+IGNORE_INDEX = -100
 
 
-def split_batch(batch: Tensor | tuple | list) -> tuple[Tensor, Tensor | None]:
-    """A loader yields images alone (label-free) or (images, labels)."""
-    if isinstance(batch, (tuple, list)):
-        return batch[0], batch[1]
-    return batch, None
+def _positions(inputs: object, logits: Tensor) -> Tensor:
+    """Boolean mask over the prediction positions of a batch (all of them for classifiers)."""
+    keep = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    if mask is not None and logits.dim() == 3:
+        keep &= mask.to(logits.device).bool()
+    return keep
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Iterable, teacher: nn.Module | None = None, device: str | torch.device = "cpu"
 ) -> dict[str, float]:
-    """Accuracy (percent) of ``model`` and, with a teacher, the share of matching top-1 predictions."""
+    """Accuracy (percent) of ``model`` and, with a teacher, the share of matching top-1 predictions.
+
+    ``images`` is the number of examples seen; the percentages are over prediction positions.
+    """
     was = model.training
     model.eval()
-    n = top1 = top5 = agree = 0
+    n = positions = top1 = top5 = agree = 0
     labelled = False
     try:
         for batch in loader:
-            images, labels = split_batch(batch)
-            images = images.to(device)
-            logits = model(images).float()
-            n += images.shape[0]
+            inputs, labels = split_batch(batch)
+            inputs = to_device(inputs, device)
+            logits = logits_of(call_model(model, inputs)).float()
+            keep = _positions(inputs, logits)
+            n += batch_size(inputs)
             if labels is not None:
+                labels = labels.to(logits.device)
+                if labels.shape != logits.shape[:-1]:
+                    raise DataError(f"labels of shape {tuple(labels.shape)} do not fit logits {tuple(logits.shape)}")
                 labelled = True
-                labels = labels.to(device)
-                k = min(5, logits.shape[1])
-                topk = logits.topk(k, dim=1).indices
-                top1 += int((topk[:, 0] == labels).sum())
-                top5 += int((topk == labels[:, None]).any(dim=1).sum())
+                keep &= labels != IGNORE_INDEX
+                k = min(5, logits.shape[-1])
+                topk = logits.topk(k, dim=-1).indices
+                top1 += int(((topk[..., 0] == labels) & keep).sum())
+                top5 += int(((topk == labels[..., None]).any(dim=-1) & keep).sum())
+            positions += int(keep.sum())
             if teacher is not None:
-                agree += int((teacher(images).argmax(1) == logits.argmax(1)).sum())
+                t = logits_of(call_model(teacher, inputs))
+                agree += int(((t.argmax(-1) == logits.argmax(-1)) & keep).sum())
     finally:
         model.train(was)
     out: dict[str, float] = {"images": float(n)}
-    if n and labelled:
-        out["top1"], out["top5"] = 100.0 * top1 / n, 100.0 * top5 / n
-    if n and teacher is not None:
-        out["agreement"] = 100.0 * agree / n
+    if positions and labelled:
+        out["top1"], out["top5"] = 100.0 * top1 / positions, 100.0 * top5 / positions
+    if positions and teacher is not None:
+        out["agreement"] = 100.0 * agree / positions
     return out

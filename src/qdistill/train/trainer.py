@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+import warnings
+from collections.abc import Iterable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -12,17 +15,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from qdistill.batch import Inputs, split_batch, to_device
+from qdistill.data import BatchLoader
 from qdistill.distill.objectives import Objective
-from qdistill.quant.api import named_quantizers
+from qdistill.errors import CheckpointError, ConfigError, DataError, DivergedError
 from qdistill.quant.base import Quantizer
-from qdistill.quant.fake_quant import use_compiled_kernels
-from qdistill.quant.hessian import update_ewgs_delta
-from qdistill.train.checkpoint import load_checkpoint, save_checkpoint
-from qdistill.train.config import TrainConfig
-from qdistill.train.evaluate import evaluate, split_batch
-from qdistill.train.metrics import MetricsLog
+from qdistill.quant.callbacks import training_callbacks
+from qdistill.train.callbacks import EVENTS
+from qdistill.train.checkpoint import load_checkpoint, remove_stale_tmp, require_keys, save_checkpoint
+from qdistill.train.config import DIVERGE_WINDOW, TrainConfig
+from qdistill.train.evaluate import evaluate
+from qdistill.train.metrics import MetricsLog, TensorBoardLog
 
 __all__ = ["Trainer", "pick_device", "seed_everything"]
+
+# what `Trainer.load_state_dict` reads: a last.pt without one of these is not a training checkpoint
+STATE_KEYS = ("epoch", "step", "sums", "row", "student", "objective", "optimizer", "scheduler", "rng", "best",
+              "history", "start_losses")  # fmt: skip
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -38,15 +47,30 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG the run draws from, as tensors and plain types (loadable with ``weights_only=True``)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state((npy["kind"], keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -85,31 +109,52 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
     return factor
 
 
+def _steps_per_epoch(loader: Iterable, max_steps: int | None) -> int:
+    try:
+        n = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        if max_steps is None:
+            raise ConfigError("the training data has no len(): set train.max_steps (steps per epoch)") from None
+        return max_steps
+    if n == 0:
+        raise DataError("the training data yields no batch: use a smaller batch size or more images")
+    return min(n, max_steps or n)
+
+
 class Trainer:
     """Trains ``objective.student`` on ``train_loader`` and keeps the run resumable.
 
-    Each epoch: refresh EWGS deltas (every ``ewgs_every`` epochs, from the same loss the run
-    trains on), one pass of optimisation, validation, metrics, and an atomic ``last.pt``; the best
-    epoch on the validation split is copied to ``best.pt``. Label-free runs choose the best epoch by
-    teacher agreement, so labels are never read; others by validation top-1.
+    Each epoch: the callbacks' epoch start (e.g. the quantizer-delta refresh of quant/callbacks.py,
+    from the same loss the run trains on), one pass of optimisation, validation, metrics, and one atomic ``last.pt`` that also holds
+    the best epoch's student weights; ``best.pt`` is then written from it (and re-written from it
+    on resume, so a kill between the two writes loses nothing). Label-free runs choose the best
+    epoch by teacher agreement, so labels are never read; others by validation top-1; without a
+    validation loader the latest epoch is the best. `fit` returns with the best epoch's weights
+    in the student, not the last epoch's.
 
     Args:
         objective: the loss (it knows the student and the frozen teacher).
-        train_loader: iterable of images, or (images, labels) when ``objective.uses_labels``;
-            needs ``set_epoch(epoch)`` and ``len()`` for deterministic resumption.
+        train_loader: any iterable of batches: images, ``(images, labels)`` or dicts (labels only
+            when ``objective.uses_labels``); ``set_epoch`` is called when it has one. qdistill's
+            `BatchLoader` resumes exactly mid-epoch; other loaders at the last completed epoch.
+            Without ``len()``, ``cfg.max_steps`` sets the epoch length.
         val_loader: optional; carved from the training data, never the test set.
         out_dir: where checkpoints and metrics go; None keeps everything in memory.
-        meta: saved in every checkpoint (model name, quant config, ...), enough to rebuild the model.
+        meta: saved in every checkpoint (model name, quant config, ...), enough to rebuild the model;
+            plain types only (checkpoints are read with ``weights_only=True``).
+        callbacks: extra objects with some of the `qdistill.train.callbacks.Callback` methods
+            (loggers, ...); they run after the quantizer callbacks and before the metrics files.
     """
 
     def __init__(
         self,
         objective: Objective,
-        train_loader: Any,
+        train_loader: Iterable,
         cfg: TrainConfig,
-        val_loader: Any = None,
+        val_loader: Iterable | None = None,
         out_dir: str | Path | None = None,
         meta: dict[str, Any] | None = None,
+        callbacks: Iterable[Any] = (),
     ) -> None:
         self.objective, self.cfg = objective, cfg
         self.student = objective.student
@@ -117,28 +162,38 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = dict(meta or {})
         self.device = pick_device(cfg.device)
-        if cfg.compile_quantizers:
-            use_compiled_kernels(True)
         for m in (self.student, objective, objective.teacher):
             if m is not None:
                 m.to(self.device)
-        self.steps_per_epoch = min(len(train_loader), cfg.max_steps or len(train_loader))
-        if self.steps_per_epoch == 0:
-            raise ValueError("the training data yields no batch: use a smaller batch size or more images")
+        self.steps_per_epoch = _steps_per_epoch(train_loader, cfg.max_steps)
+        self.exact_resume = isinstance(train_loader, BatchLoader)  # the one loader that can restart mid-epoch
         self.optimizer = make_optimizer(param_groups(objective, cfg), cfg)
         total = cfg.epochs * self.steps_per_epoch
-        warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(total, warmup))
         self.epoch = 0  # epochs completed
         self.step = 0  # steps completed in the current epoch (non-zero only when stopped mid-epoch)
         self.sums: dict[str, float] = {}  # running sums of this epoch's logs
         self.row: dict[str, Any] = {}  # this epoch's metrics so far
-        self.best: dict[str, Any] = {}
+        self.best: dict[str, Any] = {}  # score, epoch and student weights of the best epoch so far
         self.history: list[dict[str, Any]] = []
+        self.start_losses: list[float] = []  # the run's first DIVERGE_WINDOW losses: divergence reference
+        self.callbacks = [*training_callbacks(cfg), *callbacks]
+        if self.out_dir is not None:
+            self.callbacks.append(MetricsLog(self.out_dir))
+            if cfg.tensorboard:
+                self.callbacks.append(TensorBoardLog(self.out_dir))
         use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
         )
+
+    def _emit(self, event: str, *args: Any) -> None:
+        assert event in EVENTS
+        for cb in self.callbacks:
+            hook = getattr(cb, event, None)
+            if hook is not None:
+                hook(self, *args)
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -154,6 +209,7 @@ class Trainer:
             "rng": _rng_state(),
             "best": self.best,
             "history": self.history,
+            "start_losses": self.start_losses,
             "train_config": self.cfg.to_dict(),
             "meta": self.meta,
         }
@@ -166,46 +222,61 @@ class Trainer:
         _set_rng_state(state["rng"])
         self.epoch, self.step, self.sums, self.row = state["epoch"], state["step"], state["sums"], state["row"]
         self.best, self.history = state["best"], list(state["history"])
+        self.start_losses = list(state["start_losses"])
 
     def resume(self) -> bool:
-        """Continue from ``out_dir/last.pt`` if it exists; True when resumed."""
-        if self.out_dir is None or not (self.out_dir / "last.pt").exists():
+        """Continue from ``out_dir/last.pt`` if it exists, re-deriving ``best.pt`` from it; True when resumed."""
+        path = None if self.out_dir is None else self.out_dir / "last.pt"
+        if path is None or not path.exists():
             return False
-        self.load_state_dict(load_checkpoint(self.out_dir / "last.pt", map_location=self.device))
+        state = load_checkpoint(path, map_location=self.device)
+        require_keys(state, STATE_KEYS, path)
+        if state["step"] and not self.exact_resume:
+            raise CheckpointError(f"{path} stopped mid-epoch; resuming it needs qdistill's BatchLoader as train_loader")
+        self.load_state_dict(state)
+        self._write_best()
         return True
 
-    # -- training --------------------------------------------------------------------------------
-    def _to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        images, labels = split_batch(batch)
-        if labels is not None and not self.objective.uses_labels:
-            raise RuntimeError("a label-free method was given labelled batches: build its loader with with_labels=False")
-        return images.to(self.device, non_blocking=True), None if labels is None else labels.to(self.device)
+    def _write_best(self) -> None:
+        """``best.pt``: a copy of the best epoch recorded in ``last.pt``, enough to rebuild the student."""
+        if self.out_dir is not None and self.best:
+            best = {"epoch": self.best["epoch"], "score": self.best["score"], "student": self.best["student"],
+                    "train_config": self.cfg.to_dict(), "meta": self.meta}  # fmt: skip
+            save_checkpoint(best, self.out_dir / "best.pt")
 
-    def _update_ewgs(self) -> dict[str, float]:
-        if not any(q.backward_mode == "ewgs" for _, q in named_quantizers(self.student)):
-            return {}
-        self.train_loader.set_epoch(self.epoch)
-        batches = []
-        for i, batch in enumerate(self.train_loader):
-            if i == self.cfg.hessian_batches:
-                break
-            batches.append(self._to_device(batch))
-        gen = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.epoch)
-        self.student.train()
-        self.objective.train()
-        return update_ewgs_delta(self.student, batches, lambda b: self.objective(*b)[0], self.cfg.hessian_probes, gen)
+    # -- training --------------------------------------------------------------------------------
+    def _to_device(self, batch: Any) -> tuple[Inputs, torch.Tensor | None]:
+        inputs, labels = split_batch(batch)
+        if labels is not None and not self.objective.uses_labels:
+            raise DataError(
+                f"the label-free method {type(self.objective).__name__} was given labelled batches: "
+                "drop the labels from its data (BatchLoader: with_labels=False)"
+            )
+        return to_device(inputs, self.device), None if labels is None else labels.to(self.device)
+
+    def _set_epoch(self, epoch: int, step: int = 0) -> None:
+        if self.exact_resume:
+            self.train_loader.set_epoch(epoch, step)
+        elif hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+
+    def sample_batches(self, n: int) -> list[tuple[Inputs, torch.Tensor | None]]:
+        """The first ``n`` batches of the current epoch, on the device (for estimates such as a Hessian trace)."""
+        self._set_epoch(self.epoch)
+        return [self._to_device(b) for b in itertools.islice(self.train_loader, n)]
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the training data, resuming at ``self.step`` if a checkpoint stopped mid-epoch."""
         self.student.train()
         self.objective.train()
-        self.train_loader.set_epoch(self.epoch, self.step)
+        self._set_epoch(self.epoch, self.step)
         progress = None
         if self.cfg.progress:
             from tqdm import tqdm
 
             progress = tqdm(total=self.steps_per_epoch, initial=self.step, leave=False,
                             desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}")  # fmt: skip
+        every = self.cfg.checkpoint_every if self.exact_resume and self.out_dir is not None else None
         for batch in self.train_loader:
             if self.step == self.steps_per_epoch:
                 break
@@ -213,32 +284,53 @@ class Trainer:
             for k, v in logs.items():
                 self.sums[k] = self.sums.get(k, 0.0) + v
             self.step += 1
+            self._emit("on_step_end", logs)
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            every = self.cfg.checkpoint_every
-            if every and self.out_dir is not None and self.step % every == 0 and self.step < self.steps_per_epoch:
+            if every and self.step % every == 0 and self.step < self.steps_per_epoch:
                 save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
         if progress is not None:
             progress.close()
+        if self.step == 0:
+            raise DataError(f"the training data yielded no batch in epoch {self.epoch + 1}")
         means = {f"train_{k}": v / self.step for k, v in self.sums.items()}
         self.step, self.sums = 0, {}
         return means
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
+    def _diverged(self, what: str) -> DivergedError:
+        return DivergedError(
+            f"training diverged at epoch {self.epoch + 1}, step {self.step + 1}: {what}; "
+            "lower train.lr (or set train.grad_clip) and check the data"
+        )
+
+    def _check_loss(self, loss: float) -> None:
+        """Stop on a non-finite loss or one far above the run's start (see `TrainConfig.diverge_factor`)."""
+        if not math.isfinite(loss):
+            raise self._diverged(f"loss is {loss}")
+        factor = self.cfg.diverge_factor
+        if factor is not None and self.start_losses and loss > self.cfg.diverge_min_loss:
+            ref = sum(self.start_losses) / len(self.start_losses)
+            if loss > factor * abs(ref):
+                raise self._diverged(f"loss is {loss:.4g}, over {factor:g}x the first steps' mean {ref:.4g}")
+        if len(self.start_losses) < DIVERGE_WINDOW:
+            self.start_losses.append(loss)
+
+    def train_step(self, inputs: Inputs, labels: torch.Tensor | None) -> dict[str, float]:
         with self.autocast():
-            loss, logs = self.objective(images, labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}: lower train.lr or check the data"
-            )
+            loss, logs = self.objective(inputs, labels)
+        value = float(loss.detach())
+        self._check_loss(value)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.cfg.grad_clip:
-            nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.cfg.grad_clip)
+            nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        return {"loss": float(loss.detach()), **logs}
+        if not math.isfinite(float(nn.utils.get_total_norm(params, norm_type=math.inf))):
+            raise self._diverged("a weight became NaN or infinite after the optimizer step")
+        return {"loss": value, **logs}
 
     def validate(self) -> dict[str, float]:
         if self.val_loader is None:
@@ -250,19 +342,40 @@ class Trainer:
         key = "val_top1" if self.objective.uses_labels else "val_agreement"
         return row.get(key, row.get("val_agreement"))
 
-    def fit(self, resume: bool = False) -> list[dict[str, Any]]:
-        """Train to ``cfg.epochs``; with ``resume`` continue from the last checkpoint in out_dir."""
+    def _update_best(self, row: dict[str, Any]) -> bool:
+        """Record this epoch as the best if it is (ties go to the later epoch); True when it is."""
+        score = self._score(row)
+        if score is not None and score < self.best.get("score", -math.inf):
+            return False
+        student = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+        self.best = {"score": score, "epoch": self.epoch, "student": student}
+        return True
+
+    def _start(self, resume: bool) -> None:
+        if self.out_dir is not None:
+            remove_stale_tmp(self.out_dir)
+            if not self.exact_resume and (resume or self.cfg.checkpoint_every):
+                warnings.warn(
+                    f"train_loader is a {type(self.train_loader).__name__}, not a qdistill BatchLoader: checkpoints "
+                    "are written at epoch ends only, so a resumed run restarts at the last completed epoch",
+                    stacklevel=3,
+                )
         if not (resume and self.resume()):
             seed_everything(self.cfg.seed)
-        log = MetricsLog(self.out_dir, self.cfg.tensorboard, self.history)
+
+    def fit(self, resume: bool = False) -> list[dict[str, Any]]:
+        """Train to ``cfg.epochs`` and return the per-epoch metrics; the student ends with the best
+        epoch's weights (see the class docstring). With ``resume`` continue from ``out_dir/last.pt``.
+
+        The objective is closed (its hooks removed) when fit returns or fails.
+        """
         try:
+            self._start(resume)
+            self._emit("on_fit_start")
             while self.epoch < self.cfg.epochs:
                 if self.step == 0:
                     self.row = {"epoch": self.epoch + 1}
-                    if self.cfg.ewgs_every and self.epoch % self.cfg.ewgs_every == 0:
-                        deltas = self._update_ewgs()
-                        if deltas:
-                            self.row["ewgs_delta_mean"] = float(np.mean(list(deltas.values())))
+                    self._emit("on_epoch_start", self.row)
                 row = self.row
                 row.update(self.train_epoch())
                 row["lr"] = self.scheduler.get_last_lr()[0]
@@ -270,15 +383,15 @@ class Trainer:
                 row.update(self.objective.extra_logs())
                 self.epoch += 1
                 self.history.append(row)
-                score = self._score(row)
-                improved = score is not None and score >= self.best.get("score", -math.inf)
-                if improved:
-                    self.best = {"score": score, "epoch": self.epoch}
-                log.log(row)
+                improved = self._update_best(row)
+                self._emit("on_epoch_end", row)
                 if self.out_dir is not None:
                     save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
-                    if improved or score is None:
-                        save_checkpoint(self.state_dict(), self.out_dir / "best.pt")
+                    if improved:
+                        self._write_best()
+            if self.best:
+                self.student.load_state_dict(self.best["student"])
         finally:
-            log.close()
+            self._emit("on_fit_end")
+            self.objective.close()
         return self.history
