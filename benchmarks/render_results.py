@@ -22,6 +22,8 @@ from _common import RESULTS, read_family
 from kd_baselines_table import METHODS as KD_METHODS
 from scipy import stats as sps
 
+from qdistill.experiment import DataConfig
+
 REPO = Path(__file__).resolve().parent.parent
 BITS = (1, 2, 4)
 PAPER = {"sqakd": (-6.11, -0.78, 0.01), "qat": (-6.16, -1.17, -0.18)}  # CIFAR-10 ResNet-20 gaps (EWGS)
@@ -327,6 +329,82 @@ def plot_speed(data: dict[str, Any], plt, img: Path) -> None:
     plt.close(fig)
 
 
+def span(numbers: list[float], digits: int = 1) -> str:
+    """``lo-hi`` of some numbers, for prose such as "the seeds' standard deviations are 0.05-1.31"."""
+    return f"{min(numbers):.{digits}f}-{max(numbers):.{digits}f}" if numbers else "n/a"
+
+
+def budget_values(data: dict[str, Any], values: dict[str, str], tag: str) -> None:
+    """Training images and optimiser steps of a student, from its budget line (batches of the default
+    ``data.batch_size``; the last short batch is dropped)."""
+    line = data["meta"].get("budget", {}).get("student", "")
+    images, epochs = re.search(r"(\d+) train images \((\d+)% held out", line), re.search(r"(\d+) epoch", line)
+    if not (images and epochs):
+        return  # the prose then says n/a
+    train = int(images.group(1)) * (100 - int(images.group(2))) // 100
+    epochs = int(epochs.group(1))
+    steps = train // DataConfig().batch_size
+    values.update({f"{tag}:train_images": f"{train:,}", f"{tag}:steps": str(steps), f"{tag}:total_steps": str(steps * epochs)})
+
+
+def prose_values(tables: dict[str, dict[str, Any]], root: Path, values: dict[str, str]) -> None:
+    """Numbers the prose quotes that are not a single cell: ranges, differences, the superseded tables."""
+    for tag, data in tables.items():
+        budget_values(data, values, tag)
+        for method, gaps in PAPER.items():
+            for b, paper in zip(BITS, gaps):
+                if f"{tag}:{method}-ewgs-{b}:gap" in values:
+                    values[f"{tag}:{method}-ewgs-{b}:vs_paper"] = f"{float(values[f'{tag}:{method}-ewgs-{b}:gap']) - paper:+.2f}"
+    if "fmnist" in tables:
+        cells = groups(tables["fmnist"])
+        values["fmnist:std_range"] = span([stats(v)[1] for v in cells.values() if len(v) > 1], 2)
+        seconds = [r["seconds"] for r in tables["fmnist"]["results"] if "seconds" in r and "quantizer" in r]
+        values["fmnist:student_seconds"] = f"{np.median(seconds):.0f} s (range {span(seconds, 0)} s)" if seconds else "n/a"
+        pairs = [(q, b) for (m, q, b) in cells if m == "qat" and ("sqakd", q, b) in cells]
+        diff = {(q, b): stats(cells[("qat", q, b)])[0] - stats(cells[("sqakd", q, b)])[0] for q, b in pairs}
+        values["fmnist:max_label_gain"] = f"{max(abs(d) for d in diff.values()):.2f}" if diff else "n/a"
+        values["fmnist:w4_label_gain"] = span([d for (q, b), d in diff.items() if b == 4 and q != "dorefa"], 2)
+    if "cifar" in tables:
+        cells = groups(tables["cifar"])
+        values["cifar:w4_others"] = span([stats(v)[0] for (m, q, b), v in cells.items() if b == 4 and q != "dorefa"])
+        values["cifar:w4_dorefa"] = span([stats(v)[0] for (m, q, b), v in cells.items() if b == 4 and q == "dorefa"])
+    old = root / "superseded"
+    small = load("fmnist_table_small_budget", old)
+    if small:  # the first Fashion-MNIST table: weak teacher, small budget
+        teacher = next(r["test_top1"] for r in small["results"] if r["key"] == "teacher")
+        values["small:teacher"] = f"{teacher:.1f}"
+        budget_values(small, values, "small")
+        cell_values(small, values, "small", teacher)
+        w4 = {(m, q): stats(v)[0] - teacher for (m, q, b), v in groups(small).items() if b == 4 and m in ("qat", "sqakd")}
+        values["small:qat-4:above"] = str(sum(g >= 0 for (m, _), g in w4.items() if m == "qat"))
+        values["small:qat-4:count"] = str(sum(m == "qat" for m, _ in w4))
+        values["small:sqakd-4:below"] = span([-g for (m, _), g in w4.items() if m == "sqakd"])
+    before = load("fmnist_table_before_bn_reestimation", old)
+    if before:
+        cell_values(before, values, "before_bn", None)
+    sweep = load("temperature_sweep", root)
+    if sweep:
+        means = {t: stats([r["test_top1"] for r in sweep["results"] if r["temperature"] == t]) for t in {r["temperature"] for r in sweep["results"]}}
+        values["temperature:spread"] = f"{max(m for m, _, _ in means.values()) - min(m for m, _, _ in means.values()):.2f}"
+        values["temperature:std_range"] = span([s for _, s, _ in means.values()], 2)
+    small_sweep = load("temperature_sweep_small_budget", old)
+    if small_sweep:
+        means = {t: stats([r["test_top1"] for r in small_sweep["results"] if r["temperature"] == t])[0]
+                 for t in {r["temperature"] for r in small_sweep["results"]}}  # fmt: skip
+        values["small_temperature:t1_lead"] = f"{means[1] - max(m for t, m in means.items() if t != 1):.1f}"
+        budget_values(small_sweep, values, "small_temperature")
+    kd = load("kd_baselines_table", root)
+    if kd and "kd:sqakd" in values:
+        by_method = {m: [r["test_top1"] for r in kd["results"] if r["method"] == m and "test_top1" in r] for m in {r["method"] for r in kd["results"]}}
+        ref = float(values["kd:sqakd"])
+        feature = [m for m in ("at", "sp", "cc", "vid", "rkd", "ft", "fsp", "nst") if by_method.get(m)]
+        values["kd:feature_above"] = span([stats(by_method[m])[0] - ref for m in feature])
+        values["kd:feature_std"] = span([stats(by_method[m])[1] for m in feature], 2)
+        for m, top1 in by_method.items():
+            if top1:
+                values[f"kd:{m}:vs_sqakd"] = f"{stats(top1)[0] - ref:+.2f}"
+
+
 def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     """The ``{{table:...}}`` blocks and ``{{value:...}}`` numbers of the results in ``root``."""
     values: dict[str, str] = {}
@@ -352,6 +430,7 @@ def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
         if data and data["results"]:
             blocks[f"{name}_budget"] = budget(data) or data["meta"].get("hardware", "")
             describe(data, values)
+    prose_values(tables, root, values)
     return blocks, values
 
 

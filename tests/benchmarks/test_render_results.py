@@ -7,7 +7,8 @@ import math
 import pytest
 import render_results
 
-TEMPLATE = "# R\n\n{{table:headline}}\n\nteacher {{value:fmnist:teacher}}, gap {{value:fmnist:qat-ewgs-2:gap}}, {{value:nope}}\n"
+TEMPLATE = ("# R\n\n{{table:headline}}\n\nteacher {{value:fmnist:teacher}}, gap {{value:fmnist:qat-ewgs-2:gap}}, {{value:nope}}, "
+            "{{value:fmnist:steps}} x {{value:fmnist:train_images}}\n")
 README = "# x\n\n## Results\n\nintro\n\n<!-- headline -->\nold\n<!-- /headline -->\n\n## Next\n"
 
 
@@ -18,7 +19,7 @@ def _repo(tmp_path):
     runs = [{"key": "teacher", "test_top1": 90.0}]
     runs += [{"key": f"qat-ewgs-w2a2-s{s}", "method": "qat", "quantizer": "ewgs", "bits": 2, "seed": s, "test_top1": v}
              for s, v in enumerate((86.0, 87.0, 88.0))]  # fmt: skip
-    meta = {"budget": {"student": "54000 train images", "test_images": 10000}}
+    meta = {"budget": {"student": "60000 train images (10% held out), 2 epoch(s)", "test_images": 10000}}
     (results / "fmnist_table.json").write_text(json.dumps({"meta": meta, "results": runs}))
     (tmp_path / "benchmarks" / "RESULTS.md.in").write_text(TEMPLATE)
     (tmp_path / "README.md").write_text(README)
@@ -56,7 +57,7 @@ def test_render_then_check(tmp_path):
     assert not (repo / "docs" / "RESULTS.md").exists()
     assert render_results.main(["--repo", str(repo), "--outputs", "results", "readme"]) == 0
     text = (repo / "docs" / "RESULTS.md").read_text()
-    assert "teacher 90.00, gap -3.00, n/a" in text
+    assert "teacher 90.00, gap -3.00, n/a, 421 x 54,000" in text  # 54000 // 128 steps: the last short batch is dropped
     assert "| ours, Fashion-MNIST SmallCNN (other dataset), EWGS (labels) | not run | -3.00 [-5.6, -0.4] (3) | not run |" in text
     readme = (repo / "README.md").read_text()
     assert readme.startswith("# x\n\n## Results\n\nintro\n\n<!-- headline -->\n| gap to FP teacher")
