@@ -101,7 +101,7 @@ class Schedule:
         self.args, self.log = args, log
         self.device = torch.device(args.device)
         self.data = DataConfig(format="imagefolder", root=args.data, subset=args.subset, test_subset=args.test_subset,
-                               batch_size=args.batch_size, mean=MEAN, std=STD)  # fmt: skip
+                               batch_size=args.batch_size, mean=MEAN, std=STD, cache_dir=args.cache_dir)  # fmt: skip
         self._sets: dict[str, tuple[DataSplits, ImageSet, ImageSet | None, ImageSet | None]] = {}
 
     def sets(self, data: DataConfig) -> tuple[DataSplits, ImageSet, ImageSet | None, ImageSet | None]:
@@ -165,7 +165,7 @@ class Schedule:
 
     def student(self, teacher: torch.nn.Module, method: str, bits: int, epochs: int, key: str) -> dict[str, Any]:
         quant = QuantConfig(method="ewgs", weight_bits=bits, act_bits=bits)
-        row = {"method": method, "quantizer": "ewgs", "bits": bits, "seed": 0}
+        row = {"method": method, "quantizer": "ewgs", "bits": bits, "seed": 0, "probe": key == PROBE}
         return self.fit(key, teacher, quant, method, self.student_cfg(epochs), self.data, row)
 
 
@@ -186,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--compile-quantizers", action="store_true", help="train.compile_quantizers (torch.compile kernels)")
     p.add_argument("--out", default="runs/gpu_schedule")
+    p.add_argument("--cache-dir", default=None, help="decoded-image cache (default: the library's, ~/.cache/qdistill)")
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of the result log")
     p.add_argument("--name", default="gpu_schedule", help="result log name")
     p.add_argument("--smoke", action="store_true", help="CPU, a tiny subset, 1 epoch, results under OUT (fake data if --data is absent)")
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
         args.device, args.minutes, args.batch_size, args.hessian_probes, args.results = "cpu", 0.0, 16, 1, Path(args.out)
         args.subset, args.test_subset, args.teacher_subset = args.subset or 100, args.test_subset or 50, 100
         if not Path(args.data).exists():
-            args.data = str(fake_cifar(Path(args.out) / "fake-cifar"))
+            args.data, args.cache_dir = str(fake_cifar(Path(args.out) / "fake-cifar")), f"{args.out}/cache"
         if not Path(args.teacher).exists():
             args.teacher = None
     torch.manual_seed(0)

@@ -54,10 +54,10 @@ def cell(values: list[float], ref: float | None = None) -> str:
 
 
 def groups(data: dict[str, Any]) -> dict[tuple[str, str, int], list[float]]:
-    """Test top-1 of the finished runs per (method, quantizer, bits), over seeds."""
+    """Test top-1 of the finished runs per (method, quantizer, bits), over seeds (a GPU schedule's timing probe is not one)."""
     found: dict[tuple[str, str, int], list[float]] = {}
     for r in data["results"]:
-        if "quantizer" in r and "test_top1" in r:
+        if "quantizer" in r and "test_top1" in r and not r.get("probe"):
             found.setdefault((r["method"], r["quantizer"], r["bits"]), []).append(r["test_top1"])
     return found
 
@@ -87,9 +87,8 @@ def grid_table(data: dict[str, Any], values: dict[str, str], tag: str) -> str:
     for method, quant, label in ROWS:
         cells = []
         for b in BITS:
-            runs = [r for r in data["results"] if r.get("method") == method and r.get("quantizer") == quant and r.get("bits") == b]
-            top1 = [r["test_top1"] for r in runs if "test_top1" in r]
-            diverged = len(runs) - len(top1)
+            top1 = groups(data).get((method, quant, b), [])
+            diverged = sum("error" in r for r in data["results"] if (r.get("method"), r.get("quantizer"), r.get("bits")) == (method, quant, b))
             cells.append(cell(top1, teacher) + (f" ({diverged} diverged)" if diverged else ""))
         if any(c != "not run" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -117,6 +116,7 @@ def headline(tables: dict[str, dict[str, Any]]) -> str:
     for method, name in (("qat", "EWGS (labels)"), ("sqakd", "SQAKD + EWGS (label-free)")):
         lines.append(f"| paper, CIFAR-10 ResNet-20, 1200 epochs, {name} | " + " | ".join(f"{g:+.2f}" for g in PAPER[method]) + " |")
         for tag, title in (("cifar", "CIFAR-10 JPEG ResNet-20"), ("cifar_long", "CIFAR-10 JPEG ResNet-20, 10x budget"),
+                           ("gpu", "CIFAR-10 JPEG ResNet-20, GPU schedule"),
                            ("fmnist", "Fashion-MNIST SmallCNN (other dataset)"),
                            ("fmnist_long", "Fashion-MNIST SmallCNN, 5 epochs (other dataset)")):  # fmt: skip
             if tag not in tables:
@@ -409,11 +409,14 @@ def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     """The ``{{table:...}}`` blocks and ``{{value:...}}`` numbers of the results in ``root``."""
     values: dict[str, str] = {}
     blocks: dict[str, str] = {}
-    names = {"fmnist": "fmnist_table", "fmnist_long": "fmnist_long", "cifar": "cifar_table", "cifar_long": "cifar_long"}
+    names = {"fmnist": "fmnist_table", "fmnist_long": "fmnist_long", "cifar": "cifar_table", "cifar_long": "cifar_long",
+             "gpu": "gpu_schedule"}
     tables = {tag: d for tag, d in ((tag, load(name, root)) for tag, name in names.items()) if d}
     for tag, data in tables.items():
         blocks[tag] = grid_table(data, values, tag)
         blocks[f"{tag}_budget"] = budget(data)
+    if "gpu" in tables:
+        blocks["gpu_plan"] = ", ".join(f"{k}: {v}" for k, v in tables["gpu"]["meta"].get("plan", {}).items())
     blocks["headline"] = headline(tables)
     for name, render in (("kd_baselines_table", lambda d: kd_table(d, tables.get("fmnist"), values)), ("temperature_sweep", lambda d: temperature_table(d)),
                          ("train_speed_cpu", speed_table), ("train_speed_gpu", speed_table)):  # fmt: skip

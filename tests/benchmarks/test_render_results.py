@@ -73,3 +73,23 @@ def test_render_then_check(tmp_path):
 def test_committed_docs_match_the_committed_json():
     """docs/RESULTS.md and the README headline are exactly what the JSON renders to."""
     assert render_results.main(["--check", "--outputs", "results", "readme"]) == 0
+
+
+def test_gpu_schedule_table_ignores_the_probe_and_unfinished_jobs(tmp_path):
+    repo = _repo(tmp_path)
+    results = repo / "benchmarks" / "results"
+    (results / "fmnist_table.json").unlink()
+    runs = [{"key": "teacher_before", "test_top1": 70.0}, {"key": "teacher", "test_top1": 80.0},
+            {"key": "probe-sqakd-ewgs-w2a2", "method": "sqakd", "quantizer": "ewgs", "bits": 2, "probe": True, "test_top1": 50.0},
+            {"key": "sqakd-ewgs-w2a2", "method": "sqakd", "quantizer": "ewgs", "bits": 2, "probe": False, "test_top1": 60.0},
+            {"key": "qat-ewgs-w2a2", "method": "qat", "quantizer": "ewgs", "bits": 2, "probe": False, "history": [{"epoch": 1}]}]  # fmt: skip
+    meta = {"budget": {"test_images": 10000}, "plan": {"jobs": ["sqakd-ewgs-w2a2", "qat-ewgs-w2a2"], "epochs": 7}}
+    (results / "gpu_schedule.json").write_text(json.dumps({"meta": meta, "results": runs}))
+    (repo / "benchmarks" / "RESULTS.md.in").write_text("{{table:gpu}}\n\nplan {{table:gpu_plan}}\n\n{{table:headline}}\n")
+    assert render_results.main(["--repo", str(repo), "--outputs", "results"]) == 0
+    text = (repo / "docs" / "RESULTS.md").read_text()
+    assert "| SQAKD + EWGS (label-free) | not run | 60.00 (1) [-20.00] | not run |" in text
+    assert "standalone" not in text and "diverged" not in text  # the running job is neither a cell nor a failure
+    assert "plan jobs: ['sqakd-ewgs-w2a2', 'qat-ewgs-w2a2'], epochs: 7" in text
+    half = 1.96 * math.sqrt((60 * 40 + 80 * 20) / 10000)  # one seed: the test set only
+    assert f"| ours, CIFAR-10 JPEG ResNet-20, GPU schedule, SQAKD + EWGS (label-free) | not run | -20.00 [{-20 - half:+.1f}, {-20 + half:+.1f}] (1*) |" in text
