@@ -12,7 +12,7 @@
    weight decay, batch 256, cosine, T=4): SQAKD W2A2 (label-free), EWGS W2A2 (labels), then the
    W1A1 pair and the W4A4 pair.
 
-Data are decoded once (cached under OUT) and held in memory; training uses the device ``cuda`` with
+Data are decoded once (the library caches the decoded archive: ``--cache-dir``) and held in memory; training uses the device ``cuda`` with
 bf16 autocast (``train.amp: auto``). The result log (default benchmarks/results/gpu_schedule.json)
 is rewritten after every epoch, so a run cut short keeps its partial results; rerunning the same
 command resumes: finished jobs are skipped, a job cut short continues from its ``last.pt``.
