@@ -13,10 +13,28 @@ from typing import Any
 import torch
 
 from qdistill import QuantConfig, TrainConfig
+from qdistill.errors import ConfigError
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, RunConfig, run_experiment
 
-__all__ = ["FMNIST_MODEL", "FMNIST_ROOT", "FMNIST_TEACHER", "RESULTS", "ResultLog", "add_job_filters", "add_student_args", "hardware", "record_run", "select_jobs", "student_budget",
-           "student_run", "timed_run"]
+__all__ = [
+    "FMNIST_MODEL",
+    "FMNIST_ROOT",
+    "FMNIST_TEACHER",
+    "RESULTS",
+    "ResultLog",
+    "add_job_filters",
+    "add_student_args",
+    "budget_of",
+    "check_budget",
+    "family_files",
+    "hardware",
+    "read_family",
+    "record_run",
+    "select_jobs",
+    "student_budget",
+    "student_run",
+    "timed_run",
+]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,23 +51,93 @@ def hardware() -> str:
     return f"{os.cpu_count()}-core CPU ({platform.machine()}, shared), torch threads={torch.get_num_threads()}"
 
 
+def budget_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a log's ``meta["budget"]`` that change results (``hardware`` only records where they ran)."""
+    budget = meta.get("budget")
+    if budget is None:
+        return {}
+    if not isinstance(budget, dict):
+        return {"budget": budget}
+    return {k: v for k, v in budget.items() if k != "hardware"}
+
+
+def check_budget(path: Path, on_disk: dict[str, Any], mine: dict[str, Any]) -> None:
+    """Refuse to put results of two budgets in one table: one line naming the first entry that differs."""
+    old, new = budget_of(on_disk), budget_of(mine)
+    if not old or not new:
+        return
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            raise ConfigError(f"{path.name} holds results for budget {key}={old.get(key)!r}, not {new.get(key)!r}: "
+                              "pass another --name (outside this table's NAME_* files) or move the file")  # fmt: skip
+
+
+def family_files(root: Path, name: str) -> list[Path]:
+    """``NAME.json`` and the files of its extra workers, ``NAME_*.json`` (GPU runs, ``*_gpu``, are their own table)."""
+    extra = [p for p in sorted(root.glob(f"{name}_*.json")) if not p.stem.endswith("_gpu")]
+    return [p for p in [root / f"{name}.json", *extra] if p.exists()]
+
+
+def read_family(root: Path, name: str) -> dict[str, Any] | None:
+    """``NAME.json`` with the results of ``NAME_*.json`` whose keys it lacks merged in; None if there is none.
+
+    The meta is the first file's; a worker file of another budget is refused (`check_budget`).
+    """
+    files = family_files(root, name)
+    if not files:
+        return None
+    data = None
+    for path in files:
+        part = json.loads(path.read_text())
+        if data is None:
+            data = {"meta": part.get("meta", {}), "results": list(part["results"])}
+            continue
+        if part["results"]:
+            check_budget(path, part.get("meta", {}), data["meta"])
+        keys = {r["key"] for r in data["results"]}
+        data["results"] += [r for r in part["results"] if r["key"] not in keys]
+    return data
+
+
 class ResultLog:
     """``benchmarks/results/NAME.json``: ``{"meta": {...}, "results": [...]}``, rewritten atomically after each result.
 
-    Each result has a unique ``key``; `has` lets a rerun skip what is already there (resume).
+    Each result has a unique ``key``; `has` and `get` let a rerun skip what is already there (resume), in
+    this file and in the other files of its table (``FAMILY.json``, ``FAMILY_*.json``: the workers of
+    ``--shard``), so a worker does not redo a row another worker wrote. A log whose file (or table)
+    holds results of another ``meta["budget"]`` is refused rather than mixed.
     """
 
-    def __init__(self, name: str, meta: dict[str, Any]) -> None:
-        self.path = RESULTS / f"{name}.json"
+    def __init__(self, name: str, meta: dict[str, Any], family: str | None = None, root: Path = RESULTS) -> None:
+        self.root = Path(root)
+        self.path = self.root / f"{name}.json"
+        in_family = family is not None and (name == family or name.startswith(f"{family}_"))
+        self.family = family if in_family else name
         data = json.loads(self.path.read_text()) if self.path.exists() else {"results": []}
+        if data["results"]:
+            check_budget(self.path, data.get("meta", {}), meta)
         self.results: list[dict[str, Any]] = data["results"]
         self.meta = {**data.get("meta", {}), **meta}
+        self._others()  # a table of another budget is refused now, not after the first run
+
+    def _others(self) -> list[dict[str, Any]]:
+        """Results of the table's other files, read now: other workers may have added rows meanwhile."""
+        found = []
+        for path in family_files(self.root, self.family):
+            if path != self.path:
+                part = json.loads(path.read_text())
+                if part["results"]:
+                    check_budget(path, part.get("meta", {}), self.meta)
+                found += part["results"]
+        return found
 
     def has(self, key: str) -> bool:
-        return any(r["key"] == key for r in self.results)
+        return self.get(key) is not None
 
     def get(self, key: str) -> dict[str, Any] | None:
-        return next((r for r in self.results if r["key"] == key), None)
+        """The record of ``key`` in this file, else in another file of the table."""
+        mine = next((r for r in self.results if r["key"] == key), None)
+        return mine if mine is not None else next((r for r in self._others() if r["key"] == key), None)
 
     def add(self, record: dict[str, Any]) -> None:
         if self.path.exists():  # merge what another process may have added meanwhile
@@ -61,7 +149,7 @@ class ResultLog:
         self.save()
 
     def save(self) -> None:
-        RESULTS.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")  # workers sharing a log never share a temp file
         tmp.write_text(json.dumps({"meta": self.meta, "results": self.results}, indent=1))
         tmp.replace(self.path)

@@ -64,7 +64,7 @@ def main() -> None:
     budget = {"teacher_finetune": f"{args.teacher_subset} JPEG train images, {args.teacher_epochs} epoch(s), SGD 0.01 cosine",
               "student": f"{args.subset} train images (10% held out for model selection), {args.epochs} epoch(s), Adam 5e-4",
               "test_images": args.test_subset, "hardware": hardware()}  # fmt: skip
-    log = ResultLog(args.name, {"dataset": "CIFAR-10 JPEG", "model": "resnet20", "budget": budget})
+    log = ResultLog(args.name, {"dataset": "CIFAR-10 JPEG", "model": "resnet20", "budget": budget}, family=p.get_default("name"))
     log.save()
 
     data = DataConfig(format="imagefolder", root=ROOT, subset=args.teacher_subset, test_subset=args.test_subset,

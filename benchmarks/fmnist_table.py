@@ -53,15 +53,11 @@ def main() -> None:
     budget = {"teacher": f"{args.teacher_subset or 60000} train images (10% held out), {args.teacher_epochs} epochs, Adam 2e-3",
               "student": f"{args.subset or 60000} train images (10% held out for model selection), {args.epochs} epoch(s), Adam 1e-3",
               "test_images": args.test_subset or 10000, "hardware": hardware()}  # fmt: skip
-    log = ResultLog(args.name, {"dataset": "Fashion-MNIST", "model": FMNIST_MODEL, "budget": budget})
+    log = ResultLog(args.name, {"dataset": "Fashion-MNIST", "model": FMNIST_MODEL, "budget": budget}, family=p.get_default("name"))
     log.save()
 
     data = DataConfig(format="idx", root=FMNIST_ROOT, subset=args.teacher_subset, test_subset=args.test_subset)
     train = TrainConfig(epochs=args.teacher_epochs, lr=2e-3, progress=False, device="cpu", hessian_probes=1)
-    if not log.has("teacher"):  # a second worker (--name) copies the teacher record of the first
-        first = ResultLog("fmnist_table", {}).get("teacher")
-        if first is not None:
-            log.add(first)
     teacher_run = args.teacher_run or f"{args.out}/teacher"
     if not log.has("teacher"):
         cfg = RunConfig(model=ModelConfig(FMNIST_MODEL), data=data, quant=None, method=MethodConfig("qat"), train=train,

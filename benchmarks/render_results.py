@@ -1,46 +1,42 @@
-"""Build docs/RESULTS.md (tables) and docs/img/*.png (plots) from benchmarks/results/*.json.
+"""Build docs/RESULTS.md (tables), the README's headline and docs/img/*.png (plots) from benchmarks/results/*.json.
 
 The prose lives in benchmarks/RESULTS.md.in; ``{{table:NAME}}`` and ``{{value:...}}`` placeholders
 are filled from the JSON here, so every number in the docs is the number the scripts wrote. The
-README's "## Results" section gets the headline table too.
+README's "## Results" section gets the headline table too (between its ``<!-- headline -->`` markers).
 
-    python benchmarks/render_results.py
+    python benchmarks/render_results.py                 # rewrite docs/RESULTS.md, README.md and the plots
+    python benchmarks/render_results.py --check         # write nothing; exit 1 if the docs are stale
 """
 
 from __future__ import annotations
 
-import json
+import argparse
+import math
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from _common import RESULTS
+from _common import RESULTS, read_family
 from kd_baselines_table import METHODS as KD_METHODS
+from scipy import stats as sps
+
+from qdistill.experiment import DataConfig
 
 REPO = Path(__file__).resolve().parent.parent
-IMG = REPO / "docs" / "img"
 BITS = (1, 2, 4)
 PAPER = {"sqakd": (-6.11, -0.78, 0.01), "qat": (-6.16, -1.17, -0.18)}  # CIFAR-10 ResNet-20 gaps (EWGS)
 ROWS = [("qat", q, f"{q.upper()} (standalone, labels)") for q in ("ewgs", "pact", "lsq", "dorefa")]
 ROWS += [("sqakd", q, f"SQAKD + {q.upper()} (label-free)") for q in ("ewgs", "pact", "lsq", "dorefa")]
 ROWS += [("squat", "ewgs", "SQuaT + EWGS")]
+OUTPUTS = ("results", "readme", "plots")
+HEADLINE = re.compile(r"(## Results\n\n.*?<!-- headline -->\n).*?(<!-- /headline -->)", re.DOTALL)
 
 
-def load(name: str) -> dict[str, Any] | None:
-    """A result file, with the results of its extra workers (``NAME_*.json``, except GPU runs) merged in."""
-    path = RESULTS / f"{name}.json"
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    keys = {r["key"] for r in data["results"]}
-    for extra in sorted(RESULTS.glob(f"{name}_*.json")):
-        if not extra.stem.endswith("_gpu"):
-            new = [r for r in json.loads(extra.read_text())["results"] if r["key"] not in keys]
-            data["results"] += new
-            keys |= {r["key"] for r in new}
-    return data
+def load(name: str, root: Path = RESULTS) -> dict[str, Any] | None:
+    """A result file with its extra workers' files (``NAME_*.json``, except GPU runs) merged in."""
+    return read_family(root, name)
 
 
 def stats(values: list[float]) -> tuple[float, float, int]:
@@ -57,6 +53,25 @@ def cell(values: list[float], ref: float | None = None) -> str:
     return text + (f" [{m - ref:+.2f}]" if ref is not None else "")
 
 
+def groups(data: dict[str, Any]) -> dict[tuple[str, str, int], list[float]]:
+    """Test top-1 of the finished runs per (method, quantizer, bits), over seeds (a GPU schedule's timing probe is not one)."""
+    found: dict[tuple[str, str, int], list[float]] = {}
+    for r in data["results"]:
+        if "quantizer" in r and "test_top1" in r and not r.get("probe"):
+            found.setdefault((r["method"], r["quantizer"], r["bits"]), []).append(r["test_top1"])
+    return found
+
+
+def cell_values(data: dict[str, Any], values: dict[str, str], tag: str, teacher: float | None) -> None:
+    """``TAG:METHOD-QUANT-BITS:mean|n|std`` (and ``:gap`` to ``teacher``) for every cell of a table."""
+    for (method, quant, b), top1 in groups(data).items():
+        m, s, n = stats(top1)
+        key = f"{tag}:{method}-{quant}-{b}"
+        values.update({f"{key}:mean": f"{m:.2f}", f"{key}:n": str(n), f"{key}:std": f"{s:.2f}"})
+        if teacher is not None:
+            values[f"{key}:gap"] = f"{m - teacher:+.2f}"
+
+
 def grid_table(data: dict[str, Any], values: dict[str, str], tag: str) -> str:
     """Rows of methods, columns W1A1/W2A2/W4A4: mean ± std (seeds) [gap to the fine-tuned teacher]."""
     res = {r["key"]: r for r in data["results"]}
@@ -68,34 +83,62 @@ def grid_table(data: dict[str, Any], values: dict[str, str], tag: str) -> str:
         lines.append("| FP teacher (W32A32), before JPEG fine-tuning | " + " | ".join([f"{before:.2f}"] * 3) + " |")
     lines.append("| **FP teacher (W32A32)** | " + " | ".join([f"**{teacher:.2f}**"] * 3) + " |")
     values[f"{tag}:teacher"] = f"{teacher:.2f}"
+    cell_values(data, values, tag, teacher)
     for method, quant, label in ROWS:
         cells = []
         for b in BITS:
-            runs = [r for r in data["results"] if r.get("method") == method and r.get("quantizer") == quant and r.get("bits") == b]
-            top1 = [r["test_top1"] for r in runs if "test_top1" in r]
-            diverged = len(runs) - len(top1)
+            top1 = groups(data).get((method, quant, b), [])
+            diverged = sum("error" in r for r in data["results"] if (r.get("method"), r.get("quantizer"), r.get("bits")) == (method, quant, b))
             cells.append(cell(top1, teacher) + (f" ({diverged} diverged)" if diverged else ""))
-            if top1:
-                m, s, n = stats(top1)
-                values[f"{tag}:{method}-{quant}-{b}:gap"] = f"{m - teacher:+.2f}"
-                values[f"{tag}:{method}-{quant}-{b}:mean"] = f"{m:.2f}"
-                values[f"{tag}:{method}-{quant}-{b}:n"] = str(n)
         if any(c != "not run" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def headline(tables: dict[str, dict[str, Any]], values: dict[str, str]) -> str:
-    """Gaps to the teacher of standalone EWGS and SQAKD+EWGS next to the paper's."""
-    lines = ["| gap to FP teacher (top-1 points) | W1A1 | W2A2 | W4A4 |", "|---|---|---|---|"]
+def gap_interval(top1: list[float], teacher: float, test_images: int) -> tuple[float, float]:
+    """Gap of the seeds' mean top-1 to the teacher's top-1, and the half-width of its 95% confidence interval.
+
+    Two error sources, added in quadrature: the seeds (Student t with n-1 degrees of freedom on the
+    standard error of the mean; nothing to estimate from one seed) and the finite test set (normal
+    approximation of the binomial error of the students' top-1 and of the teacher's, on ``test_images``
+    images each, taken as independent: conservative, as both are measured on the same images).
+    """
+    m, s, n = stats(top1)
+    seeds = sps.t.ppf(0.975, n - 1) * s / math.sqrt(n) if n > 1 else 0.0
+    binom = sum(p * (100 - p) / test_images for p in (m, teacher))  # variance in points^2
+    return m - teacher, math.hypot(seeds, 1.96 * math.sqrt(binom))
+
+
+def headline(tables: dict[str, dict[str, Any]]) -> str:
+    """Gaps to the teacher of standalone EWGS and SQAKD+EWGS, with 95% CIs, next to the paper's (CIFAR-10)."""
+    lines = ["| gap to FP teacher, top-1 points [95% CI] (seeds) | W1A1 | W2A2 | W4A4 |", "|---|---|---|---|"]
+    one_seed = False
     for method, name in (("qat", "EWGS (labels)"), ("sqakd", "SQAKD + EWGS (label-free)")):
-        lines.append(f"| paper, CIFAR-10 ResNet-20, {name} | " + " | ".join(f"{g:+.2f}" for g in PAPER[method]) + " |")
-        for tag, title in (("fmnist", "Fashion-MNIST SmallCNN"), ("fmnist_long", "Fashion-MNIST SmallCNN, 5 epochs"),
-                           ("cifar", "CIFAR-10 JPEG ResNet-20"), ("cifar_long", "CIFAR-10 JPEG ResNet-20, 10x budget")):  # fmt: skip
-            if tag in tables:
-                gaps = [values.get(f"{tag}:{method}-ewgs-{b}:gap", "not run") for b in BITS]
-                ns = [values.get(f"{tag}:{method}-ewgs-{b}:n", "0") for b in BITS]
-                lines.append(f"| ours, {title}, {name} | " + " | ".join(f"{g} ({n})" if n != "0" else g for g, n in zip(gaps, ns)) + " |")
+        lines.append(f"| paper, CIFAR-10 ResNet-20, 1200 epochs, {name} | " + " | ".join(f"{g:+.2f}" for g in PAPER[method]) + " |")
+        for tag, title in (("cifar", "CIFAR-10 JPEG ResNet-20"), ("cifar_long", "CIFAR-10 JPEG ResNet-20, 10x budget"),
+                           ("gpu", "CIFAR-10 JPEG ResNet-20, GPU schedule"),
+                           ("fmnist", "Fashion-MNIST SmallCNN (other dataset)"),
+                           ("fmnist_long", "Fashion-MNIST SmallCNN, 5 epochs (other dataset)")):  # fmt: skip
+            if tag not in tables:
+                continue
+            data, cells = tables[tag], []
+            teacher = next(r["test_top1"] for r in data["results"] if r["key"] == "teacher")
+            for b in BITS:
+                top1 = groups(data).get((method, "ewgs", b))
+                if not top1:
+                    cells.append("not run")
+                    continue
+                gap, half = gap_interval(top1, teacher, data["meta"]["budget"]["test_images"])
+                one_seed |= len(top1) == 1
+                cells.append(f"{gap:+.2f} [{gap - half:+.1f}, {gap + half:+.1f}] ({len(top1)}{'*' if len(top1) == 1 else ''})")
+            lines.append(f"| ours, {title}, {name} | " + " | ".join(cells) + " |")
+    lines += ["", ("Gap: mean top-1 of the seeds minus the teacher's, on the same test images. 95% CI: seed spread "
+              "(Student t) and the binomial test-set error of both top-1s, added in quadrature (the method is stated in "
+              "docs/RESULTS.md). The paper's gaps are on CIFAR-10 "
+              "ResNet-20 after 1200 epochs (no interval given); the Fashion-MNIST rows are another dataset and model, "
+              "a comparison across datasets, not a reproduction.")]  # fmt: skip
+    if one_seed:
+        lines += ["", "\\* one seed: the interval covers the test-set sampling only."]
     return "\n".join(lines)
 
 
@@ -210,7 +253,7 @@ def surface_values(data: dict[str, Any], values: dict[str, str]) -> None:
         values[f"surface:{r['key']}:half_rise"] = f"{inner.mean() - r['center']:.3f}"
 
 
-def plot_loss_curves(data: dict[str, Any], plt) -> None:
+def plot_loss_curves(data: dict[str, Any], plt, img: Path) -> None:
     runs = [r for r in data["results"] if "lambda" in r]
     lams = sorted({r["lambda"] for r in runs})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -224,7 +267,7 @@ def plot_loss_curves(data: dict[str, Any], plt) -> None:
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(IMG / "loss_curves.png", dpi=110)
+    fig.savefig(img / "loss_curves.png", dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -240,11 +283,11 @@ def plot_loss_curves(data: dict[str, Any], plt) -> None:
     ax.set(xlabel="iteration", ylabel="test top-1 (%)", title="Top-1 during training")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(IMG / "top1_curves.png", dpi=110)
+    fig.savefig(img / "top1_curves.png", dpi=110)
     plt.close(fig)
 
 
-def plot_temperature(data: dict[str, Any], plt) -> None:
+def plot_temperature(data: dict[str, Any], plt, img: Path) -> None:
     temps = sorted({r["temperature"] for r in data["results"]})
     stat = [stats([r["test_top1"] for r in data["results"] if r["temperature"] == t]) for t in temps]
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
@@ -253,11 +296,11 @@ def plot_temperature(data: dict[str, Any], plt) -> None:
     ax.set_xticks(temps, [f"{t:g}" for t in temps])
     ax.set_xticks([], minor=True)
     fig.tight_layout()
-    fig.savefig(IMG / "temperature_sweep.png", dpi=110)
+    fig.savefig(img / "temperature_sweep.png", dpi=110)
     plt.close(fig)
 
 
-def plot_surfaces(data: dict[str, Any], plt) -> None:
+def plot_surfaces(data: dict[str, Any], plt, img: Path) -> None:
     import torch
 
     from qdistill.analysis import LossSurface, plot_loss_surface
@@ -270,11 +313,11 @@ def plot_surfaces(data: dict[str, Any], plt) -> None:
             surface = LossSurface(torch.tensor(r["coords"]), torch.tensor(r["losses"]))
             plot_loss_surface(surface, ax=ax, kind=kind, title=f"{r['label']}\ncentre CE {r['center']:.3f}")
         fig.tight_layout()
-        fig.savefig(IMG / f"loss_surface_{kind}.png", dpi=100)
+        fig.savefig(img / f"loss_surface_{kind}.png", dpi=100)
         plt.close(fig)
 
 
-def plot_speed(data: dict[str, Any], plt) -> None:
+def plot_speed(data: dict[str, Any], plt, img: Path) -> None:
     models = sorted({r["model"] for r in data["results"]})
     fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.5))
     for ax, model in zip(np.atleast_1d(axes), models):
@@ -282,58 +325,182 @@ def plot_speed(data: dict[str, Any], plt) -> None:
         ax.bar(["FP KD" if r["bits"] is None else f"W{r['bits']}" for r in rows], [r["img_per_s"] for r in rows])
         ax.set(title=f"{model} training step", ylabel="img/s")
     fig.tight_layout()
-    fig.savefig(IMG / "train_speed.png", dpi=110)
+    fig.savefig(img / "train_speed.png", dpi=110)
     plt.close(fig)
 
 
-def main() -> None:
+def span(numbers: list[float], digits: int = 1) -> str:
+    """``lo-hi`` of some numbers, for prose such as "the seeds' standard deviations are 0.05-1.31"."""
+    return f"{min(numbers):.{digits}f}-{max(numbers):.{digits}f}" if numbers else "n/a"
+
+
+def budget_values(data: dict[str, Any], values: dict[str, str], tag: str) -> None:
+    """Training images and optimiser steps of a student, from its budget line (batches of the default
+    ``data.batch_size``; the last short batch is dropped)."""
+    line = data["meta"].get("budget", {}).get("student", "")
+    images, epochs = re.search(r"(\d+) train images \((\d+)% held out", line), re.search(r"(\d+) epoch", line)
+    if not (images and epochs):
+        return  # the prose then says n/a
+    train = int(images.group(1)) * (100 - int(images.group(2))) // 100
+    epochs = int(epochs.group(1))
+    steps = train // DataConfig().batch_size
+    values.update({f"{tag}:train_images": f"{train:,}", f"{tag}:steps": str(steps), f"{tag}:total_steps": str(steps * epochs)})
+
+
+def prose_values(tables: dict[str, dict[str, Any]], root: Path, values: dict[str, str]) -> None:
+    """Numbers the prose quotes that are not a single cell: ranges, differences, the superseded tables."""
+    for tag, data in tables.items():
+        budget_values(data, values, tag)
+        for method, gaps in PAPER.items():
+            for b, paper in zip(BITS, gaps):
+                if f"{tag}:{method}-ewgs-{b}:gap" in values:
+                    values[f"{tag}:{method}-ewgs-{b}:vs_paper"] = f"{float(values[f'{tag}:{method}-ewgs-{b}:gap']) - paper:+.2f}"
+    if "fmnist" in tables:
+        cells = groups(tables["fmnist"])
+        values["fmnist:std_range"] = span([stats(v)[1] for v in cells.values() if len(v) > 1], 2)
+        seconds = [r["seconds"] for r in tables["fmnist"]["results"] if "seconds" in r and "quantizer" in r]
+        values["fmnist:student_seconds"] = f"{np.median(seconds):.0f} s (range {span(seconds, 0)} s)" if seconds else "n/a"
+        pairs = [(q, b) for (m, q, b) in cells if m == "qat" and ("sqakd", q, b) in cells]
+        diff = {(q, b): stats(cells[("qat", q, b)])[0] - stats(cells[("sqakd", q, b)])[0] for q, b in pairs}
+        values["fmnist:max_label_gain"] = f"{max(abs(d) for d in diff.values()):.2f}" if diff else "n/a"
+        values["fmnist:w4_label_gain"] = span([d for (q, b), d in diff.items() if b == 4 and q != "dorefa"], 2)
+    if "cifar" in tables:
+        cells = groups(tables["cifar"])
+        values["cifar:w4_others"] = span([stats(v)[0] for (m, q, b), v in cells.items() if b == 4 and q != "dorefa"])
+        values["cifar:w4_dorefa"] = span([stats(v)[0] for (m, q, b), v in cells.items() if b == 4 and q == "dorefa"])
+    old = root / "superseded"
+    small = load("fmnist_table_small_budget", old)
+    if small:  # the first Fashion-MNIST table: weak teacher, small budget
+        teacher = next(r["test_top1"] for r in small["results"] if r["key"] == "teacher")
+        values["small:teacher"] = f"{teacher:.1f}"
+        budget_values(small, values, "small")
+        cell_values(small, values, "small", teacher)
+        w4 = {(m, q): stats(v)[0] - teacher for (m, q, b), v in groups(small).items() if b == 4 and m in ("qat", "sqakd")}
+        values["small:qat-4:above"] = str(sum(g >= 0 for (m, _), g in w4.items() if m == "qat"))
+        values["small:qat-4:count"] = str(sum(m == "qat" for m, _ in w4))
+        values["small:sqakd-4:below"] = span([-g for (m, _), g in w4.items() if m == "sqakd"])
+    before = load("fmnist_table_before_bn_reestimation", old)
+    if before:
+        cell_values(before, values, "before_bn", None)
+    sweep = load("temperature_sweep", root)
+    if sweep:
+        means = {t: stats([r["test_top1"] for r in sweep["results"] if r["temperature"] == t]) for t in {r["temperature"] for r in sweep["results"]}}
+        values["temperature:spread"] = f"{max(m for m, _, _ in means.values()) - min(m for m, _, _ in means.values()):.2f}"
+        values["temperature:std_range"] = span([s for _, s, _ in means.values()], 2)
+    small_sweep = load("temperature_sweep_small_budget", old)
+    if small_sweep:
+        means = {t: stats([r["test_top1"] for r in small_sweep["results"] if r["temperature"] == t])[0]
+                 for t in {r["temperature"] for r in small_sweep["results"]}}  # fmt: skip
+        values["small_temperature:t1_lead"] = f"{means[1] - max(m for t, m in means.items() if t != 1):.1f}"
+        budget_values(small_sweep, values, "small_temperature")
+    kd = load("kd_baselines_table", root)
+    if kd and "kd:sqakd" in values:
+        by_method = {m: [r["test_top1"] for r in kd["results"] if r["method"] == m and "test_top1" in r] for m in {r["method"] for r in kd["results"]}}
+        ref = float(values["kd:sqakd"])
+        feature = [m for m in ("at", "sp", "cc", "vid", "rkd", "ft", "fsp", "nst") if by_method.get(m)]
+        values["kd:feature_above"] = span([stats(by_method[m])[0] - ref for m in feature])
+        values["kd:feature_std"] = span([stats(by_method[m])[1] for m in feature], 2)
+        for m, top1 in by_method.items():
+            if top1:
+                values[f"kd:{m}:vs_sqakd"] = f"{stats(top1)[0] - ref:+.2f}"
+
+
+def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The ``{{table:...}}`` blocks and ``{{value:...}}`` numbers of the results in ``root``."""
+    values: dict[str, str] = {}
+    blocks: dict[str, str] = {}
+    names = {"fmnist": "fmnist_table", "fmnist_long": "fmnist_long", "cifar": "cifar_table", "cifar_long": "cifar_long",
+             "gpu": "gpu_schedule"}
+    tables = {tag: d for tag, d in ((tag, load(name, root)) for tag, name in names.items()) if d}
+    for tag, data in tables.items():
+        blocks[tag] = grid_table(data, values, tag)
+        blocks[f"{tag}_budget"] = budget(data)
+    if "gpu" in tables:
+        blocks["gpu_plan"] = ", ".join(f"{k}: {v}" for k, v in tables["gpu"]["meta"].get("plan", {}).items())
+    blocks["headline"] = headline(tables)
+    for name, render in (("kd_baselines_table", lambda d: kd_table(d, tables.get("fmnist"), values)), ("temperature_sweep", lambda d: temperature_table(d)),
+                         ("train_speed_cpu", speed_table), ("train_speed_gpu", speed_table)):  # fmt: skip
+        data = load(name, root)
+        if data and data["results"]:
+            blocks[name] = render(data)
+            blocks[f"{name}_budget"] = budget(data) or data["meta"].get("hardware", "")
+    if load("init_accuracy", root):
+        blocks["init_accuracy"] = init_table(load("init_accuracy", root), values)
+    if load("temperature_sweep", root):
+        temperature_values(load("temperature_sweep", root), values)
+    for name, describe in (("loss_curves", curve_values), ("loss_surface", surface_values)):
+        data = load(name, root)
+        if data and data["results"]:
+            blocks[f"{name}_budget"] = budget(data) or data["meta"].get("hardware", "")
+            describe(data, values)
+    prose_values(tables, root, values)
+    return blocks, values
+
+
+def fill(template: str, blocks: dict[str, str], values: dict[str, str]) -> str:
+    """The template with every placeholder replaced (missing tables and values say so)."""
+
+    def one(match: re.Match) -> str:
+        kind, _, key = match.group(1).partition(":")
+        source = blocks if kind == "table" else values
+        return source.get(key, "*(not run yet)*" if kind == "table" else "n/a")
+
+    return re.sub(r"\{\{(\w+:[^}]+)\}\}", one, template)
+
+
+def with_headline(readme: str, headline_block: str) -> str:
+    """The README with its ``<!-- headline -->`` block replaced (unchanged if it has none)."""
+    return HEADLINE.sub(lambda m: m.group(1) + headline_block + "\n" + m.group(2), readme)
+
+
+def write_plots(root: Path, img: Path) -> int:
+    """Draw docs/img/*.png; returns how many plots the folder holds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    IMG.mkdir(parents=True, exist_ok=True)
-    values: dict[str, str] = {}
-    blocks: dict[str, str] = {}
-    names = {"fmnist": "fmnist_table", "fmnist_long": "fmnist_long", "cifar": "cifar_table", "cifar_long": "cifar_long"}
-    tables = {tag: d for tag, d in ((tag, load(name)) for tag, name in names.items()) if d}
-    for tag, data in tables.items():
-        blocks[tag] = grid_table(data, values, tag)
-        blocks[f"{tag}_budget"] = budget(data)
-    blocks["headline"] = headline(tables, values)
-    for name, render in (("kd_baselines_table", lambda d: kd_table(d, tables.get("fmnist"), values)), ("temperature_sweep", lambda d: temperature_table(d)),
-                         ("train_speed_cpu", speed_table), ("train_speed_gpu", speed_table)):  # fmt: skip
-        data = load(name)
-        if data and data["results"]:
-            blocks[name] = render(data)
-            blocks[f"{name}_budget"] = budget(data) or data["meta"].get("hardware", "")
-    if load("init_accuracy"):
-        blocks["init_accuracy"] = init_table(load("init_accuracy"), values)
-    if load("temperature_sweep"):
-        temperature_values(load("temperature_sweep"), values)
+    img.mkdir(parents=True, exist_ok=True)
     for name, plot in (("loss_curves", plot_loss_curves), ("temperature_sweep", plot_temperature),
                        ("loss_surface", plot_surfaces), ("train_speed_cpu", plot_speed)):  # fmt: skip
-        data = load(name)
+        data = load(name, root)
         if data and data["results"]:
-            plot(data, plt)
-            if name in ("loss_curves", "loss_surface"):
-                blocks[f"{name}_budget"] = budget(data) or data["meta"].get("hardware", "")
-                (curve_values if name == "loss_curves" else surface_values)(data, values)
+            plot(data, plt, img)
+    return len(list(img.glob("*.png")))
 
-    def fill(match: re.Match) -> str:
-        kind, _, key = match.group(1).partition(":")
-        source = blocks if kind == "table" else values
-        return source.get(key, "*(not run yet)*" if kind == "table" else "n/a")
 
-    template = (Path(__file__).parent / "RESULTS.md.in").read_text()
-    (REPO / "docs" / "RESULTS.md").write_text(re.sub(r"\{\{(\w+:[^}]+)\}\}", fill, template))
-    readme = REPO / "README.md"
-    text = readme.read_text()
-    pattern = re.compile(r"(## Results\n\n.*?<!-- headline -->\n).*?(<!-- /headline -->)", re.S)
-    if pattern.search(text):
-        readme.write_text(pattern.sub(lambda m: m.group(1) + blocks["headline"] + "\n" + m.group(2), text))
-    print("wrote docs/RESULTS.md and", len(list(IMG.glob("*.png"))), "plots")
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--outputs", nargs="+", choices=OUTPUTS, default=list(OUTPUTS),
+                   help="what to write: docs/RESULTS.md, the README headline, docs/img/*.png (default: all)")  # fmt: skip
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if docs/RESULTS.md or README.md (of --outputs) differ from the rendering "
+                   "(plots are not compared: their bytes depend on the matplotlib version)")  # fmt: skip
+    p.add_argument("--repo", type=Path, default=REPO, help="checkout whose benchmarks/results, template and docs to use")
+    args = p.parse_args(argv)
+    results = args.repo / "benchmarks" / "results"
+    blocks, values = collect(results)
+    rendered: dict[Path, str] = {}
+    if "results" in args.outputs:
+        template = (args.repo / "benchmarks" / "RESULTS.md.in").read_text()
+        rendered[args.repo / "docs" / "RESULTS.md"] = fill(template, blocks, values)
+    readme = args.repo / "README.md"
+    if "readme" in args.outputs and readme.exists():
+        rendered[readme] = with_headline(readme.read_text(), blocks["headline"])
+    if args.check:
+        stale = [path for path, text in rendered.items() if not path.exists() or path.read_text() != text]
+        for path in stale:
+            print(f"{path.relative_to(args.repo)} differs from its rendering: run python benchmarks/render_results.py", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in rendered.items():
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+    wrote = [str(path.relative_to(args.repo)) for path in rendered]
+    if "plots" in args.outputs:
+        wrote.append(f"{write_plots(results, args.repo / 'docs' / 'img')} plots in docs/img")
+    print("wrote", ", ".join(wrote))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,6 +5,7 @@ from torch import nn
 
 from qdistill import QuantConfig, make_student
 from qdistill.analysis import filter_normalized_direction, loss_surface, plot_loss_surface
+from qdistill.errors import ConfigError, DataError
 
 
 def _model() -> nn.Module:
@@ -77,7 +78,18 @@ def test_quantized_model_and_plot(tmp_path) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="dims"):
+    with pytest.raises(ConfigError, match="^loss_surface: dims must be 1 or 2, got 3$"):
         loss_surface(_model(), _ce, _batches(), dims=3)
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ConfigError, match="steps=1, span=1.0"):
+        loss_surface(_model(), _ce, _batches(), steps=1)
+    with pytest.raises(DataError, match="empty"):
         loss_surface(_model(), _ce, [])
+    with pytest.raises(ValueError):  # still a ValueError for callers that catch that
+        loss_surface(_model(), _ce, [])
+
+
+def test_unknown_plot_kind_is_a_config_error() -> None:
+    pytest.importorskip("matplotlib")
+    surface = loss_surface(_model(), _ce, _batches(), steps=3, dims=1)
+    with pytest.raises(ConfigError, match="kind must be 'contour' or '3d', got 'bars'"):
+        plot_loss_surface(surface, kind="bars")

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qdistill.errors import ConfigError, DataError
+
 __all__ = ["LossSurface", "filter_normalized_direction", "loss_surface", "plot_loss_surface"]
 
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -93,12 +95,12 @@ def loss_surface(
         A `LossSurface` with the grid of mean losses.
     """
     if dims not in (1, 2):
-        raise ValueError(f"dims must be 1 or 2, got {dims}")
+        raise ConfigError(f"loss_surface: dims must be 1 or 2, got {dims}")
     if steps < 2 or span <= 0:
-        raise ValueError("steps must be >= 2 and span > 0")
+        raise ConfigError(f"loss_surface: steps must be >= 2 and span > 0, got steps={steps}, span={span}")
     batches = list(batches)
     if not batches:
-        raise ValueError("batches is empty: pass at least one batch")
+        raise DataError("loss_surface: batches is empty: pass at least one batch")
     params = [p for p in model.parameters()]
     origin = [p.detach().clone() for p in params]
     saved_buffers = {k: v.clone() for k, v in model.named_buffers()}
@@ -142,7 +144,7 @@ def plot_loss_surface(
     import matplotlib.pyplot as plt
 
     if kind not in ("contour", "3d"):
-        raise ValueError(f"kind must be 'contour' or '3d', got {kind!r}")
+        raise ConfigError(f"plot_loss_surface: kind must be 'contour' or '3d', got {kind!r}")
     x, z = surface.coords.numpy(), surface.losses.numpy()
     if ax is None:
         fig = plt.figure(figsize=(4.5, 4))
