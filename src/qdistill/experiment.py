@@ -345,16 +345,15 @@ def run_experiment(
     meta = {"config": cfg.to_dict(), "labels_used": labels, "num_classes": splits.num_classes,
             "in_channels": int(splits.train.images.shape[-1])}  # fmt: skip
     trainer = Trainer(objective, train_loader, cfg.train, val_loader, out, meta)
-    trainer.fit(resume=resume)
-    best = load_checkpoint(out / "best.pt", map_location=trainer.device)
-    student.load_state_dict(best["student"])
+    trainer.fit(resume=resume)  # leaves the best epoch's weights in the student
+    best_epoch = trainer.best["epoch"]
     num_classes = cfg.model.num_classes or splits.num_classes
     save_model(out, student, {
         "model": {"name": cfg.model.name, "num_classes": num_classes, "in_channels": meta["in_channels"]},
         "quant": None if cfg.quant is None else cfg.quant.to_dict(),
-        "labels_used": labels, "teacher": cfg.model.pretrained, "best_epoch": best["epoch"], "config": meta["config"],
+        "labels_used": labels, "teacher": cfg.model.pretrained, "best_epoch": best_epoch, "config": meta["config"],
     })  # fmt: skip
-    results = {"best_epoch": best["epoch"], "labels_used": labels, "method": cfg.method.name,
+    results = {"best_epoch": best_epoch, "labels_used": labels, "method": cfg.method.name,
                "weight_bits": cfg.quant.weight_bits if cfg.quant else 32,
                "act_bits": (cfg.quant.act_bits or 32) if cfg.quant else 32,
                "size_bytes": model_size_bytes(student)}  # fmt: skip
