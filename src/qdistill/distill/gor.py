@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qdistill.batch import Inputs
 from qdistill.distill.ensemble import teacher_members
-from qdistill.distill.kd import kd_loss
-from qdistill.distill.objectives import OBJECTIVES, Objective
+from qdistill.distill.kd import ce_loss, kd_loss
+from qdistill.distill.objectives import OBJECTIVES, Objective, mask_of
 from qdistill.distill.squat import StudentAwareFeatureLoss, at_temperature
+from qdistill.errors import ConfigError, DataError
 
 __all__ = ["GoR", "LossBalance"]
 
@@ -41,7 +42,7 @@ class LossBalance(nn.Module):
     def __init__(self, terms: int = 2, bound: float = 4.0) -> None:
         super().__init__()
         if bound <= 0:
-            raise ValueError(f"gor bound must be > 0, got {bound}")
+            raise ConfigError(f"gor bound must be > 0, got {bound}")
         self.bound = float(bound)
         self.raw = nn.Parameter(torch.zeros(terms))
 
@@ -93,17 +94,21 @@ class GoR(Objective):
             self.features = StudentAwareFeatureLoss(student, teacher_members(self.teacher), student_tap, teacher_tap,
                                                     quantizer, distance, adaptor)  # fmt: skip
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        logits = self.student(images)
-        kd = kd_loss(logits, self.teacher_logits(images), self.temperature)
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        logits, mask = self.student_logits(inputs), mask_of(inputs)
+        kd = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask)
         if self.features is not None:
             terms = (kd, self.features())
         elif labels is None:
-            raise ValueError("method gor with uses_labels=true needs labels; set uses_labels=false for label-free")
+            raise DataError("method gor with uses_labels=true needs labels; set uses_labels=false for label-free")
         else:
-            terms = (F.cross_entropy(logits.float(), labels), kd)
+            terms = (ce_loss(logits, labels, mask), kd)
         loss = self.balance(terms)
         return loss, {name: float(t.detach()) for name, t in zip(self.terms, terms)}
+
+    def close(self) -> None:
+        if self.features is not None:
+            self.features.close()
 
     def extra_logs(self) -> dict[str, float]:
         s = self.balance.log_vars.detach().tolist()

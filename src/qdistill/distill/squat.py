@@ -20,12 +20,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from qdistill.batch import Inputs
 from qdistill.distill.ensemble import TeacherEnsemble, as_ensemble, teacher_members
 from qdistill.distill.feature_losses import FEATURE_DISTANCES, match_spatial
 from qdistill.distill.kd import kd_loss
-from qdistill.distill.objectives import OBJECTIVES, Objective
+from qdistill.distill.objectives import OBJECTIVES, Objective, mask_of
 from qdistill.distill.tap_rules import default_taps, last_quantized_conv, probe_shapes
 from qdistill.distill.taps import FeatureTaps
+from qdistill.errors import ConfigError
 from qdistill.quant.base import Quantizer
 
 __all__ = ["EnsembleKD", "SQuaT", "StudentAwareFeatureLoss", "at_temperature", "student_aware_target"]
@@ -78,12 +80,12 @@ class StudentAwareFeatureLoss(nn.Module):
         quantizer = quantizer or f"{conv}.act_quant"
         q = student.get_submodule(quantizer)
         if not isinstance(q, Quantizer):
-            raise ValueError(f"squat quantizer {quantizer!r} is a {type(q).__name__}, not a quantizer")
+            raise ConfigError(f"squat quantizer {quantizer!r} is a {type(q).__name__}, not a quantizer")
         if teacher_taps is None:
             teacher_taps = [f"{conv}:input" if conv in dict(t.named_modules()) else default_taps(t, "last_conv")[0]
                             for t in teachers]  # fmt: skip
         if len(teacher_taps) != len(teachers):
-            raise ValueError(f"squat: got {len(teacher_taps)} teacher taps for {len(teachers)} teachers")
+            raise ConfigError(f"squat: got {len(teacher_taps)} teacher taps for {len(teachers)} teachers")
         self.distance = FEATURE_DISTANCES.get(distance)
         s_shape = probe_shapes(student, [student_tap])[student_tap]
         t_channels = [probe_shapes(t, [k])[k][1] for t, k in zip(teachers, teacher_taps)]
@@ -145,8 +147,11 @@ class SQuaT(Objective):
         self.features = StudentAwareFeatureLoss(student, teacher_members(self.teacher), student_tap, teacher_tap,
                                                 quantizer, distance, adaptor)  # fmt: skip
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        kd = kd_loss(self.student(images), self.teacher_logits(images), self.temperature)
+    def close(self) -> None:
+        self.features.close()
+
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        kd = kd_loss(self.student_logits(inputs), self.teacher_logits(inputs), self.temperature, mask_of(inputs))
         feat = self.features()
         loss = self.kd_weight * kd + self.feature_weight * feat
         return loss, {"kd": float(kd.detach()), "feat": float(feat.detach())}
@@ -173,5 +178,5 @@ class EnsembleKD(SQuaT):
         **squat_params,
     ) -> None:
         if teacher is None:
-            raise ValueError("method ekd needs teachers (the run config's 'teachers' list)")
+            raise ConfigError("method ekd needs teachers (the run config's 'teachers' list)")
         super().__init__(student, as_ensemble(teacher, combine, weights, temperature), temperature, **squat_params)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from qdistill.distill.taps import FeatureTaps
+from qdistill.errors import ConfigError
 from qdistill.quant.api import full_precision_layers
 from qdistill.quant.modules import QuantModule
 
@@ -43,7 +44,7 @@ def last_conv(model: nn.Module) -> str:
     """Name of the last ``Conv2d`` in registration order."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not names:
-        raise ValueError(f"{type(model).__name__} has no Conv2d to take a feature from; pass the taps explicitly")
+        raise ConfigError(f"{type(model).__name__} has no Conv2d to take a feature from; pass the taps explicitly")
     return names[-1]
 
 
@@ -52,7 +53,7 @@ def last_quantized_conv(model: nn.Module) -> str:
     names = [n for n, m in model.named_modules()
              if isinstance(m, nn.Conv2d) and isinstance(m, QuantModule) and m.act_quant is not None]  # fmt: skip
     if not names:
-        raise ValueError("the student has no conv with an activation quantizer: quantize it with act_bits set")
+        raise ConfigError("the student has no conv with an activation quantizer: quantize it with act_bits set")
     return names[-1]
 
 
@@ -130,10 +131,10 @@ def default_taps(model: nn.Module, kind: str) -> list[str]:
     if kind == "penultimate":
         classifier = full_precision_layers(model)[1]
         if classifier is None:
-            raise ValueError(f"{type(model).__name__} has no Linear classifier; pass the taps explicitly")
+            raise ConfigError(f"{type(model).__name__} has no Linear classifier; pass the taps explicitly")
         return [f"{classifier}:input"]
     if kind not in TAP_KINDS:
-        raise ValueError(f"unknown tap rule {kind!r}; choose one of {', '.join(TAP_KINDS)}")
+        raise ConfigError(f"unknown tap rule {kind!r}; choose one of {', '.join(TAP_KINDS)}")
     stages = _stage_outputs(model)
     if kind == "hint":
         return [stages[(len(stages) - 1) // 2]]
