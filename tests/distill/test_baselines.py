@@ -62,7 +62,7 @@ def test_baselines_run_on_a_resnet_with_its_stage_taps(name):
 
 
 def test_baselines_need_labels_and_accept_tap_overrides(teacher, batch):
-    images, labels = batch
+    images, _ = batch
     objective = build_objective("at", student_of(teacher, images), teacher, weight=10.0,
                                 student_taps=["relu1", "relu3"], teacher_taps=["relu1", "relu3"])  # fmt: skip
     assert objective.weight == 10.0 and objective._taps[0].names == ["relu1", "relu3"]
