@@ -95,10 +95,11 @@ class GoR(Objective):
                                                     quantizer, distance, adaptor)  # fmt: skip
 
     def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        logits, mask = self.student_logits(inputs), mask_of(inputs)
+        logits = self.student_logits(inputs)
+        mask = mask_of(inputs, logits)
         kd = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask)
         if self.features is not None:
-            terms = (kd, self.features())
+            terms = (kd, self.features(inputs))
         elif labels is None:
             raise DataError("method gor with uses_labels=true needs labels; set uses_labels=false for label-free")
         else:

@@ -41,9 +41,12 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def mask_of(inputs: Inputs) -> Tensor | None:
-    """The padding mask of a dict batch (``attention_mask``), None for image tensors."""
-    return inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+def mask_of(inputs: Inputs, per_position: Tensor) -> Tensor | None:
+    """A dict batch's ``attention_mask`` when it fits ``per_position`` (``[batch, tokens, ...]``: token
+    logits or features), else None (image batches; one logit row per sequence, as a classifier's)."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    return mask if mask is not None and tuple(mask.shape) == tuple(per_position.shape[: mask.dim()]) and (
+        per_position.dim() > mask.dim()) else None
 
 
 class Objective(nn.Module):
@@ -115,7 +118,8 @@ class SQAKD(Objective):
         self.temperature = temperature
 
     def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        loss = kd_loss(self.student_logits(inputs), self.teacher_logits(inputs), self.temperature, mask_of(inputs))
+        logits = self.student_logits(inputs)
+        loss = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask_of(inputs, logits))
         return loss, {"kd": float(loss.detach())}
 
 
@@ -129,7 +133,8 @@ class SupervisedQAT(Objective):
     def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         if labels is None:
             raise DataError("method 'qat' trains on labels but the data has none; use a label-free method such as sqakd")
-        loss = ce_loss(self.student_logits(inputs), labels, mask_of(inputs))
+        logits = self.student_logits(inputs)
+        loss = ce_loss(logits, labels, mask_of(inputs, logits))
         return loss, {"ce": float(loss.detach())}
 
 
@@ -148,7 +153,8 @@ class CEKD(Objective):
     def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         if labels is None:
             raise DataError("method 'ce_kd' needs labels; use sqakd for label-free training")
-        logits, mask = self.student_logits(inputs), mask_of(inputs)
+        logits = self.student_logits(inputs)
+        mask = mask_of(inputs, logits)
         ce = ce_loss(logits, labels, mask)
         kd = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask)
         loss = (1 - self.kd_weight) * ce + self.kd_weight * kd

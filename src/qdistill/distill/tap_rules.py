@@ -4,14 +4,16 @@ Feature-based methods need to know *where* to read features and *what shape* the
 training starts (their regressors and embeddings must exist when the optimizer is built). The
 rules here work on any ``nn.Module`` built from ``Conv2d``/``Linear`` layers:
 
-* ``last_conv``: the input of the last (quantized, for a student) conv: SQuaT's default tap;
+* ``last_conv``: the input of the last (quantized, for a student) conv: SQuaT's default tap on a CNN;
+  on a transformer SQuaT taps the input of the last block's FFN layer instead (`squat_layer`);
 * ``penultimate``: the input of the classifier (the embedding CRD, RKD and CC compare);
 * ``stages``: the output of each resolution stage among the top-level children (ResNet's
   ``layer1..3``; the last ReLU at each resolution for a flat model such as ``smallcnn``);
 * ``hint``: FitNet's single middle stage; ``last_stage``: the deepest stage.
 
-Shapes come from a forward of a dummy batch through a *copy* of the model in eval mode, so
-BatchNorm statistics and uncalibrated quantizers of the real model are never touched.
+Shapes come from a forward of a dummy batch (images, or ``input_ids`` for a model with an input
+embedding) through a *copy* of the model in eval mode, so BatchNorm statistics and uncalibrated
+quantizers of the real model are never touched.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from qdistill.batch import Inputs, call_model
 from qdistill.distill.taps import FeatureTaps
 from qdistill.errors import ConfigError
 from qdistill.quant.api import full_precision_layers
@@ -35,9 +38,14 @@ __all__ = [
     "last_conv",
     "last_quantized_conv",
     "probe_shapes",
+    "squat_layer",
 ]
 
 TAP_KINDS = ("last_conv", "penultimate", "stages", "hint", "last_stage")
+# SQuaT's layer in a transformer block, by module-name suffix: BERT-style encoders tap the input of
+# the FFN's first layer (``intermediate.dense``, as SQuaT's BERT code), Llama-style decoders the
+# input of the MLP's output projection (``mlp.down_proj``).
+FFN_LAYERS = ("intermediate.dense", "mlp.down_proj")
 
 
 def last_conv(model: nn.Module) -> str:
@@ -57,6 +65,13 @@ def last_quantized_conv(model: nn.Module) -> str:
     return names[-1]
 
 
+def squat_layer(model: nn.Module) -> str:
+    """SQuaT's default layer: the last quantized FFN layer of a transformer (`FFN_LAYERS`), else the last quantized conv."""
+    ffn = [n for n, m in model.named_modules()
+           if n.endswith(FFN_LAYERS) and isinstance(m, QuantModule) and m.act_quant is not None]  # fmt: skip
+    return ffn[-1] if ffn else last_quantized_conv(model)
+
+
 def input_shape(model: nn.Module) -> tuple[int, int, int, int]:
     """A dummy batch shape: channels of the first conv, ``model.input_size`` (default 32) square."""
     first = full_precision_layers(model)[0]
@@ -65,13 +80,22 @@ def input_shape(model: nn.Module) -> tuple[int, int, int, int]:
     return (2, channels, size, size)
 
 
+def dummy_input(model: nn.Module) -> Inputs:
+    """A batch the model accepts: ``input_ids`` (2 x 8 zeros) when it has an input embedding, else images."""
+    device = next(model.parameters()).device
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    if callable(get_embeddings) and isinstance(get_embeddings(), nn.Embedding):
+        return {"input_ids": torch.zeros(2, 8, dtype=torch.long, device=device)}
+    return torch.zeros(input_shape(model), device=device)
+
+
 @torch.no_grad()
 def probe_shapes(model: nn.Module, taps: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """Shape (batch dim included) of each tap on a dummy batch, from a copy in eval mode."""
     probe = copy.deepcopy(model).eval()
     hooks = FeatureTaps(probe, taps)
     try:
-        probe(torch.zeros(input_shape(model), device=next(model.parameters()).device))
+        call_model(probe, dummy_input(model))
         return {k: tuple(v.shape) for k, v in hooks.pop().items()}
     finally:
         hooks.close()

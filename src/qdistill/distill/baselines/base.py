@@ -73,7 +73,7 @@ class FeatureBaseline(Objective):
         with torch.no_grad():
             call_model(self.teacher, inputs)
             t = [f.float() for f in self._taps[1].pop().values()]
-        return self.loss(ce_loss(logits, labels, mask_of(inputs)), s, t)
+        return self.loss(ce_loss(logits, labels, mask_of(inputs, logits)), s, t)
 
     def loss(self, ce: Tensor, s: list[Tensor], t: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
         """The step's loss and logs from the cross-entropy and the features: ``CE + weight * distill``."""
