@@ -53,3 +53,16 @@ def test_close_removes_every_feature_hook(teacher, batch, method):
         assert math.isfinite(float(loss.detach()))
     assert _hooks(student) + _hooks(teacher) == before
     objective.close()  # a second close is harmless
+
+
+@pytest.mark.parametrize("method", ["sqakd", "ce_kd", *FEATURE_METHODS])
+def test_eval_mode_forward_leaves_the_objective_untouched(teacher, batch, method):
+    images, labels = batch
+    student = student_of(teacher, images).train()
+    teachers = [teacher, student_of(teacher, images, bits=4)] if method == "ekd" else teacher
+    with build_objective(method, student, teachers) as objective:
+        objective.train()(images, labels)  # fill queues / statistics once, as training does
+        before = {k: v.clone() for k, v in objective.state_dict().items()}
+        loss, _ = objective.eval()(images, labels if objective.uses_labels else None)
+        assert torch.isfinite(loss) and loss.requires_grad  # still the differentiable training loss
+        assert all(torch.equal(before[k], v) for k, v in objective.state_dict().items())

@@ -56,6 +56,11 @@ class Objective(nn.Module):
     ``attention_mask``, ...; models are called with `qdistill.batch.call_model`), and the losses
     skip the positions the batch's ``attention_mask`` marks as padding.
 
+    In eval mode (``objective.eval()``; the student keeps its own mode) a forward returns the
+    training loss without side effects on the objective: no queue updates, no BatchNorm statistics
+    of its modules, no stage counting. A loss estimate that must not disturb training (EWGS's
+    Hessian) can run there.
+
     ``ensemble`` marks methods built to distil from several teachers (a run config's ``teachers``).
     """
 

@@ -118,4 +118,6 @@ class TwoStageBaseline(FeatureBaseline):
             return super().loss(ce, s, t)
         self.init_step += 1
         init = self.init_loss(s, t)
-        return init, {"ce": float(ce.detach()), "init": float(init.detach())}
+        # 0 * CE keeps the whole student in the graph (a first stage that leaves it out, as FT's,
+        # would make gradients with respect to the student's quantizers undefined, e.g. for EWGS)
+        return init + 0.0 * ce, {"ce": float(ce.detach()), "init": float(init.detach())}
