@@ -1,11 +1,14 @@
 """FSP and FT train in two stages, as their references: the switch is counted inside the objective."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from qdistill.data import BatchLoader, ImageSet
 from qdistill.distill import build_objective
 from qdistill.errors import ConfigError
+from qdistill.train import TrainConfig, Trainer
 
 from .helpers import student_of
 
@@ -54,3 +57,13 @@ def test_ft_pretrains_the_paraphraser_then_freezes_it(teacher, batch):
     loss.backward()
     assert "distill" in logs and not _grads(objective.encoders) and not objective.encoders.training
     assert _grads(student) and _grads(objective.translators)
+
+
+@pytest.mark.parametrize("method", ["ft", "fsp"])
+def test_two_stage_baselines_train_an_ewgs_student_through_the_trainer(teacher, batch, method):
+    rng = np.random.default_rng(0)
+    data = ImageSet(rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8), labels=rng.integers(0, 10, 32))
+    loader = BatchLoader(data, 16, mean=[0.5], std=[0.25], shuffle=True)
+    objective = build_objective(method, student_of(teacher, batch[0], "ewgs"), teacher, init_steps=1)
+    history = Trainer(objective, loader, TrainConfig(epochs=2, progress=False, ewgs_every=1), loader).fit()
+    assert len(history) == 2 and not objective.initialising  # the EWGS estimate ran in both stages
