@@ -35,7 +35,7 @@ class LossBalance(nn.Module):
 
     Example:
         >>> bal = LossBalance(2)
-        >>> float(bal([torch.tensor(2.0), torch.tensor(3.0)]))  # s = 0: a plain sum at the start
+        >>> float(bal([torch.tensor(2.0), torch.tensor(3.0)]).detach())  # s = 0: a plain sum at the start
         5.0
     """
 

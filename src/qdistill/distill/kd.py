@@ -34,6 +34,11 @@ def kd_loss(student_logits: Any, teacher_logits: Any, temperature: float = 4.0, 
     ``batchmean``. Outputs may be tensors, ``ModelOutput``s or dicts with ``logits``. The T^2
     factor keeps gradient magnitudes comparable across temperatures. This is the whole SQAKD
     objective: no labels and no loss weights.
+
+    Example (teacher p = [3/4, 1/4], student [1/2, 1/2]: 3/4 ln(3/2) + 1/4 ln(1/2)):
+        >>> import math, torch
+        >>> round(float(kd_loss(torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]]), 1.0)), 4)
+        0.1308
     """
     s, t = logits_of(student_logits), logits_of(teacher_logits)
     if s.shape != t.shape:
