@@ -10,8 +10,10 @@ from qdistill.distill.objectives import objective_params
 
 from .helpers import student_of, train_steps
 
+# lambda of the SQAKD paper's Table 12 / its scripts; fsp's second stage is CE only (its code drops the 50),
+# cktf is 1.0 * CRD(penultimate) + stage_weight 0.8 * sum of the stage terms
 PAPER_LAMBDA = {"crd": 0.8, "at": 1000, "nst": 50, "sp": 3000, "rkd": 1.0, "fitnet": 100, "cc": 0.02, "vid": 1.0,
-                "fsp": 50, "ft": 200, "cktf": 0.8}  # fmt: skip
+                "fsp": 0.0, "ft": 200, "cktf": 1.0}  # fmt: skip
 WITH_MODULES = {"fitnet", "vid", "ft", "crd", "cktf"}
 
 
@@ -21,6 +23,8 @@ def test_all_eleven_baselines_are_registered_with_the_papers_lambda():
         cls = OBJECTIVES.get(name)
         assert issubclass(cls, FeatureBaseline) and cls.uses_labels
         assert cls.default_weight == lam
+    assert OBJECTIVES.get("cktf")(create_model("smallcnn", num_classes=10, in_channels=1),
+                                  create_model("smallcnn", num_classes=10, in_channels=1)).stage_weight == 0.8
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -31,7 +35,7 @@ def test_baseline_loss_is_finite_and_decreases(teacher, batch, name):
     losses = train_steps(objective, images, labels, 25, lr=3e-3)
     assert all(math.isfinite(v) for v in losses), losses
     assert sum(losses[-3:]) < sum(losses[:3]), losses
-    _, logs = objective(images, labels)
+    _, logs = objective.eval()(images, labels)
     assert math.isfinite(logs["distill"])
 
 
@@ -58,7 +62,7 @@ def test_baselines_run_on_a_resnet_with_its_stage_taps(name):
 
 
 def test_baselines_need_labels_and_accept_tap_overrides(teacher, batch):
-    images, labels = batch
+    images, _ = batch
     objective = build_objective("at", student_of(teacher, images), teacher, weight=10.0,
                                 student_taps=["relu1", "relu3"], teacher_taps=["relu1", "relu3"])  # fmt: skip
     assert objective.weight == 10.0 and objective._taps[0].names == ["relu1", "relu3"]

@@ -64,3 +64,29 @@ def test_gor_balances_kl_and_features_from_an_ensemble(teacher, batch):
     losses = train_steps(objective, images, None, 4)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert len(objective.features.adaptors) == 2
+
+
+class _TokenTable(torch.nn.Module):
+    """``model(input_ids=...)`` -> dict with [B, T, V] logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = torch.nn.Embedding(6, 4)
+
+    def forward(self, input_ids):
+        return {"logits": self.table(input_ids)}
+
+
+@pytest.mark.parametrize("combine", ["mean", "confidence"])
+def test_ensemble_of_token_models_takes_dict_batches(combine):
+    torch.manual_seed(0)
+    members = [_TokenTable(), _TokenTable()]
+    ids = torch.tensor([[1, 2, 5], [0, 3, 4]])
+    ens = TeacherEnsemble(members, combine, temperature=2.0)
+    probs = torch.stack([F.softmax(m.table(ids) / 2.0, dim=-1) for m in members])
+    if combine == "mean":
+        expected = probs.mean(0)
+    else:
+        conf = torch.stack([F.softmax(m.table(ids), dim=-1).amax(-1, keepdim=True) for m in members])
+        expected = (conf / conf.sum(0) * probs).sum(0)
+    assert torch.allclose(F.softmax(ens({"input_ids": ids}) / 2.0, dim=-1), expected, atol=1e-6)

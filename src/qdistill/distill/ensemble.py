@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qdistill.batch import Inputs, call_model, logits_of
+from qdistill.errors import ConfigError
+
 __all__ = ["COMBINE", "TeacherEnsemble", "as_ensemble", "teacher_members"]
 
 COMBINE = ("mean", "weighted", "confidence")
@@ -41,13 +44,13 @@ class TeacherEnsemble(nn.Module):
     ) -> None:
         super().__init__()
         if not members:
-            raise ValueError("a teacher ensemble needs at least one teacher")
+            raise ConfigError("a teacher ensemble needs at least one teacher")
         if combine not in COMBINE:
-            raise ValueError(f"ensemble combine: unknown {combine!r}; choose one of {', '.join(COMBINE)}")
+            raise ConfigError(f"ensemble combine: unknown {combine!r}; choose one of {', '.join(COMBINE)}")
         if (combine == "weighted") != (weights is not None):
-            raise ValueError("ensemble: give weights exactly when combine is 'weighted'")
+            raise ConfigError("ensemble: give weights exactly when combine is 'weighted'")
         if weights is not None and (len(weights) != len(members) or min(weights) < 0 or sum(weights) <= 0):
-            raise ValueError(f"ensemble weights: need {len(members)} non-negative numbers with a positive sum")
+            raise ConfigError(f"ensemble weights: need {len(members)} non-negative numbers with a positive sum")
         self.members = nn.ModuleList(members)
         self.members.eval().requires_grad_(False)
         self.combine, self.temperature = combine, float(temperature)
@@ -59,14 +62,14 @@ class TeacherEnsemble(nn.Module):
         return self
 
     def member_weights(self, logits: Tensor) -> Tensor:
-        """Weights ``[num_teachers, batch, 1]`` summing to one over teachers."""
+        """Weights ``[num_teachers, *positions, 1]`` summing to one over teachers (broadcastable)."""
         if self.combine == "confidence":
             conf = F.softmax(logits.float(), dim=-1).amax(dim=-1, keepdim=True)
             return conf / conf.sum(dim=0, keepdim=True)
-        return self.weights.view(-1, 1, 1).expand(len(self.members), logits.shape[1], 1)
+        return self.weights.view(-1, *[1] * (logits.dim() - 1))
 
-    def forward(self, x: Tensor) -> Tensor:
-        logits = torch.stack([m(x).float() for m in self.members])
+    def forward(self, inputs: Inputs) -> Tensor:
+        logits = torch.stack([logits_of(call_model(m, inputs)).float() for m in self.members])
         probs = F.softmax(logits / self.temperature, dim=-1)
         mixed = (self.member_weights(logits) * probs).sum(dim=0)
         return self.temperature * mixed.clamp_min(1e-12).log()

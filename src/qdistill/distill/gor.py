@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qdistill.batch import Inputs
 from qdistill.distill.ensemble import teacher_members
-from qdistill.distill.kd import kd_loss
-from qdistill.distill.objectives import OBJECTIVES, Objective
+from qdistill.distill.kd import ce_loss, kd_loss
+from qdistill.distill.objectives import OBJECTIVES, Objective, mask_of
 from qdistill.distill.squat import StudentAwareFeatureLoss, at_temperature
+from qdistill.errors import ConfigError, DataError
 
 __all__ = ["GoR", "LossBalance"]
 
@@ -34,14 +35,14 @@ class LossBalance(nn.Module):
 
     Example:
         >>> bal = LossBalance(2)
-        >>> float(bal([torch.tensor(2.0), torch.tensor(3.0)]))  # s = 0: a plain sum at the start
+        >>> float(bal([torch.tensor(2.0), torch.tensor(3.0)]).detach())  # s = 0: a plain sum at the start
         5.0
     """
 
     def __init__(self, terms: int = 2, bound: float = 4.0) -> None:
         super().__init__()
         if bound <= 0:
-            raise ValueError(f"gor bound must be > 0, got {bound}")
+            raise ConfigError(f"gor bound must be > 0, got {bound}")
         self.bound = float(bound)
         self.raw = nn.Parameter(torch.zeros(terms))
 
@@ -93,17 +94,22 @@ class GoR(Objective):
             self.features = StudentAwareFeatureLoss(student, teacher_members(self.teacher), student_tap, teacher_tap,
                                                     quantizer, distance, adaptor)  # fmt: skip
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        logits = self.student(images)
-        kd = kd_loss(logits, self.teacher_logits(images), self.temperature)
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        logits = self.student_logits(inputs)
+        mask = mask_of(inputs, logits)
+        kd = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask)
         if self.features is not None:
-            terms = (kd, self.features())
+            terms = (kd, self.features(inputs))
         elif labels is None:
-            raise ValueError("method gor with uses_labels=true needs labels; set uses_labels=false for label-free")
+            raise DataError("method gor with uses_labels=true needs labels; set uses_labels=false for label-free")
         else:
-            terms = (F.cross_entropy(logits.float(), labels), kd)
+            terms = (ce_loss(logits, labels, mask), kd)
         loss = self.balance(terms)
         return loss, {name: float(t.detach()) for name, t in zip(self.terms, terms)}
+
+    def close(self) -> None:
+        if self.features is not None:
+            self.features.close()
 
     def extra_logs(self) -> dict[str, float]:
         s = self.balance.log_vars.detach().tolist()

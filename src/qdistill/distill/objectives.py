@@ -8,18 +8,30 @@ loss-balance scalars) and the teacher never reaches a checkpoint or the optimize
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qdistill.distill.kd import kd_loss
+from qdistill.batch import Inputs, call_model, logits_of
+from qdistill.distill.kd import ce_loss, kd_loss
+from qdistill.errors import ConfigError, DataError
 from qdistill.registry import Registry
 
-__all__ = ["OBJECTIVES", "CEKD", "Objective", "SQAKD", "SupervisedQAT", "build_objective", "freeze", "objective_params"]
+__all__ = [
+    "CEKD",
+    "OBJECTIVES",
+    "SQAKD",
+    "Objective",
+    "SupervisedQAT",
+    "build_objective",
+    "freeze",
+    "mask_of",
+    "objective_params",
+]  # fmt: skip
 
-OBJECTIVES: Registry[type["Objective"]] = Registry("method")
+OBJECTIVES: Registry[type[Objective]] = Registry("method")
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -29,8 +41,25 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def mask_of(inputs: Inputs, per_position: Tensor) -> Tensor | None:
+    """A dict batch's ``attention_mask`` when it fits ``per_position`` (``[batch, tokens, ...]``: token
+    logits or features), else None (image batches; one logit row per sequence, as a classifier's)."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    return mask if mask is not None and tuple(mask.shape) == tuple(per_position.shape[: mask.dim()]) and (
+        per_position.dim() > mask.dim()) else None
+
+
 class Objective(nn.Module):
     """Base class. ``uses_labels`` tells the trainer whether to feed labels at all.
+
+    ``forward(inputs, labels)`` takes an image tensor or a dict batch (``input_ids``,
+    ``attention_mask``, ...; models are called with `qdistill.batch.call_model`), and the losses
+    skip the positions the batch's ``attention_mask`` marks as padding.
+
+    In eval mode (``objective.eval()``; the student keeps its own mode) a forward returns the
+    training loss without side effects on the objective: no queue updates, no BatchNorm statistics
+    of its modules, no stage counting. A loss estimate that must not disturb training (EWGS's
+    Hessian) can run there.
 
     ``ensemble`` marks methods built to distil from several teachers (a run config's ``teachers``).
     """
@@ -42,7 +71,7 @@ class Objective(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module | None) -> None:
         super().__init__()
         if self.needs_teacher and teacher is None:
-            raise ValueError(f"method {type(self).__name__} needs a teacher model")
+            raise ConfigError(f"method {type(self).__name__} needs a teacher model")
         self._models = (student, freeze(teacher) if teacher is not None else None)
 
     @property
@@ -60,11 +89,14 @@ class Objective(nn.Module):
         return self
 
     @torch.no_grad()
-    def teacher_logits(self, images: Tensor) -> Tensor:
+    def teacher_logits(self, inputs: Inputs) -> Tensor:
         assert self.teacher is not None
-        return self.teacher(images)
+        return logits_of(call_model(self.teacher, inputs))
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def student_logits(self, inputs: Inputs) -> Tensor:
+        return logits_of(call_model(self.student, inputs))
+
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         """Return the loss and a dict of scalar logs."""
         raise NotImplementedError
 
@@ -75,7 +107,7 @@ class Objective(nn.Module):
     def close(self) -> None:
         """Release what the objective attached to the models (feature hooks); safe to call twice."""
 
-    def __enter__(self) -> Objective:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -90,8 +122,9 @@ class SQAKD(Objective):
         super().__init__(student, teacher)
         self.temperature = temperature
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        loss = kd_loss(self.student(images), self.teacher_logits(images), self.temperature)
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        logits = self.student_logits(inputs)
+        loss = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask_of(inputs, logits))
         return loss, {"kd": float(loss.detach())}
 
 
@@ -102,10 +135,11 @@ class SupervisedQAT(Objective):
     uses_labels = True
     needs_teacher = False
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         if labels is None:
-            raise ValueError("method 'qat' trains on labels but the data has none; use a label-free method such as sqakd")
-        loss = F.cross_entropy(self.student(images).float(), labels)
+            raise DataError("method 'qat' trains on labels but the data has none; use a label-free method such as sqakd")
+        logits = self.student_logits(inputs)
+        loss = ce_loss(logits, labels, mask_of(inputs, logits))
         return loss, {"ce": float(loss.detach())}
 
 
@@ -118,15 +152,16 @@ class CEKD(Objective):
     def __init__(self, student: nn.Module, teacher: nn.Module | None, temperature: float = 4.0, kd_weight: float = 0.5):
         super().__init__(student, teacher)
         if not 0.0 <= kd_weight <= 1.0:
-            raise ValueError(f"method.kd_weight must be in [0, 1], got {kd_weight}")
+            raise ConfigError(f"method.kd_weight must be in [0, 1], got {kd_weight}")
         self.temperature, self.kd_weight = temperature, kd_weight
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         if labels is None:
-            raise ValueError("method 'ce_kd' needs labels; use sqakd for label-free training")
-        logits = self.student(images)
-        ce = F.cross_entropy(logits.float(), labels)
-        kd = kd_loss(logits, self.teacher_logits(images), self.temperature)
+            raise DataError("method 'ce_kd' needs labels; use sqakd for label-free training")
+        logits = self.student_logits(inputs)
+        mask = mask_of(inputs, logits)
+        ce = ce_loss(logits, labels, mask)
+        kd = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask)
         loss = (1 - self.kd_weight) * ce + self.kd_weight * kd
         return loss, {"ce": float(ce.detach()), "kd": float(kd.detach())}
 
@@ -151,5 +186,5 @@ def build_objective(name: str, student: nn.Module, teacher: nn.Module | None, **
     allowed = objective_params(cls)
     for key in params:
         if key not in allowed:
-            raise ValueError(f"method {name!r}: unknown parameter {key!r}; allowed: {', '.join(allowed) or 'none'}")
+            raise ConfigError(f"method {name!r}: unknown parameter {key!r}; allowed: {', '.join(allowed) or 'none'}")
     return cls(student, teacher, **params)

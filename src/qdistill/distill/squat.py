@@ -20,12 +20,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from qdistill.batch import Inputs
 from qdistill.distill.ensemble import TeacherEnsemble, as_ensemble, teacher_members
 from qdistill.distill.feature_losses import FEATURE_DISTANCES, match_spatial
 from qdistill.distill.kd import kd_loss
-from qdistill.distill.objectives import OBJECTIVES, Objective
-from qdistill.distill.tap_rules import default_taps, last_quantized_conv, probe_shapes
+from qdistill.distill.objectives import OBJECTIVES, Objective, mask_of
+from qdistill.distill.tap_rules import default_taps, probe_shapes, squat_layer
 from qdistill.distill.taps import FeatureTaps
+from qdistill.errors import ConfigError
 from qdistill.quant.base import Quantizer
 
 __all__ = ["EnsembleKD", "SQuaT", "StudentAwareFeatureLoss", "at_temperature", "student_aware_target"]
@@ -37,11 +39,18 @@ def student_aware_target(teacher_feature: Tensor, quantizer: Quantizer, like: Te
     return quantizer.project(match_spatial(f, like) if like is not None else f)
 
 
-def _adaptor(in_channels: int, out_channels: int, spatial: bool) -> nn.Module:
-    """1x1 conv + BN for maps, linear + BN for vectors: lets the student match another width."""
-    if spatial:
+def _width(shape: tuple[int, ...]) -> int:
+    """Channels of a map or vector (dim 1), width of a token feature ``[batch, tokens, width]``."""
+    return shape[-1] if len(shape) == 3 else shape[1]
+
+
+def _adaptor(in_channels: int, out_channels: int, dims: int) -> nn.Module:
+    """Lets the student match another width: 1x1 conv + BN for maps, linear + BN for vectors,
+    linear + LayerNorm for token features ``[batch, tokens, width]``."""
+    if dims == 4:
         return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
-    return nn.Sequential(nn.Linear(in_channels, out_channels, bias=False), nn.BatchNorm1d(out_channels))
+    norm = nn.LayerNorm(out_channels) if dims == 3 else nn.BatchNorm1d(out_channels)
+    return nn.Sequential(nn.Linear(in_channels, out_channels, bias=False), norm)
 
 
 class StudentAwareFeatureLoss(nn.Module):
@@ -52,10 +61,12 @@ class StudentAwareFeatureLoss(nn.Module):
     Args:
         student: the quantized student.
         teachers: the frozen teachers (several for an ensemble).
-        student_tap: default: the quantized input of the last quantized conv (its ``act_quant`` output).
+        student_tap: default: the quantized input (the ``act_quant`` output) of `squat_layer`: the
+            last quantized conv of a CNN; on a transformer the last block's ``intermediate.dense``
+            (BERT-style) or ``mlp.down_proj`` (Llama-style).
         teacher_taps: one per teacher (a single name for one teacher); default: the input of the
-            same-named conv when the teacher has one, else the input of the teacher's last conv.
-        quantizer: name of the student quantizer whose grid ``P`` uses; default that conv's ``act_quant``.
+            same-named layer when the teacher has one, else the input of the teacher's last conv.
+        quantizer: name of the student quantizer whose grid ``P`` uses; default that layer's ``act_quant``.
         distance: a `FEATURE_DISTANCES` name: ``mse``, ``l1``, ``cosine`` or ``kl_hist``.
         adaptor: put a 1x1 conv + BN on the student side; added anyway for a teacher whose feature
             has a different number of channels.
@@ -73,35 +84,41 @@ class StudentAwareFeatureLoss(nn.Module):
     ) -> None:
         super().__init__()
         teacher_taps = [teacher_taps] if isinstance(teacher_taps, str) else teacher_taps
-        conv = last_quantized_conv(student) if student_tap is None or quantizer is None else None
+        conv = squat_layer(student) if student_tap is None or quantizer is None else None
         student_tap = student_tap or f"{conv}.act_quant"
         quantizer = quantizer or f"{conv}.act_quant"
         q = student.get_submodule(quantizer)
         if not isinstance(q, Quantizer):
-            raise ValueError(f"squat quantizer {quantizer!r} is a {type(q).__name__}, not a quantizer")
+            raise ConfigError(f"squat quantizer {quantizer!r} is a {type(q).__name__}, not a quantizer")
         if teacher_taps is None:
             teacher_taps = [f"{conv}:input" if conv in dict(t.named_modules()) else default_taps(t, "last_conv")[0]
                             for t in teachers]  # fmt: skip
         if len(teacher_taps) != len(teachers):
-            raise ValueError(f"squat: got {len(teacher_taps)} teacher taps for {len(teachers)} teachers")
+            raise ConfigError(f"squat: got {len(teacher_taps)} teacher taps for {len(teachers)} teachers")
         self.distance = FEATURE_DISTANCES.get(distance)
         s_shape = probe_shapes(student, [student_tap])[student_tap]
-        t_channels = [probe_shapes(t, [k])[k][1] for t, k in zip(teachers, teacher_taps)]
+        t_channels = [_width(probe_shapes(t, [k])[k]) for t, k in zip(teachers, teacher_taps)]
+        s_width = _width(s_shape)
         self.adaptors = nn.ModuleList(
-            _adaptor(s_shape[1], c, len(s_shape) == 4) if adaptor or c != s_shape[1] else nn.Identity()
+            _adaptor(s_width, c, len(s_shape)) if adaptor or c != s_width else nn.Identity()
             for c in t_channels
         )
         self._quantizer = (q,)  # a tuple: the student's quantizer must not become our submodule
         teacher_hooks = (FeatureTaps(t, [k]) for t, k in zip(teachers, teacher_taps))
         self._taps = (FeatureTaps(student, [student_tap]), *teacher_hooks)
 
-    def forward(self) -> Tensor:
+    def forward(self, inputs: Inputs | None = None) -> Tensor:
+        """The loss on the features of the last forward; for token features only the tokens that
+        the batch's ``attention_mask`` keeps count."""
         (f_s,) = self._taps[0].pop().values()
+        mask = mask_of(inputs, f_s) if inputs is not None else None
         losses = []
         for taps, adapt in zip(self._taps[1:], self.adaptors):
             (f_t,) = taps.pop().values()
-            target = student_aware_target(f_t, self._quantizer[0], f_s)
-            losses.append(self.distance(adapt(f_s).float(), target.float()))
+            student, target = adapt(f_s), student_aware_target(f_t, self._quantizer[0], f_s)
+            if mask is not None:
+                student, target = student[mask.bool()], target[mask.bool()]
+            losses.append(self.distance(student.float(), target.float()))
         return torch.stack(losses).mean()
 
     def close(self) -> None:
@@ -145,9 +162,13 @@ class SQuaT(Objective):
         self.features = StudentAwareFeatureLoss(student, teacher_members(self.teacher), student_tap, teacher_tap,
                                                 quantizer, distance, adaptor)  # fmt: skip
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        kd = kd_loss(self.student(images), self.teacher_logits(images), self.temperature)
-        feat = self.features()
+    def close(self) -> None:
+        self.features.close()
+
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        logits = self.student_logits(inputs)
+        kd = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask_of(inputs, logits))
+        feat = self.features(inputs)
         loss = self.kd_weight * kd + self.feature_weight * feat
         return loss, {"kd": float(kd.detach()), "feat": float(feat.detach())}
 
@@ -173,5 +194,5 @@ class EnsembleKD(SQuaT):
         **squat_params,
     ) -> None:
         if teacher is None:
-            raise ValueError("method ekd needs teachers (the run config's 'teachers' list)")
+            raise ConfigError("method ekd needs teachers (the run config's 'teachers' list)")
         super().__init__(student, as_ensemble(teacher, combine, weights, temperature), temperature, **squat_params)

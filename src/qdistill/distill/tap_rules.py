@@ -4,14 +4,16 @@ Feature-based methods need to know *where* to read features and *what shape* the
 training starts (their regressors and embeddings must exist when the optimizer is built). The
 rules here work on any ``nn.Module`` built from ``Conv2d``/``Linear`` layers:
 
-* ``last_conv``: the input of the last (quantized, for a student) conv: SQuaT's default tap;
+* ``last_conv``: the input of the last (quantized, for a student) conv: SQuaT's default tap on a CNN;
+  on a transformer SQuaT taps the input of the last block's FFN layer instead (`squat_layer`);
 * ``penultimate``: the input of the classifier (the embedding CRD, RKD and CC compare);
 * ``stages``: the output of each resolution stage among the top-level children (ResNet's
   ``layer1..3``; the last ReLU at each resolution for a flat model such as ``smallcnn``);
 * ``hint``: FitNet's single middle stage; ``last_stage``: the deepest stage.
 
-Shapes come from a forward of a dummy batch through a *copy* of the model in eval mode, so
-BatchNorm statistics and uncalibrated quantizers of the real model are never touched.
+Shapes come from a forward of a dummy batch (images, or ``input_ids`` for a model with an input
+embedding) through a *copy* of the model in eval mode, so BatchNorm statistics and uncalibrated
+quantizers of the real model are never touched.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from functools import partial
 import torch
 from torch import nn
 
+from qdistill.batch import Inputs, call_model
 from qdistill.distill.taps import FeatureTaps
+from qdistill.errors import ConfigError
 from qdistill.quant.api import full_precision_layers
 from qdistill.quant.modules import QuantModule
 
@@ -34,16 +38,21 @@ __all__ = [
     "last_conv",
     "last_quantized_conv",
     "probe_shapes",
+    "squat_layer",
 ]
 
 TAP_KINDS = ("last_conv", "penultimate", "stages", "hint", "last_stage")
+# SQuaT's layer in a transformer block, by module-name suffix: BERT-style encoders tap the input of
+# the FFN's first layer (``intermediate.dense``, as SQuaT's BERT code), Llama-style decoders the
+# input of the MLP's output projection (``mlp.down_proj``).
+FFN_LAYERS = ("intermediate.dense", "mlp.down_proj")
 
 
 def last_conv(model: nn.Module) -> str:
     """Name of the last ``Conv2d`` in registration order."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     if not names:
-        raise ValueError(f"{type(model).__name__} has no Conv2d to take a feature from; pass the taps explicitly")
+        raise ConfigError(f"{type(model).__name__} has no Conv2d to take a feature from; pass the taps explicitly")
     return names[-1]
 
 
@@ -52,8 +61,15 @@ def last_quantized_conv(model: nn.Module) -> str:
     names = [n for n, m in model.named_modules()
              if isinstance(m, nn.Conv2d) and isinstance(m, QuantModule) and m.act_quant is not None]  # fmt: skip
     if not names:
-        raise ValueError("the student has no conv with an activation quantizer: quantize it with act_bits set")
+        raise ConfigError("the student has no conv with an activation quantizer: quantize it with act_bits set")
     return names[-1]
+
+
+def squat_layer(model: nn.Module) -> str:
+    """SQuaT's default layer: the last quantized FFN layer of a transformer (`FFN_LAYERS`), else the last quantized conv."""
+    ffn = [n for n, m in model.named_modules()
+           if n.endswith(FFN_LAYERS) and isinstance(m, QuantModule) and m.act_quant is not None]  # fmt: skip
+    return ffn[-1] if ffn else last_quantized_conv(model)
 
 
 def input_shape(model: nn.Module) -> tuple[int, int, int, int]:
@@ -64,13 +80,22 @@ def input_shape(model: nn.Module) -> tuple[int, int, int, int]:
     return (2, channels, size, size)
 
 
+def dummy_input(model: nn.Module) -> Inputs:
+    """A batch the model accepts: ``input_ids`` (2 x 8 zeros) when it has an input embedding, else images."""
+    device = next(model.parameters()).device
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    if callable(get_embeddings) and isinstance(get_embeddings(), nn.Embedding):
+        return {"input_ids": torch.zeros(2, 8, dtype=torch.long, device=device)}
+    return torch.zeros(input_shape(model), device=device)
+
+
 @torch.no_grad()
 def probe_shapes(model: nn.Module, taps: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """Shape (batch dim included) of each tap on a dummy batch, from a copy in eval mode."""
     probe = copy.deepcopy(model).eval()
     hooks = FeatureTaps(probe, taps)
     try:
-        probe(torch.zeros(input_shape(model), device=next(model.parameters()).device))
+        call_model(probe, dummy_input(model))
         return {k: tuple(v.shape) for k, v in hooks.pop().items()}
     finally:
         hooks.close()
@@ -130,10 +155,10 @@ def default_taps(model: nn.Module, kind: str) -> list[str]:
     if kind == "penultimate":
         classifier = full_precision_layers(model)[1]
         if classifier is None:
-            raise ValueError(f"{type(model).__name__} has no Linear classifier; pass the taps explicitly")
+            raise ConfigError(f"{type(model).__name__} has no Linear classifier; pass the taps explicitly")
         return [f"{classifier}:input"]
     if kind not in TAP_KINDS:
-        raise ValueError(f"unknown tap rule {kind!r}; choose one of {', '.join(TAP_KINDS)}")
+        raise ConfigError(f"unknown tap rule {kind!r}; choose one of {', '.join(TAP_KINDS)}")
     stages = _stage_outputs(model)
     if kind == "hint":
         return [stages[(len(stages) - 1) // 2]]

@@ -7,6 +7,8 @@ from functools import partial
 
 from torch import Tensor, nn
 
+from qdistill.errors import ConfigError
+
 __all__ = ["FeatureTaps"]
 
 
@@ -36,9 +38,9 @@ class FeatureTaps:
         for key in self.names:
             name, _, where = key.partition(":")
             if where not in ("", "input", "output"):
-                raise ValueError(f"tap {key!r}: suffix must be ':input' or ':output'")
+                raise ConfigError(f"tap {key!r}: suffix must be ':input' or ':output'")
             if name not in modules:
-                raise ValueError(f"tap {key!r}: no module named {name!r} in {type(model).__name__}")
+                raise ConfigError(f"tap {key!r}: no module named {name!r} in {type(model).__name__}")
             hook = partial(_store, self._store, key, where == "input")
             self._handles.append(modules[name].register_forward_hook(hook))
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qdistill.batch import Inputs, call_model, logits_of
 from qdistill.distill.ensemble import TeacherEnsemble
-from qdistill.distill.objectives import Objective
+from qdistill.distill.kd import ce_loss
+from qdistill.distill.objectives import Objective, mask_of
 from qdistill.distill.tap_rules import default_taps, probe_shapes
 from qdistill.distill.taps import FeatureTaps
+from qdistill.errors import ConfigError, DataError
 
-__all__ = ["FeatureBaseline", "conv_bn"]
+__all__ = ["FeatureBaseline", "TwoStageBaseline", "conv_bn"]
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel: int = 1) -> nn.Sequential:
@@ -48,13 +50,13 @@ class FeatureBaseline(Objective):
         teacher_taps: list[str] | None = None,
     ) -> None:
         if isinstance(teacher, TeacherEnsemble):
-            raise ValueError(f"{type(self).__name__} distils from one teacher; use ekd for an ensemble")
+            raise ConfigError(f"{type(self).__name__} distils from one teacher; use ekd for an ensemble")
         super().__init__(student, teacher)
         self.weight = float(self.default_weight if weight is None else weight)
         s_taps = list(student_taps or [t for kind in self.tap_rules for t in default_taps(student, kind)])
         t_taps = list(teacher_taps or [t for kind in self.tap_rules for t in default_taps(teacher, kind)])
         if len(s_taps) != len(t_taps):
-            raise ValueError(f"{type(self).__name__}: {len(s_taps)} student taps but {len(t_taps)} teacher taps")
+            raise ConfigError(f"{type(self).__name__}: {len(s_taps)} student taps but {len(t_taps)} teacher taps")
         self.s_shapes = list(probe_shapes(student, s_taps).values())
         self.t_shapes = list(probe_shapes(teacher, t_taps).values())
         self._taps = (FeatureTaps(student, s_taps), FeatureTaps(teacher, t_taps))
@@ -63,15 +65,18 @@ class FeatureBaseline(Objective):
         """The method's loss between student features ``s`` and detached teacher features ``t``."""
         raise NotImplementedError
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         if labels is None:
-            raise ValueError(f"{type(self).__name__} is CE + lambda * L and needs labels; use sqakd or squat without")
-        logits = self.student(images)
+            raise DataError(f"{type(self).__name__} is CE + lambda * L and needs labels; use sqakd or squat without")
+        logits = logits_of(call_model(self.student, inputs))
         s = [f.float() for f in self._taps[0].pop().values()]
         with torch.no_grad():
-            self.teacher(images)
+            call_model(self.teacher, inputs)
             t = [f.float() for f in self._taps[1].pop().values()]
-        ce = F.cross_entropy(logits.float(), labels)
+        return self.loss(ce_loss(logits, labels, mask_of(inputs, logits)), s, t)
+
+    def loss(self, ce: Tensor, s: list[Tensor], t: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
+        """The step's loss and logs from the cross-entropy and the features: ``CE + weight * distill``."""
         d = self.distill(s, t)
         return ce + self.weight * d, {"ce": float(ce.detach()), "distill": float(d.detach())}
 
@@ -79,3 +84,40 @@ class FeatureBaseline(Objective):
         """Remove the feature hooks from the student and the teacher."""
         for taps in self._taps:
             taps.close()
+
+
+class TwoStageBaseline(FeatureBaseline):
+    """A baseline whose reference trains in two stages: `init_loss` alone, then ``CE + weight * distill``.
+
+    The first ``init_steps`` training forwards (counted in the ``init_step`` buffer, so a resumed
+    run continues the count) return `init_loss` only; the switch happens inside the objective, so
+    the trainer needs to know nothing about it. Forwards in eval mode do not count.
+
+    Args:
+        init_steps: length of the first stage in optimizer steps (0: skip it).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, init_steps: int = 100, **common) -> None:
+        super().__init__(student, teacher, **common)
+        if int(init_steps) != init_steps or init_steps < 0:
+            raise ConfigError(f"{type(self).__name__}: init_steps must be an integer >= 0, got {init_steps!r}")
+        self.init_steps = int(init_steps)
+        self.register_buffer("init_step", torch.zeros((), dtype=torch.long))
+
+    @property
+    def initialising(self) -> bool:
+        """True while the first stage lasts."""
+        return int(self.init_step) < self.init_steps
+
+    def init_loss(self, s: list[Tensor], t: list[Tensor]) -> Tensor:
+        """The first stage's loss."""
+        raise NotImplementedError
+
+    def loss(self, ce: Tensor, s: list[Tensor], t: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
+        if not (self.training and self.initialising):
+            return super().loss(ce, s, t)
+        self.init_step += 1
+        init = self.init_loss(s, t)
+        # 0 * CE keeps the whole student in the graph (a first stage that leaves it out, as FT's,
+        # would make gradients with respect to the student's quantizers undefined, e.g. for EWGS)
+        return init + 0.0 * ce, {"ce": float(ce.detach()), "init": float(init.detach())}

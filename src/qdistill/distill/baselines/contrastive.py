@@ -5,7 +5,8 @@ dataset position, which needs the sample index in every batch. Here the negative
 samples of the batch plus a FIFO queue of embeddings from earlier batches (as in MoCo), so any
 image loader works; the loss is the InfoNCE form of CRD's objective, in both directions
 (student anchor vs teacher keys and teacher anchor vs student keys, like CRD's two banks).
-The queues are buffers: they are saved in checkpoints and restored on resume.
+The queues are buffers: they are saved in checkpoints and restored on resume. The temperature
+default 0.1 is that of the SQAKD paper's runs (its code's default; the CRD paper uses 0.07).
 """
 
 from __future__ import annotations
@@ -63,16 +64,19 @@ class ContrastiveHead(nn.Module):
 
 
 class _Contrastive(FeatureBaseline):
-    """One `ContrastiveHead` per tap pair; the loss is their mean."""
+    """One `ContrastiveHead` per tap pair; the loss is their sum."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, feat_dim: int = 128, queue: int = 4096,
-                 tau: float = 0.07, **common) -> None:  # fmt: skip
+                 tau: float = 0.1, **common) -> None:  # fmt: skip
         super().__init__(student, teacher, **common)
         self.heads = nn.ModuleList(ContrastiveHead(s[1], t[1], feat_dim, queue, tau)
                                    for s, t in zip(self.s_shapes, self.t_shapes))  # fmt: skip
 
+    def head_losses(self, s: list[Tensor], t: list[Tensor]) -> list[Tensor]:
+        return [head(fs, ft) for head, fs, ft in zip(self.heads, s, t)]
+
     def distill(self, s: list[Tensor], t: list[Tensor]) -> Tensor:
-        return torch.stack([head(fs, ft) for head, fs, ft in zip(self.heads, s, t)]).mean()
+        return torch.stack(self.head_losses(s, t)).sum()
 
 
 @OBJECTIVES.register("crd")
@@ -89,7 +93,20 @@ class CRD(_Contrastive):
 class CKTF(_Contrastive):
     """Contrastive knowledge transfer framework (Zhao, Chen & Zhao, ICASSP 2023): CRD-style
     contrastive objectives on several intermediate representations (every stage, pooled) and the
-    penultimate embedding, to transfer the teacher's structural knowledge layer by layer."""
+    penultimate embedding, to transfer the teacher's structural knowledge layer by layer.
+
+    ``distill = CRD(penultimate) + stage_weight * sum_stages CRD(stage)``; with the default
+    ``weight`` 1.0 and ``stage_weight`` 0.8 this is the SQAKD code's ``1.0 * L_crd + 0.8 * L_stages``.
+    The last tap is the penultimate one (``student_taps``/``teacher_taps`` overrides keep that order).
+    """
 
     tap_rules = ("stages", "penultimate")
-    default_weight = 0.8
+    default_weight = 1.0
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, stage_weight: float = 0.8, **common) -> None:
+        super().__init__(student, teacher, **common)
+        self.stage_weight = float(stage_weight)
+
+    def distill(self, s: list[Tensor], t: list[Tensor]) -> Tensor:
+        *stages, penultimate = self.head_losses(s, t)
+        return penultimate + self.stage_weight * torch.stack(stages).sum() if stages else penultimate

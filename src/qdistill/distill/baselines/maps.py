@@ -1,4 +1,8 @@
-"""Baselines that compare parameter-free summaries of feature maps: AT, NST, FSP, SP."""
+"""Baselines that compare parameter-free summaries of feature maps: AT, NST, FSP, SP.
+
+As in the reference implementations the SQAKD paper ran (the CRD code base), a method that reads
+several stages *sums* its per-stage losses: the published lambdas are tuned for the sum.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qdistill.distill.baselines.base import FeatureBaseline
+from qdistill.distill.baselines.base import FeatureBaseline, TwoStageBaseline
 from qdistill.distill.feature_losses import match_spatial
 from qdistill.distill.objectives import OBJECTIVES
+from qdistill.errors import ConfigError
 
-__all__ = ["AT", "FSP", "NST", "SP", "attention_map", "fsp_matrix"]
+__all__ = ["AT", "FSP", "NST", "SP", "attention_map", "fsp_matrix", "stage_sum"]
 
 
-def _mean(losses: list[Tensor]) -> Tensor:
-    return torch.stack(losses).mean()
+def stage_sum(losses: list[Tensor]) -> Tensor:
+    """Sum of per-stage losses (the reference's reduction over stages)."""
+    return torch.stack(losses).sum()
 
 
 def attention_map(f: Tensor) -> Tensor:
@@ -25,20 +31,21 @@ def attention_map(f: Tensor) -> Tensor:
 @OBJECTIVES.register("at")
 class AT(FeatureBaseline):
     """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): match normalised spatial attention
-    maps at every stage, ``mean((Q_S/||Q_S|| - Q_T/||Q_T||)^2)`` (p = 2)."""
+    maps, ``sum_stages mean((Q_S/||Q_S|| - Q_T/||Q_T||)^2)`` (p = 2)."""
 
     tap_rules = ("stages",)
     default_weight = 1000.0
 
     def distill(self, s: list[Tensor], t: list[Tensor]) -> Tensor:
-        return _mean([(attention_map(fs) - attention_map(match_spatial(ft, fs))).pow(2).mean() for fs, ft in zip(s, t)])
+        return stage_sum([(attention_map(fs) - attention_map(match_spatial(ft, fs))).pow(2).mean()
+                          for fs, ft in zip(s, t)])  # fmt: skip
 
 
 def _channel_mmd2(s: Tensor, t: Tensor) -> Tensor:
     """Squared MMD between the channel "neurons" of two maps, polynomial kernel ``(x.y)^2``."""
     s = F.normalize(s.flatten(2), dim=2)
     t = F.normalize(t.flatten(2), dim=2)
-    k = lambda a, b: torch.bmm(a, b.transpose(1, 2)).pow(2).mean()  # noqa: E731
+    k = lambda a, b: torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
     return k(s, s) + k(t, t) - 2 * k(s, t)
 
 
@@ -46,13 +53,13 @@ def _channel_mmd2(s: Tensor, t: Tensor) -> Tensor:
 class NST(FeatureBaseline):
     """Neuron selectivity transfer (Huang & Wang, 2017): match the distributions of per-channel
     activation patterns (each channel an L2-normalised vector over positions) by the squared MMD
-    with a degree-2 polynomial kernel, at every stage."""
+    with a degree-2 polynomial kernel, summed over the stages."""
 
     tap_rules = ("stages",)
     default_weight = 50.0
 
     def distill(self, s: list[Tensor], t: list[Tensor]) -> Tensor:
-        return _mean([_channel_mmd2(fs, match_spatial(ft, fs)) for fs, ft in zip(s, t)])
+        return stage_sum([_channel_mmd2(fs, match_spatial(ft, fs)) for fs, ft in zip(s, t)])
 
 
 def fsp_matrix(a: Tensor, b: Tensor) -> Tensor:
@@ -64,24 +71,32 @@ def fsp_matrix(a: Tensor, b: Tensor) -> Tensor:
 
 
 @OBJECTIVES.register("fsp")
-class FSP(FeatureBaseline):
-    """Flow of solution procedure (Yim et al., CVPR 2017): match the FSP (Gram) matrices between
-    consecutive stages, ``mean((G_S - G_T)^2)``. Consecutive stages differ in resolution; the larger
-    map is average-pooled to the smaller one. Student and teacher stages need equal widths."""
+class FSP(TwoStageBaseline):
+    """Flow of solution procedure (Yim et al., CVPR 2017), two-stage as in the paper and the reference.
+
+    Stage 1 (``init_steps``): the student alone matches the teacher's FSP (Gram) matrices between
+    consecutive stages, ``sum_pairs mean((G_S - G_T)^2)``, no cross-entropy. Stage 2: cross-entropy,
+    plus ``weight`` times the same term; the default weight 0 is the reference's CE-only second stage
+    (the SQAKD paper's lambda 50 multiplies a term its code sets to zero). Consecutive stages differ
+    in resolution; the larger map is average-pooled to the smaller one. Student and teacher stages
+    need equal widths.
+    """
 
     tap_rules = ("stages",)
-    default_weight = 50.0
+    default_weight = 0.0
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, **common) -> None:
         super().__init__(student, teacher, **common)
         if len(self.s_shapes) < 2:
-            raise ValueError("fsp needs at least two feature taps (stages) to form a flow matrix")
+            raise ConfigError("fsp needs at least two feature taps (stages) to form a flow matrix")
         if [s[1] for s in self.s_shapes] != [t[1] for t in self.t_shapes]:
-            raise ValueError("fsp needs student and teacher features with equal channel counts at every tap")
+            raise ConfigError("fsp needs student and teacher features with equal channel counts at every tap")
 
     def distill(self, s: list[Tensor], t: list[Tensor]) -> Tensor:
         pairs = range(len(s) - 1)
-        return _mean([(fsp_matrix(s[i], s[i + 1]) - fsp_matrix(t[i], t[i + 1])).pow(2).mean() for i in pairs])
+        return stage_sum([(fsp_matrix(s[i], s[i + 1]) - fsp_matrix(t[i], t[i + 1])).pow(2).mean() for i in pairs])
+
+    init_loss = distill
 
 
 def _similarity(f: Tensor) -> Tensor:
@@ -98,4 +113,4 @@ class SP(FeatureBaseline):
     default_weight = 3000.0
 
     def distill(self, s: list[Tensor], t: list[Tensor]) -> Tensor:
-        return _mean([(_similarity(fs) - _similarity(ft)).pow(2).mean() for fs, ft in zip(s, t)])
+        return stage_sum([(_similarity(fs) - _similarity(ft)).pow(2).mean() for fs, ft in zip(s, t)])

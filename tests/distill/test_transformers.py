@@ -1,0 +1,73 @@
+"""SQuaT and GoR on tiny random-init Hugging Face transformers (built from configs, nothing downloaded)."""
+
+import pytest
+import torch
+
+from qdistill import QuantConfig
+from qdistill.distill import build_objective
+from qdistill.distill.student import make_student
+from qdistill.distill.tap_rules import squat_layer
+
+from .helpers import train_steps
+
+transformers = pytest.importorskip("transformers")
+
+IDS = torch.tensor([[3, 7, 1, 9, 4, 0], [5, 2, 8, 0, 0, 0]])
+MASK = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
+
+
+def _bert() -> torch.nn.Module:
+    cfg = transformers.BertConfig(vocab_size=12, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=24, max_position_embeddings=16, num_labels=3, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0)  # fmt: skip
+    return transformers.BertForSequenceClassification(cfg).eval()
+
+
+def _llama() -> torch.nn.Module:
+    cfg = transformers.LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)  # fmt: skip
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+CASES = {
+    "bert": (_bert, "bert.encoder.layer.1.intermediate.dense"),  # SQuaT's BERT code: the FFN's first layer
+    "llama": (_llama, "model.layers.1.mlp.down_proj"),  # the MLP output projection of the last block
+}
+
+
+def _pair(arch: str):
+    torch.manual_seed(0)
+    teacher = CASES[arch][0]()
+    student = make_student(teacher, QuantConfig(method="lsq", weight_bits=2, act_bits=2), IDS)
+    return student, teacher
+
+
+@pytest.mark.parametrize("arch", sorted(CASES))
+def test_squat_taps_the_last_blocks_ffn_layer_and_trains(arch):
+    student, teacher = _pair(arch)
+    layer = CASES[arch][1]
+    assert squat_layer(student) == layer
+    batch = {"input_ids": IDS, "attention_mask": MASK}
+    with build_objective("squat", student, teacher) as objective:
+        assert objective.features._taps[0].names == [f"{layer}.act_quant"]
+        assert objective.features._taps[1].names == [f"{layer}:input"]
+        loss, logs = objective(batch)
+        loss.backward()
+        assert logs["feat"] > 0 and torch.isfinite(loss)
+        first_blocks = ("layers.0.self_attn.q_proj", "layer.0.attention.self.query")
+        first = next(m for n, m in student.named_modules() if n.endswith(first_blocks))
+        assert first.weight.grad is not None and first.weight.grad.abs().sum() > 0
+        losses = train_steps(objective, batch, None, 3, lr=1e-3)
+        assert all(torch.isfinite(torch.tensor(losses)))
+
+
+@pytest.mark.parametrize("arch", sorted(CASES))
+def test_feature_and_kd_terms_ignore_padded_tokens(arch):
+    student, teacher = _pair(arch)  # (llama is the case where padding changes token logits and features)
+    with build_objective("gor", student, teacher) as objective:
+        objective.eval()
+        _, logs = objective({"input_ids": IDS, "attention_mask": MASK})
+        # other token ids in the padding, attended to by no real token under a causal/padding mask
+        padded = torch.where(MASK.bool(), IDS, torch.full_like(IDS, 11))
+        _, again = objective({"input_ids": padded, "attention_mask": MASK})
+    assert again["kd"] == pytest.approx(logs["kd"], rel=1e-5) and again["feat"] == pytest.approx(logs["feat"], rel=1e-5)
