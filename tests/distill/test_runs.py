@@ -64,4 +64,5 @@ def test_teachers_key_is_validated():
         RunConfig.from_dict({"teachers": {"name": "resnet32"}})
     with pytest.raises(ValueError, match=r"teachers\[0\]"):
         RunConfig.from_dict({"teachers": [{"nam": "resnet32"}]})
-    assert RunConfig(teachers=[ModelConfig("resnet32")]).teachers == (ModelConfig("resnet32"),)
+    t32 = ModelConfig("resnet32", pretrained="t.pt")
+    assert RunConfig(model=ModelConfig(pretrained="s.pt"), teachers=[t32]).teachers == (t32,)
