@@ -41,7 +41,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # The Fashion-MNIST setup shared by Table 1, Table 3 and the figures: one place to change it.
 FMNIST_ROOT = "../shared/data/fashion-mnist"
 FMNIST_MODEL = "smallcnn28"
-FMNIST_TEACHER = "runs/bench/fmnist/teacher/model.pt"
+FMNIST_TEACHER = "runs/bench/fmnist/teacher"  # a run folder: its model.safetensors + model.json
+
+
+def fmnist_teacher_run(out: str, epochs: int = 10, subset: int | None = None, test_subset: int | None = None) -> RunConfig:
+    """The FP32 Fashion-MNIST teacher's run (trained with labels: it stands in for a user's pretrained model)."""
+    data = DataConfig(format="idx", root=FMNIST_ROOT, subset=subset, test_subset=test_subset)
+    train = TrainConfig(epochs=epochs, lr=2e-3, progress=False, device="cpu", hessian_probes=1)
+    return RunConfig(model=ModelConfig(FMNIST_MODEL), data=data, quant=None,
+                     method=MethodConfig("qat"), train=train, out=out)  # fmt: skip
 
 
 def hardware() -> str:

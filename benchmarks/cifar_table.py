@@ -72,16 +72,16 @@ def main() -> None:
     train = TrainConfig(epochs=args.teacher_epochs, optimizer="sgd", lr=0.01, nesterov=True, weight_decay=5e-4,
                         progress=False, device=args.device, hessian_probes=1)  # fmt: skip
     teacher_run = args.teacher_run or f"{args.out}/teacher"
-    if not log.has("teacher") and not Path(f"{teacher_run}/model.pt").exists():
+    if not log.has("teacher") and not Path(f"{teacher_run}/model.safetensors").exists():
         cfg = RunConfig(model=ModelConfig("resnet20", pretrained=TEACHER), data=data, quant=None,
                         method=MethodConfig("qat"), train=train, out=teacher_run)  # fmt: skip
         log.add({"key": "teacher", "method": "fp", "bits": 32, "seed": 0, **timed_run(cfg)})
-    for key, weights in (("teacher_before", TEACHER), ("teacher", f"{teacher_run}/model.pt")):
+    for key, weights in (("teacher_before", TEACHER), ("teacher", teacher_run)):
         record = log.get(key) or {"key": key, "method": "fp", "bits": 32, "seed": 0}
         if record.get("test_images") != args.test_subset:  # students are tested on these images: so is the teacher
             log.add({**record, "test_top1": test_top1(data, weights), "test_images": args.test_subset})
     print("teacher", log.get("teacher_before")["test_top1"], "->", log.get("teacher")["test_top1"], flush=True)
-    model = ModelConfig("resnet20", pretrained=f"{teacher_run}/model.pt")
+    model = ModelConfig("resnet20", pretrained=teacher_run)
     data = replace(data, subset=args.subset)
     student_train = TrainConfig(epochs=args.epochs, lr=5e-4, progress=False, device=args.device, hessian_probes=1)
     for method, quantizer, bits, seed in select_jobs(args, jobs(args.seeds)):

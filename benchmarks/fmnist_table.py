@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from _common import FMNIST_MODEL, FMNIST_ROOT, ResultLog, add_job_filters, hardware, record_run, select_jobs, timed_run
+from _common import FMNIST_MODEL, FMNIST_ROOT, ResultLog, fmnist_teacher_run, add_job_filters, hardware, record_run, select_jobs, timed_run
 from qdistill import BatchLoader, QuantConfig, RunConfig, TrainConfig, create_model, evaluate
 from qdistill.distill import OBJECTIVES
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, prepare_data
@@ -60,17 +60,16 @@ def main() -> None:
     train = TrainConfig(epochs=args.teacher_epochs, lr=2e-3, progress=False, device="cpu", hessian_probes=1)
     teacher_run = args.teacher_run or f"{args.out}/teacher"
     if not log.has("teacher"):
-        cfg = RunConfig(model=ModelConfig(FMNIST_MODEL), data=data, quant=None, method=MethodConfig("qat"), train=train,
-                        out=teacher_run)  # fmt: skip
+        cfg = fmnist_teacher_run(teacher_run, args.teacher_epochs, args.teacher_subset, args.test_subset)
         log.add({"key": "teacher", "method": "fp", "bits": 32, "seed": 0, **timed_run(cfg)})
     teacher = log.get("teacher")
     if teacher.get("test_images") != args.test_subset:  # students are tested on these images: so is the teacher
         splits, _, _, test = prepare_data(data)
-        model = create_model(FMNIST_MODEL, num_classes=10, in_channels=1, pretrained=f"{teacher_run}/model.pt")
+        model = create_model(FMNIST_MODEL, num_classes=10, in_channels=1, pretrained=teacher_run)
         top1 = evaluate(model, BatchLoader(test, 500, mean=splits.mean, std=splits.std), device="cpu")["top1"]
         log.add({**teacher, "test_top1": top1, "test_images": args.test_subset})
     print("teacher", log.get("teacher")["test_top1"], flush=True)
-    model = ModelConfig(FMNIST_MODEL, pretrained=f"{teacher_run}/model.pt")
+    model = ModelConfig(FMNIST_MODEL, pretrained=teacher_run)
     data = replace(data, subset=args.subset)
     for method, quantizer, bits, seed in select_jobs(args, jobs(args.seeds)):
         key = f"{method}-{quantizer}-w{bits}a{bits}-s{seed}"

@@ -19,7 +19,7 @@ SETUPS = {
     "fmnist": (FMNIST_MODEL, DataConfig(format="idx", root=FMNIST_ROOT, subset=3000), FMNIST_TEACHER),
     "cifar": ("resnet20", DataConfig(format="imagefolder", root="../shared/data/cifar10-jpeg.tar.gz", subset=4000,
                                      mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-              "runs/bench/cifar/teacher/model.pt"),
+              "runs/bench/cifar/teacher"),
 }  # fmt: skip
 
 

@@ -160,15 +160,20 @@ def headline(tables: dict[str, dict[str, Any]]) -> str:
 
 
 def kd_table(data: dict[str, Any], fmnist: dict[str, Any] | None, values: dict[str, str]) -> str:
-    """KD baselines at EWGS W2A2; the standalone and SQAKD rows come from the identical Table 1 runs."""
-    teacher = next((r["test_top1"] for r in fmnist["results"] if r["key"] == "teacher"), None) if fmnist else None
+    """KD baselines at EWGS W2A2 against their own teacher. A log that trained no teacher, standalone QAT
+    or SQAKD of its own (the first version of the script) borrows them from the identical Table 1 runs."""
+    own = {r["method"] for r in data["results"]}
+    source = data if "fp" in own else fmnist
+    teacher = next((r["test_top1"] for r in source["results"] if r["key"] == "teacher"), None) if source else None
     lines = ["| method | labels | top-1 | gap to teacher |", "|---|---|---|---|"]
     groups: dict[str, list[dict[str, Any]]] = {}
-    for r in (fmnist or {"results": []})["results"]:
-        if r.get("quantizer") == "ewgs" and r.get("bits") == 2 and r["method"] in ("qat", "sqakd"):
-            groups.setdefault(f"{r['method']} (Table 1 runs)", []).append(r)
+    if "qat" not in own:
+        for r in (fmnist or {"results": []})["results"]:
+            if r.get("quantizer") == "ewgs" and r.get("bits") == 2 and r["method"] in ("qat", "sqakd"):
+                groups.setdefault(f"{r['method']} (Table 1 runs)", []).append(r)
     for r in data["results"]:
-        groups.setdefault(r["method"], []).append(r)
+        if r["method"] != "fp":
+            groups.setdefault(r["method"], []).append(r)
     for method, runs in groups.items():
         top1 = [r["test_top1"] for r in runs if "test_top1" in r]
         if not top1:

@@ -48,7 +48,7 @@ def main() -> None:
                                                  f"Adam 5e-4, {args.test_subset} test images", "hardware": hardware()})  # fmt: skip
     log.save()
     data = DataConfig(format="imagefolder", root=ROOT, subset=args.subset, test_subset=args.test_subset, mean=MEAN, std=STD)
-    model = ModelConfig("resnet20", pretrained=f"{args.cifar_runs}/teacher/model.pt")
+    model = ModelConfig("resnet20", pretrained=f"{args.cifar_runs}/teacher")
     train = TrainConfig(epochs=args.epochs, lr=5e-4, progress=False, device="cpu", hessian_probes=1, seed=0)
     splits = load_dataset("imagefolder", ROOT, mean=MEAN, std=STD)
     torch.manual_seed(0)
