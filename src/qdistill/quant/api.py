@@ -156,7 +156,7 @@ def calibrate(model: nn.Module, batch: Tensor) -> None:
         reestimate_batchnorm(model, batch)
     was_training = model.training
     for _, q in named_quantizers(model):
-        q.initialized.fill_(False)
+        q.reset()
     model.eval()
     try:
         model(batch)

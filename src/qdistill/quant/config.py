@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from qdistill.config import from_dict
-
+from qdistill.errors import ConfigError
 from qdistill.quant.base import QUANTIZERS
 from qdistill.quant.fake_quant import BACKWARDS
 
@@ -24,8 +24,8 @@ class QuantConfig:
         method: quantizer forward: ``pact``, ``lsq``, ``dorefa`` or ``ewgs``.
         weight_bits: 1..8.
         act_bits: 1..8, or None to keep activations full precision.
-        backward: Round's backward (``ste``, ``ewgs``, ``generic``); None picks ``ewgs`` for the
-            EWGS method and ``ste`` otherwise.
+        backward: Round's backward (``ste``, ``ewgs``, ``generic``); None picks the method's
+            ``default_backward`` (``ewgs`` for EWGS, ``ste`` otherwise).
         backward_coef: initial EWGS delta or generic mu.
         per_channel: one weight range per output channel.
         keep_first / keep_last: leave the first conv and the classifier full precision (SQAKD).
@@ -54,29 +54,29 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         if self.method not in QUANTIZERS:
-            raise ValueError(f"quant.method: unknown {self.method!r}; choose one of {', '.join(QUANTIZERS.names())}")
+            raise ConfigError(f"quant.method: unknown {self.method!r}; choose one of {', '.join(QUANTIZERS.names())}")
         for key in ("weight_bits", "act_bits"):
             v = getattr(self, key)
             if v is None and key == "act_bits":
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 8:
-                raise ValueError(f"quant.{key}: must be an integer in 1..8, got {v!r}")
+                raise ConfigError(f"quant.{key}: must be an integer in 1..8, got {v!r}")
         r = self.residual_bits
         if r is not None and (not isinstance(r, int) or isinstance(r, bool) or not 2 <= r <= 8):
-            raise ValueError(f"quant.residual_bits: must be None or an integer in 2..8, got {r!r}")
+            raise ConfigError(f"quant.residual_bits: must be None or an integer in 2..8, got {r!r}")
         if self.backward is not None and self.backward not in BACKWARDS:
-            raise ValueError(f"quant.backward: unknown {self.backward!r}; choose one of {', '.join(BACKWARDS)}")
+            raise ConfigError(f"quant.backward: unknown {self.backward!r}; choose one of {', '.join(BACKWARDS)}")
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         for pattern, over in self.overrides.items():
             bad = set(over) - set(_LAYER_KEYS)
             if bad:
-                raise ValueError(f"quant.overrides[{pattern!r}]: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(_LAYER_KEYS)}")
+                raise ConfigError(f"quant.overrides[{pattern!r}]: unknown key {min(bad)!r}; allowed: {', '.join(_LAYER_KEYS)}")
             replace(self, overrides={}, **over)  # validates the values
 
     @property
     def resolved_backward(self) -> str:
-        return self.backward or ("ewgs" if self.method == "ewgs" else "ste")
+        return self.backward or QUANTIZERS.get(self.method).default_backward
 
     def for_layer(self, name: str) -> QuantConfig:
         """This config with every matching override applied (later patterns win)."""
