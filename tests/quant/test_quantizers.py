@@ -281,7 +281,7 @@ def test_state_dict_keeps_calibration_state_and_reads_old_buffers():
 def test_custom_quantizer_registered_by_name_is_used_by_quantize():
     from torch import nn
 
-    from qdistill.quant import Interval, Quantizer, QuantConfig, quantize
+    from qdistill.quant import Interval, QuantConfig, Quantizer, quantize
 
     class Halves(Quantizer):
         """Rounds to multiples of 0.5 in [-1, 1] (levels = 2^bits, here 5 used of 8)."""
