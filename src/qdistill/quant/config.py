@@ -13,7 +13,8 @@ from qdistill.quant.fake_quant import BACKWARDS
 
 __all__ = ["QuantConfig"]
 
-_LAYER_KEYS = ("method", "weight_bits", "act_bits", "backward", "backward_coef", "per_channel")
+_LAYER_KEYS = ("method", "weight_bits", "act_bits", "backward", "backward_coef", "per_channel", "group_size", "act_granularity")
+ACT_GRANULARITIES = ("tensor", "token")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,13 @@ class QuantConfig:
             ``default_backward`` (``ewgs`` for EWGS, ``ste`` otherwise).
         backward_coef: initial EWGS delta or generic mu.
         per_channel: one weight range per output channel.
+        group_size: one weight range per output channel and group of this many inputs (along the
+            input dimension; it must divide each quantized layer's input count). None: per
+            tensor or per channel as ``per_channel`` says.
+        act_granularity: ``tensor`` (one learned range, the method's rule) or ``token`` (a range
+            per token, min/max over the last dimension computed on the fly: transformer
+            activations; only for layers reading features on the last dimension).
+        quantize_embeddings: also quantize ``nn.Embedding`` tables (weights only; off by default).
         keep_first / keep_last: leave the first conv and the classifier full precision (SQAKD).
         include: module-name globs quantized even when kept by keep_first/keep_last.
         exclude: module-name globs left full precision.
@@ -44,6 +52,9 @@ class QuantConfig:
     backward: str | None = None
     backward_coef: float = 1e-3
     per_channel: bool = False
+    group_size: int | None = None
+    act_granularity: str = "tensor"
+    quantize_embeddings: bool = False
     keep_first: bool = True
     keep_last: bool = True
     include: tuple[str, ...] = ()
@@ -61,6 +72,11 @@ class QuantConfig:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 8:
                 raise ConfigError(f"quant.{key}: must be an integer in 1..8, got {v!r}")
+        g = self.group_size
+        if g is not None and (not isinstance(g, int) or isinstance(g, bool) or g < 1):
+            raise ConfigError(f"quant.group_size: must be None or a positive integer, got {g!r}")
+        if self.act_granularity not in ACT_GRANULARITIES:
+            raise ConfigError(f"quant.act_granularity: unknown {self.act_granularity!r}; choose one of {', '.join(ACT_GRANULARITIES)}")
         r = self.residual_bits
         if r is not None and (not isinstance(r, int) or isinstance(r, bool) or not 2 <= r <= 8):
             raise ConfigError(f"quant.residual_bits: must be None or an integer in 2..8, got {r!r}")
