@@ -219,4 +219,4 @@ def test_calibrate_accepts_a_forward_loop():
 
 def test_import_qdistill_does_not_import_transformers():
     code = "import sys, qdistill; sys.exit('transformers' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
