@@ -266,10 +266,12 @@ def test_default_backward_comes_from_the_quantizer_class():
     assert QuantConfig(method="ewgs", backward="ste").resolved_backward == "ste"
 
 
-def test_state_dict_keeps_calibration_state_and_reads_old_buffers():
+def test_state_dict_keeps_calibration_state_and_reads_old_buffers(tmp_path):
     a = _act(LSQQuantizer, 4, torch.randn(100))
+    assert all(isinstance(v, torch.Tensor) for v in a.state_dict().values())  # tensors only
+    torch.save(a.state_dict(), tmp_path / "q.pt")
     b = LSQQuantizer(4, is_weight=False)
-    b.load_state_dict(a.state_dict())
+    b.load_state_dict(torch.load(tmp_path / "q.pt", weights_only=True))
     assert b.initialized and b.signed
     old = {"coef": torch.tensor(1e-3), "step": torch.tensor(0.3), "signed": torch.tensor(True), "initialized": torch.tensor(True)}
     c = LSQQuantizer(4, is_weight=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -149,20 +148,20 @@ class Quantizer(nn.Module):
         iv = self.interval(x.float())
         return fake_quant(iv.x, iv.lo, iv.hi, iv.step, iv.zero, self.levels).detach().to(x.dtype)
 
-    def get_extra_state(self) -> dict[str, bool]:
-        return {"signed": self.signed, "initialized": self.initialized}
+    def get_extra_state(self) -> Tensor:
+        """``[signed, initialized]`` as a bool tensor: state dicts stay tensors-only (safetensors,
+        ``weights_only`` loading, code that clones every entry)."""
+        return torch.tensor([self.signed, self.initialized])
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.signed = bool(state["signed"])
-        self.initialized = bool(state["initialized"])
+    def set_extra_state(self, state: Tensor) -> None:
+        self.signed, self.initialized = (bool(v) for v in state.tolist())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
         # State dicts written before signedness became Python state carry two bool buffers.
-        old = {k: state_dict.pop(prefix + k) for k in ("signed", "initialized") if prefix + k in state_dict}
+        old = {k: bool(state_dict.pop(prefix + k)) for k in ("signed", "initialized") if prefix + k in state_dict}
         if old and prefix + "_extra_state" not in state_dict:
-            state_dict[prefix + "_extra_state"] = {k: bool(v) for k, v in old.items()} | {
-                k: getattr(self, k) for k in ("signed", "initialized") if k not in old
-            }
+            merged = {"signed": self.signed, "initialized": self.initialized} | old
+            state_dict[prefix + "_extra_state"] = torch.tensor([merged["signed"], merged["initialized"]])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
