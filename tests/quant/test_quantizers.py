@@ -316,3 +316,14 @@ def test_one_bit_activation_init_keeps_units_alive(method):
     x = torch.randn(4096).relu()
     q = _act(QUANTIZERS.get(method), 1, x)
     assert (q(x) > 0).float().mean() > 0.2
+
+
+@pytest.mark.parametrize("method", ["pact", "lsq", "ewgs"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_tiny_activations_keep_their_scale(method, signed):
+    """A random-init MobileNetV2 (BN at its initial statistics) has 1e-7 activations; an absolute
+    range floor of 1e-4 (calibration) or 1e-6 (EWGS interval) rounded them all to zero."""
+    torch.manual_seed(0)
+    x = (torch.randn(4096) if signed else torch.rand(4096)) * 1e-7
+    q = _act(QUANTIZERS.get(method), 8, x)
+    assert (q(x) - x).norm() < 0.1 * x.norm()  # all zero before: an error of 100%

@@ -50,7 +50,7 @@ class EWGSQuantizer(Quantizer):
 
     def interval(self, x: Tensor) -> Interval:
         lo = self.lower
-        hi = lo + (self.upper - lo).clamp_min(1e-6)
+        hi = lo + (self.upper - lo).clamp_min(1e-12)  # keeps u > l; tiny (1e-7) activations keep their grid
         s = self.out_scale
         if self.is_weight:
             return Interval(x, lo, hi, s * (2 / self.n), self.n / 2)

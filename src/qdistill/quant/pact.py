@@ -30,7 +30,7 @@ def activation_range(x: Tensor, bits: int) -> tuple[float, float]:
     hi = 3.0 * x.std().item() / math.sqrt(1 - 2 / math.pi)
     if bits == 1:
         hi = min(hi, 2 * x.abs().mean().item())
-    return 0.0, max(hi, 1e-4)
+    return 0.0, hi if hi > 0 else 1e-4  # a floor only for an all-zero input: tiny activations keep their scale
 
 
 @QUANTIZERS.register("pact")
