@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def snippets() -> list[str]:
     text = README.read_text()
     section = text.split("## Quantize your own model\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
 
 
 def test_the_section_has_three_snippets():
