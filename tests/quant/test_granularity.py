@@ -27,7 +27,7 @@ def test_lsq_weight_groups_along_the_input_dimension():
     assert q.weight_quant.step.shape == (4, 1)  # (output 0, inputs 0-1), (0, 2-3), (1, 0-1), (1, 2-3)
     q.weight_quant.step.data.copy_(torch.tensor([[0.1], [1.0], [10.0], [0.5]]))
     expected = torch.tensor([[0.3, -0.4, 3.0, 3.0], [30.0, -40.0, 0.5, 0.0]])  # levels (-4..3) * step of each group
-    assert torch.allclose(q.quant_weight(q.weight), expected)
+    assert torch.allclose(q.quant_weight(), expected)
     x = torch.randn(3, 4)
     assert torch.allclose(q(x), x @ expected.t() + lin.bias)
 
@@ -40,7 +40,7 @@ def test_conv_groups_hold_whole_kernels_of_group_size_input_channels():
     q = _only(conv, group_size=2)
     q.weight_quant.step.data.copy_(torch.tensor([[1.0], [3.0]]))
     expected = torch.tensor([1.0, 2.0, 3.0, 3.0, 6.0, 6.0, 6.0, 9.0]).view(1, 4, 1, 2)  # min(round(w / s), 3) * s
-    assert torch.allclose(q.quant_weight(q.weight), expected)
+    assert torch.allclose(q.quant_weight(), expected)
 
 
 @pytest.mark.parametrize("method", ["dorefa", "pact"])
@@ -52,9 +52,9 @@ def test_dorefa_weight_groups_normalise_by_each_group_max(method):
     q = _only(lin, method=method, weight_bits=2, group_size=2)
     t = torch.tanh(w).view(4, 2)
     expected = 2 * torch.round((t / (2 * t.abs().amax(1, keepdim=True)) + 0.5) * 3) / 3 - 1
-    assert torch.allclose(q.quant_weight(q.weight), expected.view(2, 4))
+    assert torch.allclose(q.quant_weight(), expected.view(2, 4))
     # the group (0.01, -0.02) keeps its shape instead of rounding to one level of the whole tensor
-    assert torch.allclose(q.quant_weight(q.weight)[1, :2], torch.tensor([1 / 3, -1.0]))
+    assert torch.allclose(q.quant_weight()[1, :2], torch.tensor([1 / 3, -1.0]))
 
 
 def test_ewgs_weight_groups_start_at_three_std_of_each_group():
@@ -113,7 +113,7 @@ def test_token_activations_in_a_linear_and_refused_for_convs():
     lin = _only(nn.Linear(4, 2), act_bits=2, act_granularity="token")
     assert isinstance(lin.act_quant, TokenQuantizer)
     x = torch.tensor([[-1.0, 0.0, 0.4, 2.0]])
-    assert torch.allclose(lin(x), torch.tensor([[-1.0, 0.0, 0.0, 2.0]]) @ lin.quant_weight(lin.weight).t() + lin.bias)
+    assert torch.allclose(lin(x), torch.tensor([[-1.0, 0.0, 0.0, 2.0]]) @ lin.quant_weight().t() + lin.bias)
     net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Conv2d(2, 2, 1), nn.Flatten(), nn.Linear(2, 2), nn.Linear(2, 2))
     with pytest.raises(ConfigError, match="act_granularity 'token' needs features on the last dimension"):
         quantize(net, QuantConfig(act_granularity="token"))

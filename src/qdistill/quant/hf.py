@@ -35,8 +35,11 @@ class QHFConv1D(QuantModule, Conv1D):
         with torch.device("meta"):  # the float layer's Parameters replace these
             q = cls(conv.nf, conv.nx)
         q.weight, q.bias = conv.weight, conv.bias
-        q.attach_quantizers(cfg, conv.weight.t())
+        q.attach_quantizers(cfg)
         return q
 
+    def oriented_weight(self) -> Tensor:
+        return self.weight.t()
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.quant_input(x), self.quant_weight(self.weight.t()), self.bias)
+        return F.linear(self.quant_input(x), self.quant_weight(), self.bias)

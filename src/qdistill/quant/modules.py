@@ -36,14 +36,14 @@ class QuantModule:
     features_last = False
     quantizes_input = True
 
-    def attach_quantizers(self, cfg: QuantConfig, weight: Tensor) -> None:
-        """Build and initialise the quantizers of ``cfg`` for ``weight`` (output channel first)."""
+    def attach_quantizers(self, cfg: QuantConfig) -> None:
+        """Build the quantizers of ``cfg`` and initialise the weight's from the current weight."""
         cls = QUANTIZERS.get(cfg.method)
         granularity = "group" if cfg.group_size else "channel" if cfg.per_channel else "tensor"
         if granularity not in cls.weight_granularities:
             raise ConfigError(f"quant.method {cfg.method!r} defines weight ranges per {', '.join(cls.weight_granularities)}, not per {granularity}")
         self.group_size = cfg.group_size
-        view = self.weight_view(weight.detach())
+        view = self.weight_quant_input().detach()
         channels = (view.shape[0],) + (1,) * (view.dim() - 1) if granularity != "tensor" else ()
         common = {"backward": cfg.resolved_backward, "coef": cfg.backward_coef}
         self.weight_quant = cls(cfg.weight_bits, is_weight=True, channel_shape=channels, **common)
@@ -55,8 +55,17 @@ class QuantModule:
             token = cfg.act_granularity == "token"
             self.act_quant = TokenQuantizer(cfg.act_bits, **common) if token else cls(cfg.act_bits, is_weight=False, **common)
 
+    def oriented_weight(self) -> Tensor:
+        """The weight with the output channel first (transformers' Conv1D stores it transposed)."""
+        return self.weight
+
+    def weight_quant_input(self) -> Tensor:
+        """What the weight quantizer sees (export recomputes levels from it): the oriented weight,
+        or one row per (output channel, group)."""
+        return self.weight_view(self.oriented_weight())
+
     def weight_view(self, w: Tensor) -> Tensor:
-        """``w`` as the weight quantizer sees it: unchanged, or one row per (channel, group)."""
+        """``w`` (output channel first) as the weight quantizer sees it."""
         g = self.group_size
         if g is None:
             return w
@@ -64,7 +73,9 @@ class QuantModule:
             raise ConfigError(f"quant.group_size {g} does not divide the {w.shape[1]} inputs of {type(self).__name__} weight {tuple(w.shape)}")
         return w.reshape(w.shape[0] * (w.shape[1] // g), -1)
 
-    def quant_weight(self, w: Tensor) -> Tensor:
+    def quant_weight(self) -> Tensor:
+        """The fake-quantized weight, output channel first."""
+        w = self.oriented_weight()
         return self.weight_quant(self.weight_view(w)).reshape(w.shape)
 
     def quant_input(self, x: Tensor) -> Tensor:
@@ -82,11 +93,11 @@ class _QConv(QuantModule):
             device=conv.weight.device, dtype=conv.weight.dtype,
         )  # fmt: skip
         q.weight, q.bias = conv.weight, conv.bias
-        q.attach_quantizers(cfg, conv.weight)
+        q.attach_quantizers(cfg)
         return q
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.quant_input(x), self.quant_weight(self.weight), self.bias)
+        return self._conv_forward(self.quant_input(x), self.quant_weight(), self.bias)
 
 
 class QConv2d(_QConv, nn.Conv2d):
@@ -107,11 +118,11 @@ class QLinear(QuantModule, nn.Linear):
         q = cls(linear.in_features, linear.out_features, linear.bias is not None,
                 device=linear.weight.device, dtype=linear.weight.dtype)  # fmt: skip
         q.weight, q.bias = linear.weight, linear.bias
-        q.attach_quantizers(cfg, linear.weight)
+        q.attach_quantizers(cfg)
         return q
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.quant_input(x), self.quant_weight(self.weight), self.bias)
+        return F.linear(self.quant_input(x), self.quant_weight(), self.bias)
 
 
 class QEmbedding(QuantModule, nn.Embedding):
@@ -127,9 +138,8 @@ class QEmbedding(QuantModule, nn.Embedding):
         q = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, emb.max_norm, emb.norm_type,
                 emb.scale_grad_by_freq, emb.sparse, device=emb.weight.device, dtype=emb.weight.dtype)  # fmt: skip
         q.weight = emb.weight
-        q.attach_quantizers(cfg, emb.weight)
+        q.attach_quantizers(cfg)
         return q
 
     def forward(self, ids: Tensor) -> Tensor:
-        w = self.quant_weight(self.weight)
-        return F.embedding(ids, w, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
+        return F.embedding(ids, self.quant_weight(), self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
