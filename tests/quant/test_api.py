@@ -208,3 +208,15 @@ def test_scale_free_weights_get_fresh_batchnorm_statistics():
         assert similarity > 0.3  # PACT 0.21, DoReFa 0.09 with the teacher's statistics
         if method == "pact":
             assert float(student[3].act_quant.alpha) < 5.0  # 2.9 (22.7 before)
+
+
+def test_full_precision_layers_of_a_student_are_its_teachers():
+    """A student quantized with keep_first=False still names its input conv (tap rules read its in_channels)."""
+    import qdistill
+    from qdistill.quant import full_precision_layers
+
+    teacher = qdistill.create_model("smallcnn28", in_channels=1)
+    student = quantize(qdistill.create_model("smallcnn28", in_channels=1), QuantConfig(keep_first=False, keep_last=False))
+    assert full_precision_layers(student) == full_precision_layers(teacher) == ("conv1", "fc")
+    net = quantize(tiny_net(), QuantConfig(keep_first=False))
+    assert full_precision_layers(net) == ("0", "10")

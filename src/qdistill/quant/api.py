@@ -144,8 +144,9 @@ def _ends(model: nn.Module, config: QuantConfig, calib_data: CalibData | None) -
     ``calib_data``, or in registration order without it.
     """
 
-    def eligible(m: nn.Module) -> bool:
-        return quant_class(m) is not None and (config.quantize_embeddings or not isinstance(m, nn.Embedding))
+    def eligible(m: nn.Module) -> bool:  # quantized layers count too: the ends of a student are its teacher's
+        quantizable = quant_class(m) is not None or isinstance(m, QuantModule)
+        return quantizable and (config.quantize_embeddings or not isinstance(m, nn.Embedding))
 
     def inside(mods: list[nn.Module]) -> list[nn.Module]:
         return [m for top in mods for m in top.modules() if eligible(m)]
