@@ -220,3 +220,27 @@ def test_calibrate_accepts_a_forward_loop():
 def test_import_qdistill_does_not_import_transformers():
     code = "import sys, qdistill; sys.exit('transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_timm_pretrained_cfg_names_the_ends():
+    class TimmLike(nn.Module):
+        """Registered head first: registration order alone would keep the wrong layers."""
+
+        pretrained_cfg = {"first_conv": "stem.conv", "classifier": ("head.fc", "head_dist")}
+
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Module()
+            self.head.fc = nn.Linear(4, 2)
+            self.head_dist = nn.Linear(4, 2)
+            self.body = nn.Conv2d(4, 4, 1)
+            self.stem = nn.Module()
+            self.stem.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            f = self.body(self.stem.conv(x)).mean((2, 3))
+            return self.head.fc(f) + self.head_dist(f)
+
+    net = quantize(TimmLike(), QuantConfig(method="lsq"))
+    assert type(net.stem.conv) is nn.Conv2d and type(net.head.fc) is nn.Linear and type(net.head_dist) is nn.Linear
+    assert [name for name, _, _ in net.qdistill_summary.quantized] == ["body"]
