@@ -226,10 +226,9 @@ def test_timm_pretrained_cfg_names_the_ends():
     class TimmLike(nn.Module):
         """Registered head first: registration order alone would keep the wrong layers."""
 
-        pretrained_cfg = {"first_conv": "stem.conv", "classifier": ("head.fc", "head_dist")}
-
         def __init__(self):
             super().__init__()
+            self.pretrained_cfg = {"first_conv": "stem.conv", "classifier": ("head.fc", "head_dist")}
             self.head = nn.Module()
             self.head.fc = nn.Linear(4, 2)
             self.head_dist = nn.Linear(4, 2)
