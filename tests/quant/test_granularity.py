@@ -124,7 +124,8 @@ def test_token_activations_in_a_linear_and_refused_for_convs():
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"group_size": 0}, "quant.group_size"), ({"group_size": "8"}, "quant.group_size"),
-     ({"act_granularity": "channel"}, "quant.act_granularity")],
+     ({"act_granularity": "channel"}, "quant.act_granularity"), ({"per_channel": "yes"}, "quant.per_channel"),
+     ({"quantize_embeddings": 1}, "quant.quantize_embeddings")],
 )  # fmt: skip
 def test_config_rejects_bad_granularity(kwargs, message):
     with pytest.raises(ConfigError, match=message):

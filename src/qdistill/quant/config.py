@@ -72,6 +72,9 @@ class QuantConfig:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 8:
                 raise ConfigError(f"quant.{key}: must be an integer in 1..8, got {v!r}")
+        for key in ("per_channel", "quantize_embeddings", "keep_first", "keep_last"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"quant.{key}: must be true or false, got {getattr(self, key)!r}")
         g = self.group_size
         if g is not None and (not isinstance(g, int) or isinstance(g, bool) or g < 1):
             raise ConfigError(f"quant.group_size: must be None or a positive integer, got {g!r}")
