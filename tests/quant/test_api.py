@@ -119,11 +119,29 @@ def test_ewgs_delta_is_updated_from_hessian():
     x = torch.randn(8, 3, 8, 8)
     target = torch.randn(8, 3)
     deltas = update_ewgs_delta(net, [x], lambda b: (net(b) - target).pow(2).mean(), probes=2)
-    assert deltas and all(d >= 0 for d in deltas.values())
-    assert any(abs(d - 1e-3) > 1e-6 for d in deltas.values())
+    assert deltas and any(abs(d - 1e-3) > 1e-6 for d in deltas.values())
     stored = {n: float(q.coef) for n, q in named_quantizers(net)}
     assert all(stored[n] == pytest.approx(d) for n, d in deltas.items())
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_ewgs_delta_equals_the_hand_computed_hessian_ratio():
+    """Loss sum((w y - t)^2) / N has the diagonal Hessian 2 w^2 / N in y = q(x), so one probe is exact:
+    delta = s * (Tr(H) / N) / (3 std(g)) with g = 2 w (w y - t) / N and s the output scale."""
+    from qdistill.quant import EWGSQuantizer
+
+    torch.manual_seed(0)
+    q = EWGSQuantizer(2, is_weight=False, backward="ewgs")
+    x, t, w = torch.rand(16, 4), torch.randn(16, 4), 0.5
+    q.initialize(x)
+    net = nn.Sequential(q)
+    deltas = update_ewgs_delta(net, [x], lambda b: ((net(b) * w - t) ** 2).mean(), probes=1)
+    with torch.no_grad():
+        y, n = q(x), x.numel()
+        g = 2 * w * (w * y - t) / n
+        expected = float(q.out_scale) * (2 * w**2 / n) / (3 * g.std())
+    assert 0 < expected < 3  # inside the clamp [0, levels - 1]
+    assert deltas["0"] == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_ste_quantizers_are_not_touched_by_hessian_update():
@@ -190,3 +208,15 @@ def test_scale_free_weights_get_fresh_batchnorm_statistics():
         assert similarity > 0.3  # PACT 0.21, DoReFa 0.09 with the teacher's statistics
         if method == "pact":
             assert float(student[3].act_quant.alpha) < 5.0  # 2.9 (22.7 before)
+
+
+def test_full_precision_layers_of_a_student_are_its_teachers():
+    """A student quantized with keep_first=False still names its input conv (tap rules read its in_channels)."""
+    import qdistill
+    from qdistill.quant import full_precision_layers
+
+    teacher = qdistill.create_model("smallcnn28", in_channels=1)
+    student = quantize(qdistill.create_model("smallcnn28", in_channels=1), QuantConfig(keep_first=False, keep_last=False))
+    assert full_precision_layers(student) == full_precision_layers(teacher) == ("conv1", "fc")
+    net = quantize(tiny_net(), QuantConfig(keep_first=False))
+    assert full_precision_layers(net) == ("0", "10")

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from qdistill.errors import ConfigError
 from qdistill.quant.fake_quant import BACKWARDS, fake_quant
 from qdistill.registry import Registry
 
-__all__ = ["QUANTIZERS", "Interval", "Quantizer"]
+__all__ = ["QUANTIZERS", "Interval", "Quantizer", "zero_aligned"]
 
 QUANTIZERS: Registry[type[Quantizer]] = Registry("quantizer")
 
@@ -23,8 +24,21 @@ class Interval:
     lo: Tensor
     hi: Tensor
     step: Tensor  # output = (level - zero) * step
-    zero: float = 0.0
+    zero: Tensor | float = 0.0
     range_rule: str = "full"
+
+
+def zero_aligned(lo: Tensor, hi: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Move ``[lo, hi]`` by less than one step so that 0 is one of its ``n + 1`` levels.
+
+    Returns ``(lo', hi', zero)`` with ``zero`` the integer level of x = 0 (clamped to 0..n): an
+    integer zero point keeps 0 exact and is what an integer runtime needs. ``zero`` is detached,
+    a function of the current range, so gradients reach ``lo``/``hi`` through the step only.
+    """
+    delta = (hi - lo) / n
+    zero = torch.round(-lo / delta).clamp(0, n).detach()
+    lo = -zero * delta
+    return lo, lo + n * delta, zero
 
 
 class Quantizer(nn.Module):
@@ -33,6 +47,9 @@ class Quantizer(nn.Module):
     Subclasses implement ``init_from(x)`` (set ranges from a first tensor, e.g. a calibration
     batch) and ``interval(x)``. Activation quantizers decide at initialisation whether their input
     is signed: after a ReLU all values are >= 0 and an unsigned grid keeps every level useful.
+    Signedness and initialisation are plain Python state fixed at calibration (saved in the state
+    dict's extra state), so an initialised quantizer's forward has no data-dependent branch and
+    traces with ``torch.export`` / ``torch.compile(fullgraph=True)``.
 
     Args:
         bits: 1..8.
@@ -44,22 +61,25 @@ class Quantizer(nn.Module):
         coef: initial EWGS delta or generic mu.
     """
 
+    default_backward = "ste"  # what QuantConfig.backward=None resolves to for this method
+    weight_granularities: tuple[str, ...] = ("tensor", "channel", "group")  # weight ranges it defines
+
     def __init__(
         self, bits: int, *, is_weight: bool, channel_shape: tuple[int, ...] = (), backward: str = "ste", coef: float = 1e-3
     ):
         super().__init__()
         if not 1 <= int(bits) <= 8:
-            raise ValueError(f"bits must be in 1..8, got {bits}")
+            raise ConfigError(f"bits must be in 1..8, got {bits}")
         if backward not in BACKWARDS:
-            raise ValueError(f"unknown backward {backward!r}; choose one of {BACKWARDS}")
+            raise ConfigError(f"unknown backward {backward!r}; choose one of {BACKWARDS}")
         self.bits = int(bits)
         self.is_weight = is_weight
         self.channel_shape = tuple(channel_shape)
         self.channels = self.channel_shape[0] if self.channel_shape else 1
         self.backward_mode = backward
         self.register_buffer("coef", torch.tensor(float(coef)))
-        self.register_buffer("signed", torch.tensor(is_weight))
-        self.register_buffer("initialized", torch.tensor(False))
+        self.signed: bool = is_weight
+        self.initialized = False
         self.capture = False  # set by the EWGS Hessian estimator to keep the output for autograd
         self.captured: Tensor | None = None
         self.captured_scale = 1.0  # output units per unit of the normalised grid x_q, for the Hessian
@@ -97,20 +117,25 @@ class Quantizer(nn.Module):
     def initialize(self, x: Tensor) -> None:
         """Set signedness and ranges from ``x``; later calls re-initialise (calibration)."""
         if not self.is_weight:
-            self.signed.fill_(bool((x < 0).any()))
-        self.init_from(x.detach())
-        self.initialized.fill_(True)
+            self.signed = bool((x < 0).any())
+        self.init_from(x.detach().float())
+        self.initialized = True
+
+    def reset(self) -> None:
+        """Forget the calibration: the next forward initialises from its input again."""
+        self.initialized = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if not bool(self.initialized):
+        if not self.initialized:  # calibration (eager); an initialised quantizer never branches here
             self.initialize(x)
-        iv = self.interval(x)
+        x32 = x.float()  # fp32 math under autocast too: the same levels as eval and export
+        iv = self.interval(x32)
         y = fake_quant(iv.x, iv.lo, iv.hi, iv.step, iv.zero, self.levels, self.backward_mode, self.coef, iv.range_rule)
         if self.capture and y.requires_grad:
             y.retain_grad()
             self.captured = y
             self.captured_scale = float((iv.step * self.n).detach().abs().mean())
-        return y
+        return y.to(x.dtype)
 
     @torch.no_grad()
     def project(self, x: Tensor) -> Tensor:
@@ -118,11 +143,27 @@ class Quantizer(nn.Module):
 
         This is SQuaT's projection: the target is a tensor the student can represent exactly.
         """
-        if not bool(self.initialized):
+        if not self.initialized:
             raise RuntimeError("quantizer is not initialised: calibrate the model or run one forward first")
-        iv = self.interval(x)
-        return fake_quant(iv.x, iv.lo, iv.hi, iv.step, iv.zero, self.levels).detach()
+        iv = self.interval(x.float())
+        return fake_quant(iv.x, iv.lo, iv.hi, iv.step, iv.zero, self.levels).detach().to(x.dtype)
+
+    def get_extra_state(self) -> Tensor:
+        """``[signed, initialized]`` as a bool tensor: state dicts stay tensors-only (safetensors,
+        ``weights_only`` loading, code that clones every entry)."""
+        return torch.tensor([self.signed, self.initialized])
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.signed, self.initialized = (bool(v) for v in state.tolist())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        # State dicts written before signedness became Python state carry two bool buffers.
+        old = {k: bool(state_dict.pop(prefix + k)) for k in ("signed", "initialized") if prefix + k in state_dict}
+        if old and prefix + "_extra_state" not in state_dict:
+            merged = {"signed": self.signed, "initialized": self.initialized} | old
+            state_dict[prefix + "_extra_state"] = torch.tensor([merged["signed"], merged["initialized"]])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         kind = "weight" if self.is_weight else "act"
-        return f"{kind}, bits={self.bits}, signed={bool(self.signed)}, backward={self.backward_mode}"
+        return f"{kind}, bits={self.bits}, signed={self.signed}, backward={self.backward_mode}"

@@ -7,13 +7,14 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from qdistill.config import from_dict
-
+from qdistill.errors import ConfigError
 from qdistill.quant.base import QUANTIZERS
 from qdistill.quant.fake_quant import BACKWARDS
 
 __all__ = ["QuantConfig"]
 
-_LAYER_KEYS = ("method", "weight_bits", "act_bits", "backward", "backward_coef", "per_channel")
+_LAYER_KEYS = ("method", "weight_bits", "act_bits", "backward", "backward_coef", "per_channel", "group_size", "act_granularity")
+ACT_GRANULARITIES = ("tensor", "token")
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,17 @@ class QuantConfig:
         method: quantizer forward: ``pact``, ``lsq``, ``dorefa`` or ``ewgs``.
         weight_bits: 1..8.
         act_bits: 1..8, or None to keep activations full precision.
-        backward: Round's backward (``ste``, ``ewgs``, ``generic``); None picks ``ewgs`` for the
-            EWGS method and ``ste`` otherwise.
+        backward: Round's backward (``ste``, ``ewgs``, ``generic``); None picks the method's
+            ``default_backward`` (``ewgs`` for EWGS, ``ste`` otherwise).
         backward_coef: initial EWGS delta or generic mu.
         per_channel: one weight range per output channel.
+        group_size: one weight range per output channel and group of this many inputs (along the
+            input dimension; it must divide each quantized layer's input count). None: per
+            tensor or per channel as ``per_channel`` says.
+        act_granularity: ``tensor`` (one learned range, the method's rule) or ``token`` (a range
+            per token, min/max over the last dimension computed on the fly: transformer
+            activations; only for layers reading features on the last dimension).
+        quantize_embeddings: also quantize ``nn.Embedding`` tables (weights only; off by default).
         keep_first / keep_last: leave the first conv and the classifier full precision (SQAKD).
         include: module-name globs quantized even when kept by keep_first/keep_last.
         exclude: module-name globs left full precision.
@@ -44,6 +52,9 @@ class QuantConfig:
     backward: str | None = None
     backward_coef: float = 1e-3
     per_channel: bool = False
+    group_size: int | None = None
+    act_granularity: str = "tensor"
+    quantize_embeddings: bool = False
     keep_first: bool = True
     keep_last: bool = True
     include: tuple[str, ...] = ()
@@ -54,29 +65,37 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         if self.method not in QUANTIZERS:
-            raise ValueError(f"quant.method: unknown {self.method!r}; choose one of {', '.join(QUANTIZERS.names())}")
+            raise ConfigError(f"quant.method: unknown {self.method!r}; choose one of {', '.join(QUANTIZERS.names())}")
         for key in ("weight_bits", "act_bits"):
             v = getattr(self, key)
             if v is None and key == "act_bits":
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 8:
-                raise ValueError(f"quant.{key}: must be an integer in 1..8, got {v!r}")
+                raise ConfigError(f"quant.{key}: must be an integer in 1..8, got {v!r}")
+        for key in ("per_channel", "quantize_embeddings", "keep_first", "keep_last"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"quant.{key}: must be true or false, got {getattr(self, key)!r}")
+        g = self.group_size
+        if g is not None and (not isinstance(g, int) or isinstance(g, bool) or g < 1):
+            raise ConfigError(f"quant.group_size: must be None or a positive integer, got {g!r}")
+        if self.act_granularity not in ACT_GRANULARITIES:
+            raise ConfigError(f"quant.act_granularity: unknown {self.act_granularity!r}; choose one of {', '.join(ACT_GRANULARITIES)}")
         r = self.residual_bits
         if r is not None and (not isinstance(r, int) or isinstance(r, bool) or not 2 <= r <= 8):
-            raise ValueError(f"quant.residual_bits: must be None or an integer in 2..8, got {r!r}")
+            raise ConfigError(f"quant.residual_bits: must be None or an integer in 2..8, got {r!r}")
         if self.backward is not None and self.backward not in BACKWARDS:
-            raise ValueError(f"quant.backward: unknown {self.backward!r}; choose one of {', '.join(BACKWARDS)}")
+            raise ConfigError(f"quant.backward: unknown {self.backward!r}; choose one of {', '.join(BACKWARDS)}")
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         for pattern, over in self.overrides.items():
             bad = set(over) - set(_LAYER_KEYS)
             if bad:
-                raise ValueError(f"quant.overrides[{pattern!r}]: unknown key {sorted(bad)[0]!r}; allowed: {', '.join(_LAYER_KEYS)}")
+                raise ConfigError(f"quant.overrides[{pattern!r}]: unknown key {min(bad)!r}; allowed: {', '.join(_LAYER_KEYS)}")
             replace(self, overrides={}, **over)  # validates the values
 
     @property
     def resolved_backward(self) -> str:
-        return self.backward or ("ewgs" if self.method == "ewgs" else "ste")
+        return self.backward or QUANTIZERS.get(self.method).default_backward
 
     def for_layer(self, name: str) -> QuantConfig:
         """This config with every matching override applied (later patterns win)."""

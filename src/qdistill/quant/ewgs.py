@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from qdistill.quant.base import QUANTIZERS, Interval, Quantizer
+from qdistill.quant.base import QUANTIZERS, Interval, Quantizer, zero_aligned
 from qdistill.quant.pact import activation_range
 
 __all__ = ["EWGSQuantizer"]
@@ -15,12 +15,17 @@ __all__ = ["EWGSQuantizer"]
 class EWGSQuantizer(Quantizer):
     """``x_n = clamp((x - l) / (u - l), 0, 1)`` quantized on [0, 1], then scaled by a learnable ``s``.
 
-    Weights map the levels to ``s * (2 x_q - 1)`` (symmetric), activations to ``s * x_q`` (or
-    ``s * (2 x_q - 1)`` when signed). Initialisation follows the EWGS paper: weights l, u = -+3 std,
+    Weights map the levels to ``s * (2 x_q - 1)`` (symmetric), activations to ``s * x_q``.
+    Signed activations (calibration saw a negative value) keep zero at zero: ``[l, u]`` moves by
+    less than one step so that 0 is a level (`zero_aligned`), and the output is
+    ``(k - z) * s / (L - 1)`` with ``z`` that level's integer index; at 1 bit a signed grid is
+    ``{-s/2, +s/2}`` split at 0. Initialisation follows the EWGS paper: weights l, u = -+3 std,
     activations from calibration-batch statistics. The paper applies one output scale after the
     convolution; here each quantizer owns its scale, which is the same function (the product of the
     two is the paper's scale) and keeps quantizers independent of the layer.
     """
+
+    default_backward = "ewgs"
 
     def __init__(self, bits: int, **kw) -> None:
         super().__init__(bits, **kw)
@@ -41,12 +46,18 @@ class EWGSQuantizer(Quantizer):
         lo, hi = activation_range(x, self.bits)
         self.lower.fill_(lo)
         self.upper.fill_(hi)
-        self.out_scale.fill_((hi - lo) / 2 if bool(self.signed) else hi - lo)
+        self.out_scale.fill_(hi - lo)
 
     def interval(self, x: Tensor) -> Interval:
         lo = self.lower
-        hi = lo + (self.upper - lo).clamp_min(1e-6)
+        hi = lo + (self.upper - lo).clamp_min(1e-12)  # keeps u > l; tiny (1e-7) activations keep their grid
         s = self.out_scale
-        if self.is_weight or bool(self.signed):
+        if self.is_weight:
             return Interval(x, lo, hi, s * (2 / self.n), self.n / 2)
-        return Interval(x, lo, hi, s / self.n)
+        if not self.signed:
+            return Interval(x, lo, hi, s / self.n)
+        if self.bits == 1:  # two levels and no zero: the sign of x
+            half = (hi - lo) / 2
+            return Interval(x, -half, half, s, 0.5)
+        lo, hi, zero = zero_aligned(lo, hi, self.n)
+        return Interval(x, lo, hi, s / self.n, zero)

@@ -38,14 +38,14 @@ def _reduce(grad: Tensor, like: Tensor) -> Tensor:
     return grad.sum_to_size(like.shape)
 
 
-def _forward(x: Tensor, lo: Tensor, hi: Tensor, step: Tensor, n: int, zero: float) -> Tensor:
+def _forward(x: Tensor, lo: Tensor, hi: Tensor, step: Tensor, n: int, zero: Tensor) -> Tensor:
     k = (x - lo).mul_(1.0 / (hi - lo)).clamp_(0.0, 1.0).mul_(n).round_()
     return k.sub_(zero).mul_(step)
 
 
 def _backward(
     g: Tensor, x: Tensor, lo: Tensor, hi: Tensor, step: Tensor, coef: Tensor,
-    n: int, zero: float, mode: str, full_range: bool, range_grads: bool,
+    n: int, zero: Tensor, mode: str, full_range: bool, range_grads: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
     """dL/dx, and unreduced terms for the range: sum(g_in * t), sum(g_in) and dL/dstep.
 
@@ -92,18 +92,18 @@ def use_compiled_kernels(enabled: bool = True) -> None:
 
 class _FakeQuant(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, lo, hi, step, coef, zero: float, levels: int, backward: str, range_rule: str):  # type: ignore[override]
-        ctx.save_for_backward(x, lo, hi, step, coef)
-        ctx.zero, ctx.levels, ctx.backward_mode, ctx.range_rule = zero, levels, backward, range_rule
+    def forward(ctx, x, lo, hi, step, coef, zero, levels: int, backward: str, range_rule: str):  # type: ignore[override]
+        ctx.save_for_backward(x, lo, hi, step, coef, zero)
+        ctx.levels, ctx.backward_mode, ctx.range_rule = levels, backward, range_rule
         return _COMPILED.get("forward", _forward)(x, lo, hi, step, levels - 1, zero)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        x, lo, hi, step, coef = ctx.saved_tensors
+        x, lo, hi, step, coef, zero = ctx.saved_tensors
         need = ctx.needs_input_grad
         # Double backward (EWGS's Hessian estimate) must differentiate this code: stay eager there.
         impl = _backward if torch.is_grad_enabled() else _COMPILED.get("backward", _backward)
-        gx, g_t, g_in, g_step = impl(g, x, lo, hi, step, coef, ctx.levels - 1, ctx.zero, ctx.backward_mode,
+        gx, g_t, g_in, g_step = impl(g, x, lo, hi, step, coef, ctx.levels - 1, zero, ctx.backward_mode,
                                      ctx.range_rule == "full", any(need[1:4]))  # fmt: skip
         grad_lo = grad_hi = None
         if g_t is not None:
@@ -120,7 +120,7 @@ def fake_quant(
     lo: Tensor,
     hi: Tensor,
     step: Tensor,
-    zero: float,
+    zero: Tensor | float,
     levels: int,
     backward: str = "ste",
     coef: Tensor | float = 0.0,
@@ -130,7 +130,8 @@ def fake_quant(
 
     ``lo``, ``hi`` and ``step`` are tensors broadcastable to ``x`` (scalars for per-tensor,
     ``(C, 1, 1, 1)`` for per-channel); ``zero`` is the level index that maps to 0 (it may be a
-    half-integer for symmetric grids without a zero). ``coef`` is EWGS's delta or the generic mu.
+    half-integer for symmetric grids without a zero, and a detached tensor when it follows a
+    learned range). ``coef`` is EWGS's delta or the generic mu.
 
     Example:
         >>> z, o = torch.tensor(0.0), torch.tensor(1.0)
@@ -144,4 +145,5 @@ def fake_quant(
     if range_rule not in RANGE_RULES:
         raise ValueError(f"unknown range_rule {range_rule!r}; choose one of {RANGE_RULES}")
     coef_t = coef if isinstance(coef, Tensor) else torch.tensor(float(coef), dtype=x.dtype, device=x.device)
-    return _FakeQuant.apply(x, lo, hi, step, coef_t, float(zero), levels, backward, range_rule)
+    zero_t = zero.detach() if isinstance(zero, Tensor) else torch.tensor(float(zero), dtype=x.dtype, device=x.device)
+    return _FakeQuant.apply(x, lo, hi, step, coef_t, zero_t, levels, backward, range_rule)

@@ -32,7 +32,7 @@ class LSQQuantizer(Quantizer):
 
     def bounds(self) -> tuple[int, int]:
         """(Qn, Qp) in units of the step."""
-        if not bool(self.signed):
+        if not self.signed:
             return 0, 2**self.bits - 1
         if self.bits == 1:
             return 1, 1
@@ -47,6 +47,6 @@ class LSQQuantizer(Quantizer):
         qn, qp = self.bounds()
         n = x.numel() // max(self.channels, 1)
         s = _grad_scaled(self.step, 1.0 / math.sqrt(n * qp)).abs().clamp_min(1e-8)
-        if self.bits == 1 and bool(self.signed):  # {-s, +s}
+        if self.bits == 1 and self.signed:  # {-s, +s}
             return Interval(x, -s, s, 2 * s, 0.5)
         return Interval(x, -qn * s, qp * s, s, float(qn))

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from qdistill.quant.base import QUANTIZERS, Interval
-from qdistill.quant.dorefa import DoReFaQuantizer
+from qdistill.quant.dorefa import DoReFaQuantizer, signed_clip
 
 __all__ = ["PACTQuantizer", "activation_range"]
 
@@ -30,7 +30,7 @@ def activation_range(x: Tensor, bits: int) -> tuple[float, float]:
     hi = 3.0 * x.std().item() / math.sqrt(1 - 2 / math.pi)
     if bits == 1:
         hi = min(hi, 2 * x.abs().mean().item())
-    return 0.0, max(hi, 1e-4)
+    return 0.0, hi if hi > 0 else 1e-4  # a floor only for an all-zero input: tiny activations keep their scale
 
 
 @QUANTIZERS.register("pact")
@@ -38,8 +38,8 @@ class PACTQuantizer(DoReFaQuantizer):
     """Activations: ``y = clamp(x, 0, alpha)`` quantized to 2^b levels of [0, alpha].
 
     alpha learns only from clipped elements (dy/dalpha = 1 where x >= alpha), PACT's eq. 3; the
-    published SQAKD code leaves alpha without gradient. Signed inputs clip to [-alpha, alpha].
-    Weights follow DoReFa, as in the PACT paper.
+    published SQAKD code leaves alpha without gradient. Signed inputs clip to [-alpha, alpha]
+    on the grid of `signed_clip` (zero is a level). Weights follow DoReFa, as in the PACT paper.
     """
 
     def __init__(self, bits: int, **kw) -> None:
@@ -50,12 +50,12 @@ class PACTQuantizer(DoReFaQuantizer):
     def init_from(self, x: Tensor) -> None:
         if not self.is_weight:
             lo, hi = activation_range(x, self.bits)
-            self.alpha.fill_(max(hi, -lo) if bool(self.signed) else hi)
+            self.alpha.fill_(max(hi, -lo) if self.signed else hi)
 
     def interval(self, x: Tensor) -> Interval:
         if self.is_weight:
             return self._weight_interval(x)
         a = self.alpha.abs().clamp_min(1e-6)
-        if bool(self.signed):
-            return Interval(x, -a, a, a * (2 / self.n), self.n / 2, range_rule="clipped")
+        if self.signed:
+            return signed_clip(x, a, self.bits, range_rule="clipped")
         return Interval(x, x.new_zeros(()), a, a / self.n, range_rule="clipped")
