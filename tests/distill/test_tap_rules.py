@@ -30,7 +30,7 @@ def test_stages_of_a_model_wrapped_in_one_sequential():
 def test_probing_leaves_batchnorm_and_uncalibrated_quantizers_alone(teacher, batch):
     student = student_of(teacher, batch[0])
     q = student.conv3.act_quant
-    q.initialized.fill_(False)
+    q.reset()
     before = {k: v.clone() for k, v in student.state_dict().items()}
     shapes = probe_shapes(student, ["conv3.act_quant", "fc:input"])
     assert shapes["conv3.act_quant"][1] == 16 and shapes["fc:input"][1] == 16
