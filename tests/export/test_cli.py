@@ -42,6 +42,9 @@ def test_export_packed_is_bit_exact(run_dir):
     assert report["parity"]["bit_exact"] and report["parity"]["top1_agreement"] == 100.0
 
 
-def test_export_refusal_is_one_line_error(run_dir, capsys):
-    assert main(["export", str(run_dir), "--out", str(run_dir / "no.onnx"), "--min-agreement", "100.1"]) == 2
-    assert "parity check failed" in capsys.readouterr().err and not (run_dir / "no.onnx").exists()
+@pytest.mark.parametrize("bad", ["nan", "inf", "100.1", "-1"])
+def test_export_rejects_a_threshold_that_is_not_a_percentage(run_dir, bad, capsys):
+    """``--min-agreement nan`` compared false with every agreement: it silently disabled the gate."""
+    assert main(["export", str(run_dir), "--out", str(run_dir / "no.onnx"), "--min-agreement", bad]) == 2
+    err = capsys.readouterr().err
+    assert "min_agreement" in err and len(err.strip().splitlines()) == 1 and not (run_dir / "no.onnx").exists()
