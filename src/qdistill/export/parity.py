@@ -75,10 +75,10 @@ def compare_logits(reference: np.ndarray, other: np.ndarray, tolerance: np.ndarr
     margin = (top2[:, 1] - top2[:, 0]).astype(np.float64)
     decisive = margin > (0.0 if tolerance is None else tolerance)
     return {
-        "images": int(len(reference)),
+        "images": len(reference),
         "max_abs_logit_diff": float(np.abs(reference - other).max()),
         "top1_agreement": float(agree.mean() * 100),
-        "decisive_images": np.count_nonzero(decisive),
+        "decisive_images": int(decisive.sum()),
         "top1_agreement_decisive": float(agree[decisive].mean() * 100) if decisive.any() else 100.0,
     }
 

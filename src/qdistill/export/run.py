@@ -48,6 +48,10 @@ def _recorded(run_dir: Path, state: dict[str, Any], key: str) -> Any:
 
 
 def _teacher(cfg: Any) -> str:
+    from qdistill.distill import OBJECTIVES
+
+    if not getattr(OBJECTIVES.get(cfg.method.name), "needs_teacher", True):
+        return f"none (method {cfg.method.name} trains without one)"
     if cfg.teachers:
         return "ensemble of " + ", ".join(f"{t.name} ({t.pretrained or 'random init'})" for t in cfg.teachers)
     if cfg.model.pretrained:
