@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -189,6 +188,9 @@ def require_writable(folder: Path) -> None:
     checked before any work is done."""
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise ExportError(f"export: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ExportError(f"export: cannot write to {existing} (permission denied)")
+        raise ExportError(f"export: cannot write into {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ExportError(f"export: cannot write to {existing}: {e.strerror or e}") from None
