@@ -74,6 +74,7 @@ def test_model_card(tmp_path):
 @pytest.mark.parametrize("what", ["checkpoint", "plain safetensors", "missing"])
 def test_files_that_are_not_packed_models_are_one_line_errors(what, tmp_path):
     from qdistill.errors import CheckpointError, MissingFileError
+
     path = tmp_path / "m.safetensors"
     if what == "checkpoint":
         torch.save({"w": torch.zeros(2)}, path)
