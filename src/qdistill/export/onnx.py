@@ -31,6 +31,8 @@ from qdistill.quant.modules import QuantModule
 __all__ = ["RESIDUAL_MODES", "export_onnx", "float_twin", "require_writable", "snap_biases"]
 
 RESIDUAL_MODES = ("int8", "float")
+BIAS_HINT = ("; integer kernels round each folded bias to int32 units: qdistill.export.snap_biases moves the "
+             "model's biases onto that grid (docs/export.md)")  # fmt: skip
 
 
 @torch.no_grad()
@@ -136,7 +138,7 @@ def export_onnx(
         truth = labels.numpy()
         parity["top1_trained"] = float((trained.argmax(1) == truth).mean() * 100)
         parity["top1_exported"] = float((exported.argmax(1) == truth).mean() * 100)
-    require_parity(parity, min_agreement, str(path))
+    require_parity(parity, min_agreement, str(path), BIAS_HINT)
     ort_report = None
     if ort_build:
         ort_path = Path(str(path) + ".ort.onnx")
@@ -147,7 +149,7 @@ def export_onnx(
         ort_logits = onnx_logits(ort_session(ort_blob, threads), calib)
         ort_report = {"path": str(ort_path), "parity": compare_logits(trained, ort_logits, tolerance),
                       "identical_to_qdq": bool((ort_logits == exported).all())}  # fmt: skip
-        require_parity(ort_report["parity"], min_agreement, str(ort_path))
+        require_parity(ort_report["parity"], min_agreement, str(ort_path), BIAS_HINT)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)
     if ort_report is not None:

@@ -104,14 +104,14 @@ def check_min_agreement(value: float) -> float:
     return value
 
 
-def require_parity(parity: dict[str, float], min_agreement: float, what: str) -> None:
+def require_parity(parity: dict[str, float], min_agreement: float, what: str, hint: str = "") -> None:
     """Raise ExportError (and so write nothing) when the margin-aware top-1 agreement is below
-    ``min_agreement`` percent."""
+    ``min_agreement`` percent; ``hint`` ends the message (what the user can do)."""
     agreement = parity.get("top1_agreement_decisive", parity["top1_agreement"])
     if agreement < min_agreement:
         raise ExportError(
             f"parity check failed for {what}: top-1 agreement {agreement:.2f}% < {min_agreement}% on the "
             f"{parity.get('decisive_images', parity['images'])} of {parity['images']} images whose decision is "
             f"numerically settled ({parity['top1_agreement']:.2f}% on all; max |logit diff| "
-            f"{parity['max_abs_logit_diff']:.4g}); nothing written"
+            f"{parity['max_abs_logit_diff']:.4g}); nothing written{hint}"
         )
