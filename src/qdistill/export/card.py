@@ -60,7 +60,7 @@ def write_model_card(artefact: str | Path, info: dict[str, Any]) -> Path:
     if ort:
         lines += ["## ONNX Runtime build", "",
                   f"`{Path(ort['path']).name}`: ONNX Runtime's fused graph with the residual stream kept channels-last "
-                  f"(runs in ONNX Runtime only). Top-1 agreement {ort['parity']['top1_agreement']:.2f}%; logits identical "
+                  f"(runs in ONNX Runtime only). Top-1 agreement {ort['parity']['top1_agreement']:.2f}% on all images; logits identical "
                   f"to the QDQ file: {'yes' if ort['identical_to_qdq'] else 'no'}; latency at batch 1: "
                   f"{ort['latency'][0]['latency_ms']:.2f} ms.", ""]  # fmt: skip
     latency = info.get("latency")
