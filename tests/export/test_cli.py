@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from qdistill.cli import main  # noqa: E402
-from qdistill.experiment import RunConfig, run_experiment  # noqa: E402
+from qdistill.cli import main
+from qdistill.experiment import RunConfig, run_experiment
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-import onnx  # noqa: E402
-from onnx import numpy_helper  # noqa: E402
+import onnx
+from onnx import numpy_helper
 
-from qdistill.errors import ConfigError, ExportError  # noqa: E402
-from qdistill.export import export_onnx, snap_biases  # noqa: E402
-from qdistill.export.bench import ort_session  # noqa: E402
-from qdistill.export.parity import onnx_logits, onnx_parity, require_parity, torch_logits  # noqa: E402
+from qdistill.errors import ConfigError, ExportError
+from qdistill.export import export_onnx, snap_biases
+from qdistill.export.bench import ort_session
+from qdistill.export.parity import onnx_logits, onnx_parity, require_parity, torch_logits
 
-from .tiny import METHODS, tiny_student  # noqa: E402
+from .tiny import METHODS, tiny_student
 
 
 @pytest.mark.parametrize("bits", [8, 4, 2])

@@ -387,7 +387,7 @@ class _Converter:
         return self.b.op("Conv", [x, w.name, bias], hint, **attrs)
 
     def _batchnorm(self, m: nn.Module, x: str, hint: str) -> str:
-        c = lambda t, s: self.b.const(t.detach().float().numpy(), f"{hint}.{s}")  # noqa: E731
+        c = lambda t, s: self.b.const(t.detach().float().numpy(), f"{hint}.{s}")
         return self.b.op("BatchNormalization", [x, c(m.weight, "w"), c(m.bias, "b"), c(m.running_mean, "m"),
                                                 c(m.running_var, "v")], hint, epsilon=float(m.eps))  # fmt: skip
 
@@ -486,7 +486,7 @@ def _getitem(b: _Builder, x: Any, idx: Any) -> Any:
         steps.append(s.step or 1)
     if not axes:
         return x
-    c = lambda v, n: b.const(np.array(v), n, np.int64)  # noqa: E731
+    c = lambda v, n: b.const(np.array(v), n, np.int64)
     return b.on_levels(x, "Slice", [c(starts, "starts"), c(ends, "ends"), c(axes, "axes"), c(steps, "steps")])
 
 

@@ -147,7 +147,7 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     try:
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as e:
         raise CheckpointError(f"{path} is not a safetensors file: {str(e).splitlines()[0][:200]}") from None
     if meta.get("format") != FORMAT or "qdistill" not in meta:
