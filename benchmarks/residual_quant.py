@@ -1,6 +1,7 @@
 """Residual sums quantized in training (`QuantConfig(residual_bits=8)`) against kept float, on
-CIFAR-10 JPEG ResNet-20 label-free SQAKD students: test top-1, ONNX parity with the trained model,
-and ONNX Runtime throughput against FP32 at batch 64, measured in the same run.
+CIFAR-10 JPEG ResNet-20 label-free SQAKD students: test top-1, ONNX parity with the trained model
+and after `snap_biases` (as `export_parity.py`), and ONNX Runtime throughput against FP32 at
+batch 64, measured in the same run.
 
 Students without residual quantizers are the `cifar_table.py` runs (same teacher, images, epochs
 and seed; run that first); the ones with them are trained here on the same budget. Writes
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import onnx
 import torch
-
 from _common import ResultLog, hardware, timed_run
+from export_parity import parity_row
+
 from qdistill import BatchLoader, QuantConfig, RunConfig, TrainConfig, load_dataset
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, load_run
-from qdistill.export import export_onnx
 from qdistill.export.bench import compare
 from qdistill.export.graph import build_onnx
 from qdistill.export.onnx import float_twin
@@ -52,8 +53,7 @@ def main() -> None:
     train = TrainConfig(epochs=args.epochs, lr=5e-4, progress=False, device="cpu", hessian_probes=1, seed=0)
     splits = load_dataset("imagefolder", ROOT, mean=MEAN, std=STD)
     torch.manual_seed(0)
-    images = next(iter(BatchLoader(splits.test, args.images, mean=splits.mean, std=splits.std, shuffle=True, with_labels=False)))
-    images = images[0] if isinstance(images, (list, tuple)) else images
+    images, labels = next(iter(BatchLoader(splits.test, args.images, mean=splits.mean, std=splits.std, shuffle=True)))
     tmp = Path(tempfile.mkdtemp())
     for quantizer, bits in STUDENTS:
         for residual_bits in (None, 8):
@@ -73,13 +73,10 @@ def main() -> None:
             fp32 = tmp / "fp32.onnx"
             onnx.save(build_onnx(float_twin(student), images[:1]).model, str(fp32))
             for mode in modes:
-                rep = export_onnx(student, images[:8], tmp / "q.onnx", calib=images, residual=mode, min_agreement=0,
-                                  threads=args.threads)  # fmt: skip
+                parity = parity_row(student, images, labels, mode, tmp / "q.onnx", args.threads)
                 speed = compare(fp32, tmp / "q.onnx", (3, 32, 32), threads=2, seconds=args.seconds, batches=(64,))
                 ratio = next(r["ratio_vs_fp32"] for r in speed if r["format"] != "fp32")
-                row[f"export_{mode}"] = {"agreement": rep["parity"]["top1_agreement"],
-                                         "agreement_unsnapped": rep["parity"]["unsnapped"]["top1_agreement"],
-                                         "speedup_b64": ratio}  # fmt: skip
+                row[f"export_{mode}"] = {**parity, "speedup_b64": ratio}
             log.add(row)
             print(row, flush=True)
 

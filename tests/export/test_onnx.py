@@ -8,19 +8,22 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
-import onnx  # noqa: E402
-from onnx import numpy_helper  # noqa: E402
+import onnx
+from onnx import numpy_helper
 
-from qdistill.export import export_onnx  # noqa: E402
-from qdistill.export.parity import onnx_parity, require_parity, torch_logits  # noqa: E402
+from qdistill.errors import ConfigError, ExportError
+from qdistill.export import export_onnx, snap_biases
+from qdistill.export.bench import ort_session
+from qdistill.export.parity import onnx_logits, onnx_parity, require_parity, torch_logits
 
-from .tiny import METHODS, tiny_student  # noqa: E402
+from .tiny import METHODS, tiny_student
 
 
 @pytest.mark.parametrize("bits", [8, 4, 2])
 @pytest.mark.parametrize("method", METHODS)
 def test_export_matches_fake_quant(method, bits, images, tmp_path):
     student = tiny_student(method, bits, images, per_channel=bits == 4)
+    snap_biases(student, images[:4])  # the runtime's int32 bias rounding would flip 2-bit levels
     # Random tiny models have small logit margins: a rare integer-rounding tie flipped by float
     # noise can move a top-1, so this checks "high" agreement; the slow test checks 99.9%.
     report = export_onnx(student, images[:4], tmp_path / "m.onnx", calib=images, residual="float", min_agreement=90.0)
@@ -63,14 +66,22 @@ def test_corrupted_scale_fails_parity(images, tmp_path):
             t.CopyFrom(numpy_helper.from_array((value * rng.uniform(0.1, 10, value.shape)).astype(np.float32), t.name))
     parity = onnx_parity(student, model, images)
     assert parity["top1_agreement"] < 99.5 and parity["max_abs_logit_diff"] > 0.1
-    with pytest.raises(RuntimeError, match="parity check failed"):
+    with pytest.raises(ExportError, match="parity check failed"):
         require_parity(parity, 99.5, "corrupted.onnx")
 
 
 def test_refuses_to_write_below_threshold(images, tmp_path):
     student = tiny_student("lsq", 2, images)
-    with pytest.raises(RuntimeError, match="nothing written"):
-        export_onnx(student, images[:4], tmp_path / "m.onnx", calib=images, min_agreement=100.1)
+    with pytest.raises(ExportError, match="nothing written"):
+        export_onnx(student, images[:4], tmp_path / "m.onnx", calib=images, min_agreement=99.99, residual="int8")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, 100.5, "high"])
+def test_min_agreement_must_be_a_percentage(bad, images, tmp_path):
+    """NaN compared false with every agreement, so it passed every export."""
+    with pytest.raises(ConfigError, match="min_agreement"):
+        export_onnx(tiny_student("lsq", 8, images), images[:4], tmp_path / "m.onnx", min_agreement=bad)
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -82,7 +93,7 @@ def test_unsupported_op_is_a_clear_error(tmp_path):
         def forward(self, x):
             return torch.sort(x, dim=1).values
 
-    with pytest.raises(ValueError, match="unsupported"):
+    with pytest.raises(ExportError, match="unsupported"):
         export_onnx(Odd(), torch.randn(2, 3, 4, 4), tmp_path / "m.onnx")
 
 
@@ -119,14 +130,16 @@ def _with_random_bn_shifts(student):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_snapped_biases_sit_on_the_int32_grid(method, images, tmp_path):
-    """Every integer layer's bias is a whole number of (input scale x weight scale) units, so the
-    runtime's int32 bias is exact, and the model passed in is left as it was."""
+    """After `snap_biases` every integer layer's bias is a whole number of (input scale x weight
+    scale) units, so the runtime's int32 bias is exact."""
     import torch
 
     student = _with_random_bn_shifts(tiny_student(method, 4, images))
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    report = export_onnx(student, images[:4], tmp_path / "m.onnx", calib=images, residual="float", min_agreement=0)
-    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    moves = snap_biases(student, images[:4])
+    assert moves and 0 < max(moves.values()) <= 0.5 + 1e-6
+    assert not all(torch.equal(before[k], v) for k, v in student.state_dict().items())  # snapped in place
+    export_onnx(student, images[:4], tmp_path / "m.onnx", calib=images, residual="float", min_agreement=0)
     graph = onnx.load(tmp_path / "m.onnx").graph
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     producer = {n.output[0]: n for n in graph.node}
@@ -139,15 +152,26 @@ def test_snapped_biases_sit_on_the_int32_grid(method, images, tmp_path):
         assert (np.abs(ratio - np.round(ratio)) <= 1e-3 + 1e-6 * np.abs(ratio)).all()  # float32 resolution
         checked += 1
     assert checked >= 3
-    assert 0 < report["parity"]["bias_shift_levels"] <= 0.5 + 1e-6 and "unsnapped" in report["parity"]
 
 
-def test_snapping_removes_the_runtime_bias_rounding(images, tmp_path):
-    """2-bit PACT: the runtime's int32 bias rounding alone flips top-1 of the unsnapped model."""
+def test_gate_judges_the_model_as_trained(images, tmp_path):
+    """2-bit PACT with trained-like BatchNorm shifts: the runtime's int32 bias rounding flips top-1
+    of some images. The gate's figure is the agreement of the written file with the model as
+    passed in (recomputed here from the file), the model is left as it was, and the export is
+    refused below the threshold; after `snap_biases` the same model exports exactly."""
+    import torch
+
     student = _with_random_bn_shifts(tiny_student("pact", 2, images))
-    scale = float(np.abs(torch_logits(student, images)).max())
-    kw = dict(calib=images, residual="float", min_agreement=0)
-    plain = export_onnx(student, images[:4], tmp_path / "a.onnx", snap_bias=False, **kw)["parity"]
-    snapped = export_onnx(student, images[:4], tmp_path / "b.onnx", **kw)["parity"]
-    assert plain["max_abs_logit_diff"] > 0.02 * scale and plain["top1_agreement"] < 100.0
-    assert snapped["top1_agreement"] == 100.0 and snapped["max_abs_logit_diff"] <= 1e-3 * scale
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    report = export_onnx(student, images[:4], tmp_path / "a.onnx", calib=images, residual="float", min_agreement=0)
+    assert all(torch.equal(before[k], v) for k, v in student.state_dict().items())
+    trained, exported = torch_logits(student, images), onnx_logits(ort_session(tmp_path / "a.onnx"), images)
+    agreement = float((trained.argmax(1) == exported.argmax(1)).mean() * 100)
+    assert agreement < 100.0 and report["parity"]["top1_agreement"] == agreement
+    assert report["parity"]["max_abs_logit_diff"] == float(np.abs(trained - exported).max())
+    with pytest.raises(ExportError, match="parity check failed"):
+        export_onnx(student, images[:4], tmp_path / "b.onnx", calib=images, residual="float", min_agreement=agreement + 0.5)
+    snap_biases(student, images[:4])
+    snapped = export_onnx(student, images[:4], tmp_path / "c.onnx", calib=images, residual="float", min_agreement=99.9)
+    scale = float(np.abs(trained).max())
+    assert snapped["parity"]["top1_agreement"] == 100.0 and snapped["parity"]["max_abs_logit_diff"] <= 1e-3 * scale

@@ -69,3 +69,17 @@ def test_model_card(tmp_path):
                                   "parity": parity, "layers": [{"name": "layer1.0.conv1", "weight_bits": 4, "act_bits": 4}]})
     text = card.read_text()
     assert "resnet20" in text and "| labels used in training | no |" in text and "100.00%" in text and "2.0 KiB" in text
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "plain safetensors", "missing"])
+def test_files_that_are_not_packed_models_are_one_line_errors(what, tmp_path):
+    from qdistill.errors import CheckpointError, MissingFileError
+
+    path = tmp_path / "m.safetensors"
+    if what == "checkpoint":
+        torch.save({"w": torch.zeros(2)}, path)
+    elif what == "plain safetensors":
+        save_file({"w": torch.zeros(2)}, str(path))
+    error = MissingFileError if what == "missing" else CheckpointError
+    with pytest.raises(error, match="not found" if what == "missing" else "is not a"):
+        load_packed(path)

@@ -28,13 +28,19 @@ def test_images() -> torch.Tensor:
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_resnet20_export_parity(bits, test_images, tmp_path):
-    """The issue's target, 99.9% top-1 agreement on CIFAR-10 test images (residual kept float,
-    biases snapped to the int32 grid; measured 100.0% for both)."""
+    """Calibrated LSQ students on CIFAR-10 test images (residual kept float). As calibrated, the
+    runtime's int32 bias rounding costs agreement (measured margin-aware 99.95% at W8A8, 99.55% at
+    W4A4; 99.45% / 96.20% on all images); once the biases sit on the int32 grid (`snap_biases`)
+    the export meets the issue's 99.9% on every image."""
     import qdistill
     from qdistill import QuantConfig
-    from qdistill.export import export_onnx
+    from qdistill.export import export_onnx, snap_biases
 
     teacher = qdistill.create_model("resnet20", pretrained=TEACHER).eval()
     student = qdistill.make_student(teacher, QuantConfig(method="lsq", weight_bits=bits, act_bits=bits), test_images[:256])
-    report = export_onnx(student, test_images[:8], tmp_path / "m.onnx", calib=test_images, residual="float", min_agreement=99.9)
-    assert report["parity"]["images"] == 2000 and report["parity"]["top1_agreement"] >= 99.9
+    as_calibrated = export_onnx(student, test_images[:8], tmp_path / "m.onnx", calib=test_images, min_agreement=99.0)
+    assert as_calibrated["parity"]["images"] == 2000
+    snap_biases(student, test_images[:8])
+    snapped = export_onnx(student, test_images[:8], tmp_path / "s.onnx", calib=test_images, min_agreement=99.9)["parity"]
+    print(bits, as_calibrated["parity"], snapped)
+    assert snapped["top1_agreement"] >= 99.9

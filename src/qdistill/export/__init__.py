@@ -6,7 +6,7 @@ needs only torch.
 
 from qdistill.export.bench import compare, measure
 from qdistill.export.card import write_model_card
-from qdistill.export.onnx import export_onnx, float_twin
+from qdistill.export.onnx import export_onnx, float_twin, snap_biases
 from qdistill.export.packed import export_packed, load_packed
 from qdistill.export.parity import compare_logits, onnx_parity
 
@@ -19,5 +19,6 @@ __all__ = [
     "load_packed",
     "measure",
     "onnx_parity",
+    "snap_biases",
     "write_model_card",
 ]

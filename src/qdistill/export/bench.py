@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["compare", "measure", "ort_session", "print_rows"]
+from qdistill.errors import ExportError, MissingFileError
+
+__all__ = ["compare", "input_shape_of", "measure", "open_onnx", "ort_session", "print_rows"]
 
 
 def ort_session(path_or_bytes: str | Path | bytes, threads: int = 2) -> Any:
@@ -28,6 +30,28 @@ def ort_session(path_or_bytes: str | Path | bytes, threads: int = 2) -> Any:
     so.log_severity_level = 3
     src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def open_onnx(path: str | Path, threads: int = 2, what: str = "model") -> Any:
+    """`ort_session` on a file the user named: one-line errors for a missing or non-ONNX file."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what} not found: {path}")
+    try:
+        return ort_session(path, threads)
+    except (ort_state.InvalidProtobuf, ort_state.InvalidArgument, ort_state.InvalidGraph, ort_state.Fail) as e:
+        raise ExportError(f"{path} is not an ONNX model ONNX Runtime can load: {str(e).splitlines()[0][:200]}") from None
+
+
+def input_shape_of(session: Any) -> tuple[int, ...]:
+    """One input's shape (C, H, W) as the ONNX model declares it (the batch dimension dropped)."""
+    inp = session.get_inputs()[0]
+    dims = inp.shape[1:]
+    if not all(isinstance(d, int) and d > 0 for d in dims):
+        raise ExportError(f"the ONNX model's input {inp.name} has no fixed shape {inp.shape}: pass the shape explicitly")
+    return tuple(dims)
 
 
 def measure(session: Any, shape: tuple[int, ...], seconds: float = 1.0, warmup: int = 3) -> dict[str, float]:
@@ -47,21 +71,26 @@ def measure(session: Any, shape: tuple[int, ...], seconds: float = 1.0, warmup: 
 
 
 def compare(
-    fp32: str | Path, quantized: str | Path, input_shape: tuple[int, ...], batches: tuple[int, ...] = (1, 64),
-    threads: int = 2, seconds: float = 1.0,
+    fp32: str | Path, quantized: str | Path, input_shape: tuple[int, ...] | None = None,
+    batches: tuple[int, ...] = (1, 64), threads: int = 2, seconds: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Measure an FP32 and a quantized ONNX file alternately; rows carry the ratio to FP32.
 
-    ``input_shape`` is one image's shape (C, H, W). Runs are interleaved per batch size so that
-    load from other processes affects both models alike.
+    ``input_shape`` is one image's shape (C, H, W), checked against the quantized model's
+    declared input; None reads it from there. Runs
+    are interleaved per batch size so that load from other processes affects both models alike.
     """
-    sessions = {"fp32": ort_session(Path(fp32), threads), "int8": ort_session(Path(quantized), threads)}
+    sessions = {"fp32": open_onnx(fp32, threads, "FP32 reference"), "int8": open_onnx(quantized, threads)}
+    shape = input_shape_of(sessions["int8"])
+    if input_shape is not None and tuple(input_shape) != shape:
+        raise ExportError(f"input shape {','.join(map(str, input_shape))} differs from the model's "
+                          f"{','.join(map(str, shape))}: pass that shape, or none")  # fmt: skip
     sizes = {"fp32": os.path.getsize(fp32), "int8": os.path.getsize(quantized)}
     rows: list[dict[str, Any]] = []
     for batch in batches:
         base = None
         for fmt, sess in sessions.items():
-            r = measure(sess, (batch, *input_shape), seconds)
+            r = measure(sess, (batch, *shape), seconds)
             base = base or r["images_per_s"]
             rows.append({"format": fmt, **r, "ratio_vs_fp32": r["images_per_s"] / base, "file_bytes": sizes[fmt],
                          "threads": threads})  # fmt: skip

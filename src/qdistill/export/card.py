@@ -12,11 +12,20 @@ def _size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.2f} MiB"
 
 
+def _input(meta: dict[str, Any] | None) -> str:
+    """Input size and normalisation, as stored in the ONNX metadata."""
+    if not meta:
+        return "not recorded"
+    parts = ["x".join(str(v) for v in meta["input_size"])] if "input_size" in meta else []
+    parts += [f"{k} {meta[k]}" for k in ("mean", "std") if k in meta]
+    return ", ".join(parts) or "not recorded"
+
+
 def write_model_card(artefact: str | Path, info: dict[str, Any]) -> Path:
     """Write ``<artefact>.md``: what the model is, how it was made, how faithful and fast it is.
 
     ``info`` keys used (all optional except ``layers``): ``architecture``, ``method``,
-    ``objective``, ``teacher``, ``labels_used``, ``accuracy``, ``parity``, ``latency``,
+    ``objective``, ``teacher``, ``labels_used``, ``accuracy``, ``metadata``, ``parity``, ``latency``,
     ``format``, ``layers`` (one dict per layer with ``name``, ``weight_bits``, ``act_bits``,
     ``weight``), ``notes``.
     """
@@ -31,28 +40,27 @@ def write_model_card(artefact: str | Path, info: dict[str, Any]) -> Path:
         ("teacher", info.get("teacher", unknown)),
         ("labels used in training", {True: "yes", False: "no"}.get(info.get("labels_used"), unknown)),
         ("accuracy", info.get("accuracy", unknown)),
+        ("input", _input(info.get("metadata"))),
         ("file size", _size(artefact.stat().st_size) if artefact.exists() else unknown),
     ]
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts] + [""]
     parity = info.get("parity")
     if parity:
+        settled = (f"{parity['top1_agreement_decisive']:.2f}% on the {parity['decisive_images']} images whose top-1 "
+                   "the trained model's float arithmetic settles (the gate's figure), "
+                   if "decisive_images" in parity else "")  # fmt: skip
         lines += ["## Parity with the trained (fake-quant) PyTorch model", "",
-                  f"{parity['images']} images: top-1 agreement {parity['top1_agreement']:.2f}%, "
+                  f"{parity['images']} images: top-1 agreement {settled}{parity['top1_agreement']:.2f}% on all; "
                   f"max |logit difference| {parity['max_abs_logit_diff']:.4g}"
                   + (f" (threshold {parity['threshold']}%)." if "threshold" in parity else "."), ""]  # fmt: skip
         if "top1_exported" in parity:
             lines += [f"Top-1 accuracy on these labelled images: trained model {parity['top1_trained']:.2f}%, "
                       f"exported model {parity['top1_exported']:.2f}%.", ""]  # fmt: skip
-        if "unsnapped" in parity:
-            u = parity["unsnapped"]
-            lines += [f"Biases were moved onto the runtime's int32 grid (at most {parity['bias_shift_levels']:.2f} "
-                      "grid units) before the check; against the model as trained, before that move: top-1 "
-                      f"agreement {u['top1_agreement']:.2f}%, max |logit difference| {u['max_abs_logit_diff']:.4g}.", ""]  # fmt: skip
     ort = info.get("ort_build")
     if ort:
         lines += ["## ONNX Runtime build", "",
                   f"`{Path(ort['path']).name}`: ONNX Runtime's fused graph with the residual stream kept channels-last "
-                  f"(runs in ONNX Runtime only). Top-1 agreement {ort['parity']['top1_agreement']:.2f}%; logits identical "
+                  f"(runs in ONNX Runtime only). Top-1 agreement {ort['parity']['top1_agreement']:.2f}% on all images; logits identical "
                   f"to the QDQ file: {'yes' if ort['identical_to_qdq'] else 'no'}; latency at batch 1: "
                   f"{ort['latency'][0]['latency_ms']:.2f} ms.", ""]  # fmt: skip
     latency = info.get("latency")

@@ -16,6 +16,8 @@ computes what the trained one does up to float rounding.
 
 from __future__ import annotations
 
+import builtins
+import math
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
+from qdistill.errors import ExportError
 from qdistill.export.intgrid import act_grid, weight_ints
 from qdistill.quant.base import Quantizer
 from qdistill.quant.modules import QuantModule
@@ -69,6 +73,7 @@ class _Builder:
         self.act_cache: dict[tuple[str, int], str] = {}
         self.act_source: dict[str, int] = {}  # output of an activation quantizer -> id of that quantizer
         self.levels: dict[str, tuple[str, list[str]]] = {}  # dequantized tensor -> (its uint8 levels, DQ scale and zero)
+        self.shapes: dict[str, tuple[int, ...]] = {}  # tensor -> its shape on the example batch (dim 0 is dynamic)
         self.layers: list[dict[str, Any]] = []
 
     def name(self, hint: str) -> str:
@@ -81,9 +86,13 @@ class _Builder:
         return name
 
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs: Any) -> str:
-        out = self.name(hint or op_type.lower())
-        self.nodes.append(self.h.make_node(op_type, inputs, [out], name=out, **attrs))
-        return out
+        return self.multi_op(op_type, inputs, 1, hint, **attrs)[0]
+
+    def multi_op(self, op_type: str, inputs: list[str], outputs: int, hint: str | None = None, **attrs: Any) -> list[str]:
+        name = self.name(hint or op_type.lower())
+        outs = [name] if outputs == 1 else [f"{name}.{i}" for i in range(outputs)]
+        self.nodes.append(self.h.make_node(op_type, inputs, outs, name=name, **attrs))
+        return outs
 
     # -- quantizers -----------------------------------------------------------------------------
     def act(self, x: str, q: Quantizer, hint: str) -> str:
@@ -303,6 +312,7 @@ class _Converter:
         from onnx import TensorProto
 
         outputs = []
+        ShapeProp(self.gm).propagate(self.example)
         for node in self.gm.graph.nodes:
             if node.op == "placeholder":
                 self.env[node] = "input"
@@ -312,8 +322,11 @@ class _Converter:
                 self.env[node] = self.env[node.args[0]]
             else:
                 self.env[node] = getattr(self, f"_{node.op}")(node)
+            meta = node.meta.get("tensor_meta")
+            if isinstance(self.env.get(node), str) and hasattr(meta, "shape"):
+                self.b.shapes.setdefault(self.env[node], tuple(meta.shape))
         if len(outputs) != 1 or not isinstance(outputs[0], str):
-            raise ValueError("export needs a model that returns one tensor")
+            raise ExportError("export needs a model that returns one tensor")
         self.b.finish()
         self.b.nodes.append(h.make_node("Identity", [outputs[0]], ["logits"], name="logits"))
         self.b.prune("logits")
@@ -343,7 +356,7 @@ class _Converter:
             return self.b.act(x, m, hint)
         simple = _MODULES.get(type(m))
         if simple is None:
-            raise ValueError(f"export: unsupported layer {hint} ({type(m).__name__})")
+            raise ExportError(f"export: unsupported layer {hint} ({type(m).__name__})")
         return simple(self.b, m, x, hint)
 
     def _layer(self, node: fx.Node, m: nn.Module, x: str, hint: str) -> str:
@@ -360,7 +373,7 @@ class _Converter:
         attrs: dict[str, Any] = {}
         if conv:
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                raise ValueError(f"export: {hint} uses padding {m.padding!r}/{m.padding_mode}; only numeric zero padding is supported")
+                raise ExportError(f"export: {hint} uses padding {m.padding!r}/{m.padding_mode}; only numeric zero padding is supported")
             ph, pw = m.padding
             attrs = dict(kernel_shape=list(m.kernel_size), strides=list(m.stride), pads=[ph, pw, ph, pw],
                          dilations=list(m.dilation), group=m.groups)  # fmt: skip
@@ -374,16 +387,21 @@ class _Converter:
         return self.b.op("Conv", [x, w.name, bias], hint, **attrs)
 
     def _batchnorm(self, m: nn.Module, x: str, hint: str) -> str:
-        c = lambda t, s: self.b.const(t.detach().float().numpy(), f"{hint}.{s}")  # noqa: E731
+        c = lambda t, s: self.b.const(t.detach().float().numpy(), f"{hint}.{s}")
         return self.b.op("BatchNormalization", [x, c(m.weight, "w"), c(m.bias, "b"), c(m.running_mean, "m"),
                                                 c(m.running_var, "v")], hint, epsilon=float(m.eps))  # fmt: skip
 
     # -- functions and methods ------------------------------------------------------------------
     def _call_function(self, node: fx.Node) -> Any:
+        args, kwargs = self._arg(node.args), self._arg(node.kwargs)
+        if node.target is builtins.getattr and args[1] == "shape":  # static, but the batch stays dynamic
+            return (_Batch(), *self.b.shapes[args[0]][1:])
+        if not _holds_tensor((args, kwargs)):  # shape arithmetic (c // groups): fold it now
+            return node.target(*args, **kwargs)
         fn = _FUNCTIONS.get(node.target)
         if fn is None:
-            raise ValueError(f"export: unsupported function {getattr(node.target, '__name__', node.target)} at {node.name}")
-        return fn(self.b, *self._arg(node.args), **self._arg(node.kwargs))
+            raise ExportError(f"export: unsupported function {getattr(node.target, '__name__', node.target)} at {node.name}")
+        return fn(self.b, *args, **kwargs)
 
     def _call_method(self, node: fx.Node) -> Any:
         args = self._arg(node.args)
@@ -391,7 +409,7 @@ class _Converter:
             return _Batch()
         fn = _METHODS.get(node.target)
         if fn is None:
-            raise ValueError(f"export: unsupported tensor method .{node.target}() at {node.name}")
+            raise ExportError(f"export: unsupported tensor method .{node.target}() at {node.name}")
         return fn(self.b, *args, **self._arg(node.kwargs))
 
     def _get_attr(self, node: fx.Node) -> str:
@@ -408,27 +426,58 @@ def _binary(op_type: str) -> Callable[..., str]:
     return emit
 
 
+def _holds_tensor(value: Any) -> bool:
+    """Whether ``value`` (nested arguments) refers to a graph tensor or the dynamic batch size."""
+    if isinstance(value, (str, _Batch)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return False
+
+
 def _flatten(b: _Builder, x: str, start_dim: int = 1, end_dim: int = -1) -> str:
     if start_dim != 1 or end_dim != -1:
-        raise ValueError("export: only flatten(x, 1) is supported")
+        raise ExportError("export: only flatten(x, 1) is supported")
     return b.op("Flatten", [x], axis=1)
 
 
 def _reshape(b: _Builder, x: str, *shape: Any) -> str:
+    """``view`` / ``reshape`` to the batch size followed by static sizes (or -1)."""
     shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (list, tuple)) else shape
     if len(shape) == 2 and isinstance(shape[0], _Batch) and shape[1] == -1:
         return b.op("Flatten", [x], axis=1)
-    raise ValueError("export: only x.view(x.size(0), -1) style reshapes are supported")
+    if not shape or not isinstance(shape[0], _Batch) or not all(isinstance(v, int) for v in shape[1:]):
+        raise ExportError("export: only reshapes to (batch, static sizes...) are supported, e.g. x.view(x.size(0), -1)")
+    target = b.const(np.array([0, *shape[1:]]), "shape", np.int64)  # 0: keep the input's batch size
+    return b.on_levels(x, "Reshape", [target])
 
 
-def _getitem(b: _Builder, x: Any, idx: Any) -> str:
+def _transpose(b: _Builder, x: str, dim0: int, dim1: int) -> str:
+    perm = list(range(len(b.shapes[x])))
+    perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
+    return b.on_levels(x, "Transpose", [], perm=perm)
+
+
+def _chunk(b: _Builder, x: str, chunks: int, dim: int = 0) -> tuple[str, ...]:
+    """``torch.chunk`` as one Split (chunks of ``ceil(size / chunks)``, the last one smaller)."""
+    size = b.shapes[x][dim]
+    each = math.ceil(size / chunks)
+    sizes = [each] * (size // each) + ([size % each] if size % each else [])
+    return tuple(b.multi_op("Split", [x, b.const(np.array(sizes), "split", np.int64)], len(sizes), axis=dim))
+
+
+def _getitem(b: _Builder, x: Any, idx: Any) -> Any:
+    if isinstance(x, tuple):  # an element of x.shape or of a chunk
+        return x[idx]
     if not isinstance(x, str):
-        raise ValueError("export: indexing is only supported on tensors")
+        raise ExportError("export: indexing is only supported on tensors and tuples")
     idx = idx if isinstance(idx, tuple) else (idx,)
     starts, ends, axes, steps = [], [], [], []
     for axis, s in enumerate(idx):
         if not isinstance(s, slice):
-            raise ValueError("export: only slicing (x[:, :, ::2]) is supported")
+            raise ExportError("export: only slicing (x[:, :, ::2]) is supported")
         if s == slice(None):
             continue
         starts.append(s.start or 0)
@@ -437,13 +486,13 @@ def _getitem(b: _Builder, x: Any, idx: Any) -> str:
         steps.append(s.step or 1)
     if not axes:
         return x
-    c = lambda v, n: b.const(np.array(v), n, np.int64)  # noqa: E731
+    c = lambda v, n: b.const(np.array(v), n, np.int64)
     return b.on_levels(x, "Slice", [c(starts, "starts"), c(ends, "ends"), c(axes, "axes"), c(steps, "steps")])
 
 
 def _pad(b: _Builder, x: str, pad: Any, mode: str = "constant", value: float | None = None) -> str:
     if mode != "constant":
-        raise ValueError(f"export: F.pad mode {mode!r} is not supported")
+        raise ExportError(f"export: F.pad mode {mode!r} is not supported")
     pairs = [(pad[i], pad[i + 1]) for i in range(0, len(pad), 2)]  # last dim first
     rank = 4
     begin, end = [0] * rank, [0] * rank
@@ -460,9 +509,16 @@ def _cat(b: _Builder, tensors: Any, dim: int = 0) -> str:
 
 
 def _adaptive_avg(b: _Builder, x: str, output_size: Any) -> str:
-    if output_size not in (1, (1, 1), [1, 1]):
-        raise ValueError(f"export: adaptive average pool to {output_size} is not supported (only 1)")
-    return b.op("GlobalAveragePool", [x])
+    """Global pool for size 1; an AveragePool with equal windows where the input divides evenly."""
+    if output_size in (1, (1, 1), [1, 1]):
+        return b.op("GlobalAveragePool", [x])
+    (h, w), (oh, ow) = b.shapes[x][2:], _pair(output_size)
+    if h % oh or w % ow:
+        raise ExportError(f"export: adaptive average pool from {h}x{w} to {oh}x{ow} needs unequal windows (not supported)")
+    if (h, w) == (oh, ow):
+        return x
+    k = [h // oh, w // ow]
+    return b.op("AveragePool", [x], kernel_shape=k, strides=k)
 
 
 def _mean(b: _Builder, x: str, dim: Any = None, keepdim: bool = False) -> str:
@@ -476,7 +532,7 @@ def _pool(op_type: str) -> Callable[..., str]:
         s = _pair(m.stride if m.stride is not None else m.kernel_size)
         p = _pair(m.padding)
         if getattr(m, "dilation", 1) not in (1, (1, 1)):
-            raise ValueError(f"export: dilated pooling at {hint} is not supported")
+            raise ExportError(f"export: dilated pooling at {hint} is not supported")
         kw: dict[str, Any] = dict(kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], p[0], p[1]],
                                   ceil_mode=int(m.ceil_mode))  # fmt: skip
         if op_type == "AveragePool":
@@ -521,6 +577,8 @@ _FUNCTIONS: dict[Any, Callable[..., str]] = {
     F.pad: _pad,
     F.adaptive_avg_pool2d: _adaptive_avg,
     torch.mean: _mean,
+    torch.transpose: _transpose,
+    torch.chunk: _chunk,
 }
 _METHODS: dict[str, Callable[..., str]] = {
     "relu": lambda b, x: b.op("Relu", [x]),
@@ -528,12 +586,14 @@ _METHODS: dict[str, Callable[..., str]] = {
     "view": _reshape,
     "reshape": _reshape,
     "mean": _mean,
+    "transpose": _transpose,
+    "chunk": _chunk,
 }
 
 
 @torch.no_grad()
 def build_onnx(model: nn.Module, example: Tensor, opset: int = 17, snap_bias: bool = False) -> OnnxBuild:
-    """Trace ``model`` (eval mode) and return its QDQ ONNX graph; raises ValueError on unsupported ops.
+    """Trace ``model`` (eval mode) and return its QDQ ONNX graph; raises ExportError on unsupported ops.
 
     ``snap_bias`` moves ``model``'s biases onto the integer runtime's int32 grid (in place: pass
     a copy) so that the graph and the model compute the same integer sums.
@@ -542,6 +602,6 @@ def build_onnx(model: nn.Module, example: Tensor, opset: int = 17, snap_bias: bo
     try:
         graph = _Tracer().trace(model)
     except Exception as e:  # fx raises many types for untraceable code
-        raise ValueError(f"export: cannot trace {type(model).__name__} with torch.fx: {e}") from None
+        raise ExportError(f"export: cannot trace {type(model).__name__} with torch.fx: {e}") from None
     gm = fx.GraphModule(model, graph)
     return _Converter(model, gm, example, opset, snap_bias).run()

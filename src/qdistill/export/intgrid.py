@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from qdistill.errors import ExportError
 from qdistill.quant.base import Quantizer
 
 __all__ = ["ActGrid", "IntWeight", "act_grid", "quant_levels", "weight_ints"]
@@ -92,10 +93,10 @@ class ActGrid:
 def act_grid(q: Quantizer) -> ActGrid:
     """The integer description of an (initialised) activation quantizer."""
     if not bool(q.initialized):
-        raise RuntimeError("activation quantizer is not initialised: calibrate the model or run one forward first")
+        raise ExportError("activation quantizer is not initialised: calibrate the model or run one forward first")
     iv = q.interval(torch.zeros(()))
     if iv.lo.numel() != 1 or iv.step.numel() != 1:
-        raise ValueError("per-channel activation quantizers cannot be exported")
+        raise ExportError("per-channel activation quantizers cannot be exported")
     n = q.levels - 1
     lo, hi = float(iv.lo), float(iv.hi)
     delta = (hi - lo) / n

@@ -11,18 +11,28 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qdistill.errors import ConfigError, ExportError
 from qdistill.export.bench import measure, ort_session
 from qdistill.export.card import write_model_card
 from qdistill.export.graph import build_onnx
 from qdistill.export.ort_layout import ort_optimized
-from qdistill.export.parity import compare_logits, onnx_logits, require_parity, torch_logits
+from qdistill.export.parity import (
+    check_min_agreement,
+    compare_logits,
+    decision_tolerance,
+    onnx_logits,
+    require_parity,
+    torch_logits,
+)
 from qdistill.export.residual import quantize_float_tensors
 from qdistill.quant.base import Quantizer
 from qdistill.quant.modules import QuantModule
 
-__all__ = ["RESIDUAL_MODES", "export_onnx", "float_twin"]
+__all__ = ["RESIDUAL_MODES", "export_onnx", "float_twin", "require_writable", "snap_biases"]
 
 RESIDUAL_MODES = ("int8", "float")
+BIAS_HINT = ("; integer kernels round each folded bias to int32 units: qdistill.export.snap_biases moves the "
+             "model's biases onto that grid (docs/export.md)")  # fmt: skip
 
 
 @torch.no_grad()
@@ -62,12 +72,18 @@ def export_onnx(
     min_agreement: float = 99.5,
     threads: int = 2,
     card: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
     fp32_reference: bool = False,
-    snap_bias: bool = True,
     ort_build: bool = False,
     opset: int = 17,
 ) -> dict[str, Any]:
     """Export a quantized model to QDQ ONNX at ``path``; return the report stored beside it.
+
+    The parity gate compares the exported file with ``model`` exactly as passed in (it is not
+    changed). An integer kernel adds each folded bias as a whole number of int32 units (input
+    scale x weight scale); at low bits that rounding alone can flip levels that cascade, and the
+    gate then refuses. Run `qdistill.export.snap_biases` on the model first (and evaluate or
+    fine-tune the snapped model: it is then the model you ship) to make the export exact.
 
     Args:
         model: any model whose quantized layers are `QConv2d`/`QLinear` (quantizers calibrated).
@@ -78,14 +94,13 @@ def export_onnx(
         residual: ``"int8"`` quantizes the float residual stream to uint8 (fast: every conv and
             add becomes an integer kernel); ``"float"`` keeps it float as trained (exact up to
             float rounding, but convs that feed a float add run in float).
-        min_agreement: refuse to write (RuntimeError) below this top-1 agreement, in percent.
+        min_agreement: refuse to write (ExportError) below this margin-aware top-1 agreement, in
+            percent (`qdistill.export.parity`); ConfigError unless a number in [0, 100].
         card: extra model-card facts (architecture, method, teacher, accuracy, ...).
+        metadata: written into the ONNX file's ``metadata_props`` (e.g. ``mean``, ``std``,
+            ``classes``); ``input_size`` (C, H, W of ``example``) is always added. Values that are
+            not strings are stored as JSON.
         fp32_reference: also write ``<path>.fp32.onnx``, the float twin, for `qdistill bench`.
-        snap_bias: move each integer layer's folded bias onto the runtime's int32 grid (at most
-            half a grid unit, about 1e-3 of an output level) so that the exported graph computes
-            exactly what the model computes. Parity is then checked against this snapped copy
-            (the model passed in is not changed) and also reported against the model as given,
-            under ``parity["unsnapped"]``.
         ort_build: also write ``<path>.ort.onnx``: ONNX Runtime's own fused graph with the residual
             stream kept channels-last (`qdistill.export.ort_layout`), faster on ONNX Runtime CPU
             and checked like the QDQ file; it only runs in ONNX Runtime.
@@ -94,52 +109,55 @@ def export_onnx(
     """
     import onnx
 
+    min_agreement = check_min_agreement(min_agreement)
     if residual not in RESIDUAL_MODES:
-        raise ValueError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
+        raise ConfigError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
     path = Path(path)
+    require_writable(path.parent)
     model = model.eval()
     if residual == "int8" and getattr(getattr(model, "qdistill_config", None), "residual_bits", None):
-        raise ValueError("export: this model quantizes its residual sums itself (quant.residual_bits); "
-                         "export it with residual='float', which is then already all-integer")  # fmt: skip
+        raise ConfigError("export: this model quantizes its residual sums itself (quant.residual_bits); "
+                          "export it with residual='float', which is then already all-integer")  # fmt: skip
     calib = example if calib is None else calib
-    reference = copy.deepcopy(model) if snap_bias else model
-    build = build_onnx(reference, example, opset, snap_bias)
+    build = build_onnx(model, example, opset)
     notes: list[str] = []
     if residual == "int8":
         _, names = quantize_float_tensors(build.model, calib.float().numpy())
         if names:
             notes.append(f"{len(names)} float residual-stream tensors quantized to uint8 for integer kernels")
+    meta = {"input_size": list(example.shape[1:]), **(metadata or {})}
+    onnx.helper.set_model_props(build.model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
     onnx.checker.check_model(build.model)
     blob = build.model.SerializeToString()
     exported = onnx_logits(ort_session(blob, threads), calib)
-    expected = torch_logits(reference, calib)
-    trained = torch_logits(model, calib) if snap_bias else expected
-    parity = compare_logits(expected, exported)
+    trained = torch_logits(model, calib)
+    tolerance = decision_tolerance(model, calib, trained)
+    parity = compare_logits(trained, exported, tolerance)
     parity["threshold"] = min_agreement
     if labels is not None:
         truth = labels.numpy()
         parity["top1_trained"] = float((trained.argmax(1) == truth).mean() * 100)
         parity["top1_exported"] = float((exported.argmax(1) == truth).mean() * 100)
-    if snap_bias:
-        parity["unsnapped"] = compare_logits(trained, exported)
-        parity["bias_shift_levels"] = max((layer.get("bias_shift_levels", 0.0) for layer in build.layers), default=0.0)
-    require_parity(parity, min_agreement, str(path))
+    require_parity(parity, min_agreement, str(path), BIAS_HINT)
     ort_report = None
     if ort_build:
         ort_path = Path(str(path) + ".ort.onnx")
         with tempfile.TemporaryDirectory() as tmp:
-            ort_blob = ort_optimized(blob, str(Path(tmp) / "optimised.onnx")).SerializeToString()
+            ort_model = ort_optimized(blob, str(Path(tmp) / "optimised.onnx"))
+        onnx.helper.set_model_props(ort_model, {p.key: p.value for p in build.model.metadata_props})
+        ort_blob = ort_model.SerializeToString()
         ort_logits = onnx_logits(ort_session(ort_blob, threads), calib)
-        ort_report = {"path": str(ort_path), "parity": compare_logits(expected, ort_logits),
+        ort_report = {"path": str(ort_path), "parity": compare_logits(trained, ort_logits, tolerance),
                       "identical_to_qdq": bool((ort_logits == exported).all())}  # fmt: skip
-        require_parity(ort_report["parity"], min_agreement, str(ort_path))
+        require_parity(ort_report["parity"], min_agreement, str(ort_path), BIAS_HINT)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)
     if ort_report is not None:
         Path(ort_report["path"]).write_bytes(ort_blob)
     latency = [dict(measure(ort_session(blob, threads), (1, *example.shape[1:]), 0.5), threads=threads)]
     report = {"format": f"onnx (QDQ, opset {opset}, residual {residual})", "parity": parity, "latency": latency,
-              "layers": build.layers, "file_bytes": path.stat().st_size, "notes": notes, **(card or {})}  # fmt: skip
+              "layers": build.layers, "metadata": meta, "file_bytes": path.stat().st_size, "notes": notes,
+              **(card or {})}  # fmt: skip
     if ort_report is not None:
         ort_report["latency"] = [dict(measure(ort_session(ort_blob, threads), (1, *example.shape[1:]), 0.5), threads=threads)]
         report["ort_build"] = ort_report
@@ -150,3 +168,31 @@ def export_onnx(
     Path(str(path) + ".json").write_text(json.dumps(report, indent=1, default=str))
     write_model_card(path, report)
     return report
+
+
+@torch.no_grad()
+def snap_biases(model: nn.Module, example: Tensor) -> dict[str, float]:
+    """Move, in place, each integer layer's folded bias onto ONNX Runtime's int32 bias grid.
+
+    An integer kernel adds the BatchNorm-folded bias as ``round(bias / (input scale x weight
+    scale))`` int32 units, a move of at most half a unit (about 1e-3 of an output level) that
+    low-bit networks can amplify through their depth. Shifting the model's own BatchNorm shift (or
+    bias) by the same amount makes model and export compute the same integer sums. The snapped
+    model is a slightly different model: evaluate it (or fine-tune it, then snap again) before
+    shipping. Returns the move per layer, in grid units (at most 0.5).
+    """
+    build = build_onnx(model.eval(), example, snap_bias=True)
+    return {layer["name"]: layer["bias_shift_levels"] for layer in build.layers if "bias_shift_levels" in layer}
+
+
+def require_writable(folder: Path) -> None:
+    """ExportError unless ``folder`` (or the nearest existing folder above it) can be written,
+    checked before any work is done."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ExportError(f"export: cannot write into {folder}: {existing} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ExportError(f"export: cannot write to {existing}: {e.strerror or e}") from None

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qdistill.errors import CheckpointError, MissingFileError
 from qdistill.export.intgrid import quant_levels
 from qdistill.quant.modules import QuantModule
 
@@ -122,7 +123,7 @@ def _skeleton(header: dict[str, Any]) -> nn.Module:
 
     arch = header.get("arch")
     if not arch:
-        raise ValueError("packed file has no architecture record: pass model= (a quantized model of the same structure)")
+        raise CheckpointError("packed file has no architecture record: pass model= (a quantized model of the same structure)")
     model = create_model(arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"])
     if header.get("quant"):
         quantize(model, QuantConfig.from_dict(header["quant"]))
@@ -138,17 +139,23 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         model: optional quantized model of the same structure to fill in; default: rebuilt from the
             header's architecture and quantization config.
     """
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"packed model not found: {path}")
-    with safe_open(str(path), "np") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT or "qdistill" not in meta:
-            raise ValueError(f"{path} is not a qdistill packed model (no qdistill header)")
+        raise MissingFileError(f"packed model not found: {path}")
+    try:
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path} is not a safetensors file: {str(e).splitlines()[0][:200]}") from None
+    if meta.get("format") != FORMAT or "qdistill" not in meta:
+        raise CheckpointError(f"{path} is not a qdistill packed model (no qdistill header)")
+    try:
         header = json.loads(zlib.decompress(base64.b64decode(meta["qdistill"])))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (zlib.error, ValueError):
+        raise CheckpointError(f"{path}: the qdistill header is damaged") from None
     model = _skeleton(header) if model is None else model
     for name, spec in header["layers"].items():
         m = model.get_submodule(name)
@@ -165,5 +172,5 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     frozen_keys |= {f"{n}.weight" for n in header["layers"]}
     if unexpected or set(missing) - frozen_keys:
         bad = sorted(unexpected or set(missing) - frozen_keys)[:3]
-        raise ValueError(f"{path} does not fit the model: mismatched keys {bad}")
+        raise CheckpointError(f"{path} does not fit the model: mismatched keys {bad}")
     return model.eval()

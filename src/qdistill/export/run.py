@@ -8,41 +8,70 @@ from typing import Any
 
 import torch
 
+from qdistill.errors import ConfigError
 from qdistill.export.card import write_model_card
-from qdistill.export.onnx import export_onnx
+from qdistill.export.onnx import export_onnx, require_writable
 from qdistill.export.packed import export_packed, load_packed
-from qdistill.export.parity import compare_logits, require_parity, torch_logits
+from qdistill.export.parity import check_min_agreement, compare_logits, require_parity, torch_logits
 
 __all__ = ["export_run"]
 
-LABELLED_METHODS = ("qat", "ce_kd")
+FORMATS = ("onnx", "packed")
 
 
-def _calibration_images(cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _calibration_images(cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """The first ``count`` images of the run's test split (else its validation/training split),
-    normalised, with their labels when the split has them (only to report accuracy)."""
+    normalised, with their labels when the split has them (only to report accuracy), and what a
+    deployment needs to know about the inputs (normalisation, class names)."""
     from qdistill.data import BatchLoader
     from qdistill.experiment import prepare_data
 
     splits, train, val, test = prepare_data(cfg.data)
     data = next(d for d in (test, val, train) if d is not None)
     batch = next(iter(BatchLoader(data, count, mean=splits.mean, std=splits.std, with_labels=data.labels is not None)))
-    return (batch[0], batch[1]) if isinstance(batch, (list, tuple)) and len(batch) == 2 else (batch, None)
+    images, labels = (batch[0], batch[1]) if isinstance(batch, (list, tuple)) and len(batch) == 2 else (batch, None)
+    meta: dict[str, Any] = {"mean": list(splits.mean), "std": list(splits.std), "input_scale": "[0, 1] before (x - mean) / std"}
+    if data.classes is not None:
+        meta["classes"] = list(data.classes)
+    return images, labels, meta
 
 
-def _card_facts(run_dir: Path, cfg: Any) -> dict[str, Any]:
+def _recorded(run_dir: Path, state: dict[str, Any], key: str) -> Any:
+    """A fact the run recorded: results.json, then model.json, then the checkpoint's meta."""
+    for name in ("results.json", "model.json"):
+        f = run_dir / name
+        if f.is_file():
+            value = json.loads(f.read_text()).get(key)
+            if value is not None:
+                return value
+    return state.get("meta", {}).get(key)
+
+
+def _teacher(cfg: Any) -> str:
+    from qdistill.distill import OBJECTIVES
+
+    if not getattr(OBJECTIVES.get(cfg.method.name), "needs_teacher", True):
+        return f"none (method {cfg.method.name} trains without one)"
+    if cfg.teachers:
+        return "ensemble of " + ", ".join(f"{t.name} ({t.pretrained or 'random init'})" for t in cfg.teachers)
+    if cfg.model.pretrained:
+        return f"{cfg.model.name} ({cfg.model.pretrained})"
+    return f"{cfg.model.name}, random init (model.pretrained not set)"
+
+
+def _card_facts(run_dir: Path, cfg: Any, state: dict[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "architecture": cfg.model.name,
         "method": f"{cfg.quant.method} W{cfg.quant.weight_bits}A{cfg.quant.act_bits or 32}" if cfg.quant else "none (FP32)",
         "objective": cfg.method.name,
-        "teacher": cfg.model.pretrained or "not recorded",
-        "labels_used": cfg.method.name in LABELLED_METHODS,
+        "teacher": _teacher(cfg),
+        "labels_used": _recorded(run_dir, state, "labels_used"),
     }
     results = run_dir / "results.json"
     if results.is_file():
         r = json.loads(results.read_text())
-        acc = {k: v for k, v in r.items() if "acc" in k and isinstance(v, (int, float))}
-        facts["accuracy"] = ", ".join(f"{k} {v:.2f}" for k, v in acc.items()) or "see results.json"
+        test = {k.removeprefix("test_"): v for k, v in r.items() if k.startswith("test_") and isinstance(v, (int, float))}
+        facts["accuracy"] = ", ".join(f"test {k} {v:.2f}%" for k, v in test.items()) or "no test metrics in results.json"
     return facts
 
 
@@ -53,20 +82,22 @@ def export_run(
     """Export the best student of ``run_dir`` as ``onnx`` or ``packed``; return the report."""
     from qdistill.experiment import load_run
 
+    min_agreement = check_min_agreement(min_agreement)
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
+    out = Path(out or run_dir / ("model.onnx" if fmt == "onnx" else "model.safetensors"))
+    require_writable(out.parent)
     model, cfg, state = load_run(run_dir)
-    calib, labels = _calibration_images(cfg, images)
-    card = _card_facts(run_dir, cfg)
+    calib, labels, metadata = _calibration_images(cfg, images)
+    card = _card_facts(run_dir, cfg, state)
     if fmt == "onnx":
-        out = Path(out or run_dir / "model.onnx")
         return export_onnx(model, calib[:8], out, calib=calib, labels=labels, residual=residual, min_agreement=min_agreement,
-                           threads=threads, card=card, fp32_reference=True, ort_build=True)  # fmt: skip
-    if fmt != "packed":
-        raise ValueError(f"unknown format {fmt!r}; choose onnx or packed")
-    out = Path(out or run_dir / "model.safetensors")
+                           threads=threads, card=card, metadata=metadata, fp32_reference=True, ort_build=True)  # fmt: skip
     meta = state.get("meta", {})
     arch = {"name": cfg.model.name, "num_classes": meta.get("num_classes") or cfg.model.num_classes,
             "in_channels": meta.get("in_channels", calib.shape[1])}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     header = export_packed(model, tmp, arch=arch, meta={"run": str(run_dir)})
     reference, rebuilt = torch_logits(model, calib), torch_logits(load_packed(tmp), calib)
@@ -85,4 +116,3 @@ def export_run(
     Path(str(out) + ".json").write_text(json.dumps(report, indent=1))
     write_model_card(out, report)
     return report
-
