@@ -185,3 +185,24 @@ def test_quantization_summary_is_logged(tmp_path, teacher_file, monkeypatch):
     lines = []
     run_experiment(_cfg(tmp_path, teacher_file), log=lines.append)
     assert lines == ["3 layers quantized"]
+
+
+def test_snap_biases_makes_the_export_exact(tmp_path, teacher_file):
+    """A W2A2 run finished with snap_biases exports to a file that agrees with the saved student."""
+    pytest.importorskip("onnxruntime")
+    from qdistill.export.run import export_run
+
+    cfg = replace(_cfg(tmp_path / "run", teacher_file, quant={"method": "ewgs"}), snap_biases=True)
+    results = run_experiment(cfg)
+    assert results["biases_snapped"] > 0 and 0 < results["bias_snap_max_levels"] <= 0.5
+    report = export_run(tmp_path / "run", images=64, min_agreement=100.0)
+    assert report["parity"]["top1_agreement"] == 100.0
+
+
+def test_snap_biases_needs_the_export_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    with pytest.raises(ConfigError, match="export extra"):
+        RunConfig(snap_biases=True)

@@ -75,8 +75,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     report = export_run(args.run_dir, args.format, args.out, args.min_agreement, args.residual, args.images, args.threads)
     p = report["parity"]
+    decisive = p.get("top1_agreement_decisive")
+    gate = f", {decisive:.2f}% on the {p['decisive_images']} decisive ones" if decisive is not None else ""
     print(f"{report['format']}: {report['file_bytes'] / 1024:.1f} KiB, top-1 agreement {p['top1_agreement']:.2f}% "
-          f"on {p['images']} images, max |logit diff| {p['max_abs_logit_diff']:.4g}")  # fmt: skip
+          f"on {p['images']} images{gate}, max |logit diff| {p['max_abs_logit_diff']:.4g}")  # fmt: skip
     return 0
 
 
@@ -156,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = add("export", "export a trained run as QDQ ONNX or bit-packed safetensors, with a parity check")
     x.add_argument("run_dir")
     x.add_argument("--format", default="onnx", choices=["onnx", "packed"])
-    x.add_argument("--out", help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.safetensors)")
+    x.add_argument("--out", help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.packed.safetensors; the run keeps its own model.safetensors)")
     x.add_argument("--min-agreement", type=float, default=99.5, help="refuse below this top-1 agreement in %% (default 99.5)")
     x.add_argument("--residual", default="float", choices=["float", "int8"],
                    help="ONNX only: keep float residual sums float (default, exact) or quantize them to uint8 after "

@@ -7,6 +7,7 @@ with a `RunConfig`, or use the pieces (`create_model`, `make_student`, `build_ob
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -119,6 +120,11 @@ class RunConfig:
     ``teachers`` (optional) replaces the single teacher by a frozen ensemble of these models, of
     any architectures (e.g. ResNet-32 and ResNet-56 for a ResNet-20 ``model``); the student is
     still a quantized copy of ``model``. Used by ``ekd`` (and by any method that takes a teacher).
+
+    ``snap_biases`` finishes a quantized run for integer deployment: the trained student's folded
+    biases move onto ONNX Runtime's int32 grid (`qdistill.export.snap_biases`, needs the export
+    extra) before it is saved and tested, so ``qdistill export`` writes exactly the model that
+    ``results.json`` describes.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -129,11 +135,14 @@ class RunConfig:
     out: str = "runs/default"
     calib_images: int = 256
     teachers: tuple[ModelConfig, ...] = ()
+    snap_biases: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teachers", tuple(self.teachers))
         if self.calib_images < 1:
             raise ConfigError(f"calib_images must be >= 1, got {self.calib_images}")
+        if self.snap_biases and importlib.util.find_spec("onnx") is None:
+            raise ConfigError("snap_biases: needs the export extra (pip install 'qdistill[export]')")
         if not OBJECTIVES.get(self.method.name).needs_teacher:
             return
         for where, m in self.teacher_sections():
@@ -347,6 +356,7 @@ def run_experiment(
     trainer = Trainer(objective, train_loader, cfg.train, val_loader, out, meta)
     trainer.fit(resume=resume)  # leaves the best epoch's weights in the student
     best_epoch = trainer.best["epoch"]
+    snapped = _snap_biases(student, calib, trainer.device) if cfg.snap_biases and cfg.quant is not None else {}
     num_classes = cfg.model.num_classes or splits.num_classes
     save_model(out, student, {
         "model": {"name": cfg.model.name, "num_classes": num_classes, "in_channels": meta["in_channels"]},
@@ -356,11 +366,22 @@ def run_experiment(
     results = {"best_epoch": best_epoch, "labels_used": labels, "method": cfg.method.name,
                "weight_bits": cfg.quant.weight_bits if cfg.quant else 32,
                "act_bits": (cfg.quant.act_bits or 32) if cfg.quant else 32,
-               "size_bytes": model_size_bytes(student)}  # fmt: skip
+               "size_bytes": model_size_bytes(student), **snapped}  # fmt: skip
     if test is not None:
         results.update(_test_metrics(student, teacher, test, splits, cfg, trainer.device))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def _snap_biases(student: nn.Module, calib: torch.Tensor, device: torch.device) -> dict[str, Any]:
+    """Snap the student's folded biases to the integer runtime's grid; the largest move, in grid units."""
+    from qdistill.export.onnx import snap_biases
+
+    try:
+        moves = snap_biases(student.cpu(), calib.cpu())
+    finally:
+        student.to(device)
+    return {"biases_snapped": len(moves), "bias_snap_max_levels": max(moves.values(), default=0.0)}
 
 
 def _test_metrics(student, teacher, test: ImageSet, splits: DataSplits, cfg: RunConfig, device) -> dict[str, float]:

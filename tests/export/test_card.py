@@ -40,7 +40,7 @@ def test_card_of_a_labelled_feature_kd_run(fitnet_run):
     run, teacher = fitnet_run
     results = json.loads((run / "results.json").read_text())
     export_run(run, "packed", images=100)
-    card = _card_rows(run / "model.safetensors.md")
+    card = _card_rows(run / "model.packed.safetensors.md")
     assert card["labels used in training"] == "yes"  # fitnet was reported label-free before
     assert card["teacher"] == f"smallcnn ({teacher})"
     assert f"test top1 {results['test_top1']:.2f}%" in card["accuracy"]

@@ -64,7 +64,7 @@ def test_bench_user_errors_are_one_line(run_dir, what, capsys):
 
 def test_export_packed_is_bit_exact(run_dir):
     assert main(["export", str(run_dir), "--format", "packed", "--images", "100"]) == 0
-    report = json.loads((run_dir / "model.safetensors.json").read_text())
+    report = json.loads((run_dir / "model.packed.safetensors.json").read_text())
     assert report["parity"]["bit_exact"] and report["parity"]["top1_agreement"] == 100.0
 
 

@@ -31,8 +31,8 @@ from qdistill.quant.modules import QuantModule
 __all__ = ["RESIDUAL_MODES", "export_onnx", "float_twin", "require_writable", "snap_biases"]
 
 RESIDUAL_MODES = ("int8", "float")
-BIAS_HINT = ("; integer kernels round each folded bias to int32 units: qdistill.export.snap_biases moves the "
-             "model's biases onto that grid (docs/export.md)")  # fmt: skip
+BIAS_HINT = ("; integer kernels round each folded bias to int32 units: train with snap_biases: true in the run "
+             "config, or call qdistill.export.snap_biases on the model, to move its biases onto that grid (docs/export.md)")  # fmt: skip
 
 
 @torch.no_grad()

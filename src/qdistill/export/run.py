@@ -86,7 +86,7 @@ def export_run(
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     run_dir = Path(run_dir)
-    out = Path(out or run_dir / ("model.onnx" if fmt == "onnx" else "model.safetensors"))
+    out = Path(out or run_dir / ("model.onnx" if fmt == "onnx" else "model.packed.safetensors"))
     require_writable(out.parent)
     model, cfg, state = load_run(run_dir)
     calib, labels, metadata = _calibration_images(cfg, images)
