@@ -125,12 +125,12 @@ def main() -> None:
         best = min(paths, key=lambda x: t[f"quant_{x}"])
         print(f"{threads:>7} fastest quantized path: {best}, {row[f'speedup_{best}_over_eager']:.2f}x the eager "
               f"quantized step's throughput, {row[f'ratio_{best}']:.2f}x the eager FP KD step")  # fmt: skip
+        if args.json:  # after every thread count: a run cut short keeps what it measured
+            meta = {"hardware": hardware(), "threads": args.threads, "steps": args.steps, "paths": paths,
+                    "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "torch": torch.__version__}  # fmt: skip
+            with open(args.json, "w") as f:
+                json.dump({"meta": meta, "results": rows}, f, indent=1)
     print("targets: quantized step <= 1.10x the FP KD step on the fast path; fast step >= 1.5x the eager step's throughput")
-    if args.json:
-        meta = {"hardware": hardware(), "threads": args.threads, "steps": args.steps, "paths": paths,
-                "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "torch": torch.__version__}  # fmt: skip
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
