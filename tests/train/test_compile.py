@@ -66,6 +66,14 @@ def test_compiled_step_gives_the_eager_losses_and_gradients(teacher, backward):
         assert None not in eager.deltas and fast.deltas == pytest.approx(eager.deltas, rel=1e-5)
 
 
+def test_compiled_step_under_bf16_autocast_gives_the_eager_losses(teacher):
+    student = _student(teacher, "ste")  # fake-quant math stays fp32 inside the compiled graph too
+    eager, _ = _fit(teacher, copy.deepcopy(student), amp="bf16")
+    torch._dynamo.reset()
+    fast, _ = _fit(teacher, student, amp="bf16", compile=True, compile_backend="aot_eager")
+    _assert_same(eager, fast, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_inductor_step_gives_the_eager_losses_and_gradients(teacher):
     student = _student(teacher, "ewgs")
