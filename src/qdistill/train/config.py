@@ -7,6 +7,7 @@ from typing import Any
 
 from qdistill.config import from_dict
 from qdistill.errors import ConfigError
+from qdistill.train.compile import COMPILE_MODES
 
 __all__ = ["DIVERGE_WINDOW", "TrainConfig"]
 
@@ -29,6 +30,11 @@ class TrainConfig:
         max_steps: cap on steps per epoch (quick runs on a subset); None for full epochs.
         compile_quantizers: fuse quantizer kernels with torch.compile (about 9x faster quantizers
             after a one-off compile of tens of seconds on CPU; see `use_compiled_kernels`).
+        compile: torch.compile the whole objective forward (student, teacher, loss, quantizers) into
+            one graph for the fit (qdistill/train/compile.py); eager stays the reference.
+        compile_mode / compile_backend: ``torch.compile``'s ``mode`` (one of `COMPILE_MODES`) and
+            ``backend`` (``aot_eager``: no code generation, quick to check that a model compiles).
+        channels_last: NHWC conv weights and image batches (faster convolutions on some hardware).
         checkpoint_every: also write ``last.pt`` every N steps inside an epoch, so a kill loses
             at most N steps (a checkpoint is always written at the end of each epoch). Honoured
             only with qdistill's `BatchLoader`, the one loader that can restart mid-epoch exactly.
@@ -57,6 +63,10 @@ class TrainConfig:
     max_steps: int | None = None
     checkpoint_every: int | None = None
     compile_quantizers: bool = False
+    compile: bool = False
+    compile_mode: str = "default"
+    compile_backend: str = "inductor"
+    channels_last: bool = False
     progress: bool = True
     tensorboard: bool = False
     diverge_factor: float | None = 1e3
@@ -77,6 +87,7 @@ class TrainConfig:
             (self.checkpoint_every is None or self.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
             (self.diverge_factor is None or self.diverge_factor > 1, "train.diverge_factor must be > 1 (or null: off)"),
             (self.diverge_min_loss >= 0, "train.diverge_min_loss must be >= 0"),
+            (self.compile_mode in COMPILE_MODES, f"train.compile_mode: unknown {self.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}"),
         ]
         for ok, msg in checks:
             if not ok:

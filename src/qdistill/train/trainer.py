@@ -23,6 +23,7 @@ from qdistill.quant.base import Quantizer
 from qdistill.quant.callbacks import training_callbacks
 from qdistill.train.callbacks import EVENTS
 from qdistill.train.checkpoint import load_checkpoint, remove_stale_tmp, require_keys, save_checkpoint
+from qdistill.train.compile import fast_step_callbacks
 from qdistill.train.config import DIVERGE_WINDOW, TrainConfig
 from qdistill.train.evaluate import evaluate
 from qdistill.train.metrics import MetricsLog, TensorBoardLog
@@ -178,7 +179,7 @@ class Trainer:
         self.best: dict[str, Any] = {}  # score, epoch and student weights of the best epoch so far
         self.history: list[dict[str, Any]] = []
         self.start_losses: list[float] = []  # the run's first DIVERGE_WINDOW losses: divergence reference
-        self.callbacks = [*training_callbacks(cfg), *callbacks]
+        self.callbacks = [*fast_step_callbacks(cfg), *training_callbacks(cfg), *callbacks]
         if self.out_dir is not None:
             self.callbacks.append(MetricsLog(self.out_dir))
             if cfg.tensorboard:
