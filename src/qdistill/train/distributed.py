@@ -29,11 +29,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
-from qdistill.errors import ConfigError
+from qdistill.errors import ConfigError, QdistillError
 
-__all__ = ["SyncBatchNorm", "active", "all_reduce_mean", "is_main", "launch", "process_group", "rank_and_world", "wrap"]
+__all__ = ["PeerFailedError", "SyncBatchNorm", "active", "all_reduce_mean", "is_main", "launch", "process_group", "rank_and_world", "wrap"]
 
 
 def active() -> bool:
@@ -61,12 +60,27 @@ def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(values, (t / world).tolist()))
 
 
+class PeerFailedError(QdistillError, RuntimeError):
+    """This rank stopped because another process of the run failed, was killed or hung."""
+
+
+PEER_GRACE_S = 3.0  # a rank whose peer died waits this long for its launcher to stop it silently
+_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "Broken pipe")
+
+
+def _peer_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because of another rank (not a problem of this one)."""
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(s in str(e) for s in _PEER_SIGNS))
+
+
 @contextmanager
 def process_group(timeout_s: float = 600.0, device: str = "auto") -> Iterator[bool]:
     """Join the process group that ``torchrun``/`launch` describe in the environment; yield True if any.
 
     gloo on CPU, NCCL on CUDA; ``timeout_s`` bounds every collective, so a rank whose peer hangs
-    stops instead of waiting forever. The group is destroyed on exit, also after an error.
+    stops instead of waiting forever. A rank stopped by a peer's failure waits `PEER_GRACE_S` (its
+    launcher stops it meanwhile, so only the failing rank's message is shown), then raises a
+    one-line `PeerFailedError`. The group is destroyed on exit, also after an error.
     """
     if "WORLD_SIZE" not in os.environ or active():
         yield False
@@ -77,8 +91,30 @@ def process_group(timeout_s: float = 600.0, device: str = "auto") -> Iterator[bo
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     try:
         yield True
+    except Exception as e:
+        rank, world = rank_and_world()
+        if world == 1 or not _peer_failure(e):
+            raise
+        time.sleep(PEER_GRACE_S)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeerFailedError(f"rank {rank} stopped: another process of the run failed or hung ({first[:160]})") from None
     finally:
         dist.destroy_process_group()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum over ranks of the incoming gradients (differentiable
+    twice, for EWGS's Hessian-vector products)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:  # type: ignore[override]
+        return _AllReduceSum.apply(g)
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -100,13 +136,13 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        xf = x.float()
-        count = torch.tensor([x.numel() // x.shape[1]], dtype=xf.dtype)
-        sums = differentiable_all_reduce(torch.cat([xf.sum(dims), count.to(xf.device)]))
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 statistics in fp32
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=xf.dtype, device=x.device)
+        sums = _AllReduceSum.apply(torch.cat([xf.sum(dims), count]))
         total = sums[-1].detach()
         mean = sums[:-1] / total
         centred = xf - mean.view(shape)
-        var = differentiable_all_reduce(centred.square().sum(dims)) / total
+        var = _AllReduceSum.apply(centred.square().sum(dims)) / total
         y = centred * torch.rsqrt(var + self.eps).view(shape)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
@@ -173,7 +209,8 @@ def wrap(objective: nn.Module, device: torch.device, mode: str = "ddp") -> nn.Mo
     joint = _Joint(objective)
     convert_sync_batchnorm(joint, device.type == "cuda")
     ids = [device.index or 0] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(joint, device_ids=ids, find_unused_parameters=True)
+    # static_graph: parameters a method never uses (e.g. a frozen part) are handled without a graph walk per step
+    return nn.parallel.DistributedDataParallel(joint, device_ids=ids, static_graph=True)
 
 
 def _free_port() -> int:
