@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from qdistill.errors import ConfigError, QdistillError
 
-__all__ = ["PeerFailedError", "SyncBatchNorm", "active", "all_reduce_mean", "is_main", "launch", "process_group", "rank_and_world", "wrap"]
+__all__ = ["PeerFailedError", "SyncBatchNorm", "active", "all_reduce_mean", "barrier", "is_main", "launch", "process_group", "rank_and_world", "wrap"]
 
 
 def active() -> bool:
@@ -46,8 +46,14 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def is_main() -> bool:
-    """True in the one process that writes files (rank 0, or the only process)."""
-    return rank_and_world()[0] == 0
+    """True in the one process that writes files: rank 0 (of the group, else of torchrun's ``RANK``)."""
+    return (dist.get_rank() if active() else int(os.environ.get("RANK", "0"))) == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing outside a process group)."""
+    if active():
+        dist.barrier()
 
 
 def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
@@ -208,7 +214,7 @@ def wrap(objective: nn.Module, device: torch.device, mode: str = "ddp") -> nn.Mo
                           "config, calib_batch)) before data parallel training, so every rank starts alike")  # fmt: skip
     joint = _Joint(objective)
     convert_sync_batchnorm(joint, device.type == "cuda")
-    ids = [device.index or 0] if device.type == "cuda" else None
+    ids = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else None
     # static_graph: parameters a method never uses (e.g. a frozen part) are handled without a graph walk per step
     return nn.parallel.DistributedDataParallel(joint, device_ids=ids, static_graph=True)
 
