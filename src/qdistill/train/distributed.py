@@ -186,6 +186,29 @@ def convert_sync_batchnorm(module: nn.Module, cuda: bool) -> int:
     return replaced
 
 
+def _average_output_grad(module: nn.Module, args: Any, out: Tensor) -> None:
+    """Forward hook: the gradient reaching this output becomes its mean over the ranks (differentiably)."""
+    if out.requires_grad:
+        world = dist.get_world_size()
+        out.register_hook(lambda g: _AllReduceSum.apply(g) / world)
+
+
+def sync_ewgs_weight_grads(student: nn.Module) -> int:
+    """Make EWGS weight quantizers see the gradient of the global batch; return how many.
+
+    EWGS scales a gradient by ``1 + delta * sign(g) * (x_c - x_q)``: for a weight, ``g`` sums over
+    the batch, and the sign of one rank's partial sum is not the sign of the whole batch's, so the
+    average of per-rank EWGS gradients is not the EWGS gradient. Averaging the gradient at the
+    quantizer's output first makes it so (activations are per sample and need nothing).
+    """
+    from qdistill.quant.base import Quantizer
+
+    qs = [m for m in student.modules() if isinstance(m, Quantizer) and m.is_weight and m.backward_mode == "ewgs"]
+    for q in qs:
+        q.register_forward_hook(_average_output_grad)
+    return len(qs)
+
+
 class _Joint(nn.Module):
     """Student and objective as one module, so one wrapper averages the gradients of both
     (GoR scalars, SQuaT adaptors, regressors). The teacher is no submodule of either: it is never wrapped."""
@@ -214,6 +237,8 @@ def wrap(objective: nn.Module, device: torch.device, mode: str = "ddp") -> nn.Mo
                           "config, calib_batch)) before data parallel training, so every rank starts alike")  # fmt: skip
     joint = _Joint(objective)
     convert_sync_batchnorm(joint, device.type == "cuda")
+    if rank_and_world()[1] > 1:
+        sync_ewgs_weight_grads(objective.student)
     ids = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else None
     # static_graph: parameters a method never uses (e.g. a frozen part) are handled without a graph walk per step
     return nn.parallel.DistributedDataParallel(joint, device_ids=ids, static_graph=True)
