@@ -27,6 +27,9 @@ CASES = [  # every method (ekd: two teachers of other widths, hence adaptors) an
     ("ekd", "ewgs", {}),
     ("squat", "lsq", {}),
 ]
+# a large fixed EWGS delta: its sign(g) scaling of weight gradients must see the global batch's gradient
+FIXED_DELTA = ("sqakd", "ewgs-fixed", {})
+CASES.append(FIXED_DELTA)
 # LSQ scales its step's gradient by 1/sqrt(N Qp) with N the elements of the (per-rank) batch, so a
 # feature loss that reaches an activation step trains it differently per world size (see docs/training.md)
 PER_RANK_SCALE = {"squat-lsq"}
@@ -81,10 +84,13 @@ def _case(root: Path, mode: str, world: int, method: str, quantizer: str, params
     torch.manual_seed(0)
     teachers = [_net(w).eval() for w in (6, 8)]
     calib = next(iter(BatchLoader(data, 16, **norm, with_labels=False)))
-    student = qdistill.make_student(teachers[0], qdistill.QuantConfig(method=quantizer, weight_bits=2, act_bits=2), calib)
+    fixed = quantizer == "ewgs-fixed"
+    qcfg = qdistill.QuantConfig(method="ewgs" if fixed else quantizer, weight_bits=2, act_bits=2,
+                                **({"backward_coef": 0.5} if fixed else {}))  # fmt: skip
+    student = qdistill.make_student(teachers[0], qcfg, calib)
     teacher = TeacherEnsemble(teachers) if method == "ekd" else teachers[0]
     objective = qdistill.build_objective(method, student, teacher, **params)
-    cfg = qdistill.TrainConfig(epochs=2, optimizer="sgd", lr=0.05, progress=False, checkpoint_every=1, ewgs_every=1,
+    cfg = qdistill.TrainConfig(epochs=2, optimizer="sgd", lr=0.05, progress=False, checkpoint_every=1, ewgs_every=0 if fixed else 1,
                                hessian_probes=1, device="cpu", amp="off")  # fmt: skip
     losses: list[float] = []
 
