@@ -38,7 +38,8 @@ class TrainConfig:
             making ordinary noise look like divergence). ``diverge_factor: null`` turns the check
             off; non-finite losses and weights always stop the run.
         distributed: data parallel wrapper when run under ``torchrun`` / ``qdistill train --nproc``:
-            ``ddp`` (DistributedDataParallel, BatchNorm synced); ``fsdp`` is refused for now.
+            ``ddp`` (DistributedDataParallel, BatchNorm synced); ``fsdp`` is refused for now
+            (see docs/training.md).
         dist_timeout: seconds a collective may wait for the other processes before the run stops
             (a hung or dead peer ends every rank instead of blocking it).
     """

@@ -224,13 +224,15 @@ class _Joint(nn.Module):
 def wrap(objective: nn.Module, device: torch.device, mode: str = "ddp") -> nn.Module:
     """The module a data parallel step calls as ``step(inputs, labels) -> (loss, logs)``.
 
-    ``ddp``: DistributedDataParallel over student + objective, BatchNorm synced. ``fsdp``: refused
-    for now (see docs/training.md). Call after quantizing and before building the optimizer.
+    ``ddp``: DistributedDataParallel over student + objective, BatchNorm synced. ``fsdp`` is
+    refused (see docs/training.md). Call after quantizing and before building the optimizer.
     """
     from qdistill.quant.base import Quantizer
 
     if mode != "ddp":
-        raise ConfigError(f"train.distributed: {mode!r} is not supported yet; use ddp")
+        raise ConfigError("train.distributed: fsdp is not supported yet: FSDP2 (fully_shard) runs on gloo in torch "
+                          "2.13, but qdistill's checkpoints, best-epoch copies and EWGS Hessian estimate need whole "
+                          "(unsharded) parameters; use ddp")  # fmt: skip
     raw = [n for n, m in objective.student.named_modules() if isinstance(m, Quantizer) and not bool(m.initialized)]
     if raw:
         raise ConfigError(f"quantizer {raw[0]} is not initialized: calibrate the student (make_student(teacher, "
