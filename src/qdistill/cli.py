@@ -34,7 +34,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 @command
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:  # re-run this command in N processes of one group
+        from qdistill.train.distributed import launch
+
+        return launch(["-m", "qdistill", *_without_nproc(args.argv)], args.nproc)
     from qdistill.experiment import load_config, run_experiment
+    from qdistill.train.distributed import is_main
 
     cfg = load_config(args.config, args.set)
     if args.out:
@@ -42,8 +49,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         cfg = replace(cfg, out=args.out)
     results = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, log=print)
-    print(json.dumps(results, indent=1))
+    if is_main():
+        print(json.dumps(results, indent=1))
     return 0
+
+
+def _without_nproc(argv: Sequence[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if not skip and not a.startswith("--nproc"):
+            out.append(a)
+        skip = a == "--nproc"
+    return out
 
 
 @command
@@ -150,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output folder (overrides the config's out)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same config; epochs may grow)")
     t.add_argument("--overwrite", action="store_true", help="replace a run of another config in OUT")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data parallel training in N processes on this machine (as torchrun --nproc-per-node N); "
+                        "data.batch_size stays the global batch")  # fmt: skip
 
     e = add("eval", "evaluate a trained run on its test split")
     e.add_argument("run_dir")
@@ -179,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; a user error (`QdistillError`) is one line and exit code 2, a bug a traceback."""
     from qdistill.errors import QdistillError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ from qdistill.quant.config import QuantConfig
 from qdistill.rundir import RUN_FILES, config_diff, ensure_writable, read_model_info, save_model, stored_config
 from qdistill.train.checkpoint import load_checkpoint
 from qdistill.train.config import TrainConfig
+from qdistill.train.distributed import barrier, is_main, process_group, rank_and_world
 from qdistill.train.evaluate import evaluate
 from qdistill.train.trainer import Trainer, pick_device, seed_everything
 
@@ -202,13 +203,16 @@ def prepare_data(cfg: DataConfig) -> tuple[DataSplits, ImageSet, ImageSet | None
     return splits, train, val, test
 
 
-def build_loaders(cfg: DataConfig, splits: DataSplits, train: ImageSet, val: ImageSet | None, labels: bool, seed: int):
-    """Training loader (labels only if the method reads them) and validation loader."""
+def build_loaders(cfg: DataConfig, splits: DataSplits, train: ImageSet, val: ImageSet | None, labels: bool, seed: int,
+                  num_shards: int = 1, shard: int = 0):  # fmt: skip
+    """Training loader (labels only if the method reads them; this rank's shard of each global
+    batch of ``data.batch_size``) and validation loader."""
     norm = {"mean": splits.mean, "std": splits.std}
     augment = cfg.augment or splits.augment
     train_data = train if labels else train.without_labels()
     train_loader = BatchLoader(train_data, cfg.batch_size, **norm, augment=augment, shuffle=True,
-                               drop_last=len(train) > cfg.batch_size, seed=seed, with_labels=labels)  # fmt: skip
+                               drop_last=len(train) > cfg.batch_size, seed=seed, with_labels=labels,
+                               num_shards=num_shards, shard=shard)  # fmt: skip
     val_loader = None
     if val is not None:
         val_data = val if labels else val.without_labels()
@@ -325,9 +329,20 @@ def run_experiment(
     ``overwrite``. Everything random (teacher without weights, student, objective modules) is
     built after seeding with ``train.seed``, so the same config gives the same numbers. ``log``
     receives human-readable notes (the quantization summary).
+
+    Under ``torchrun`` (or ``qdistill train --nproc N``) every process trains its shard of each
+    global batch of ``data.batch_size``; only rank 0 writes files and returns the metrics (the
+    others return ``{}``).
     """
+    with process_group(cfg.train.dist_timeout, cfg.train.device):
+        return _run_experiment(cfg, resume, overwrite, log if is_main() else None)
+
+
+def _run_experiment(cfg: RunConfig, resume: bool, overwrite: bool, log: Callable[[str], None] | None) -> dict[str, Any]:
     out = ensure_writable(cfg.out)
-    for name in check_out(cfg, resume, overwrite):  # a fresh start leaves nothing of the run it replaces
+    stale = check_out(cfg, resume, overwrite)
+    barrier()  # every rank has checked the folder before rank 0 changes it
+    for name in stale if is_main() else []:  # a fresh start leaves nothing of the run it replaces
         (out / name).unlink()
     seed_everything(cfg.train.seed)
     splits, train, val, test = prepare_data(cfg.data)
@@ -350,11 +365,14 @@ def run_experiment(
     labels = objective.uses_labels
     if labels and train.labels is None:
         raise DataError(f"method {cfg.method.name!r} needs labels but the training data has none")
-    train_loader, val_loader = build_loaders(cfg.data, splits, train, val, labels, cfg.train.seed)
+    train_loader, val_loader = build_loaders(cfg.data, splits, train, val, labels, cfg.train.seed,
+                                             *reversed(rank_and_world()))  # fmt: skip
     meta = {"config": cfg.to_dict(), "labels_used": labels, "num_classes": splits.num_classes,
             "in_channels": int(splits.train.images.shape[-1])}  # fmt: skip
     trainer = Trainer(objective, train_loader, cfg.train, val_loader, out, meta)
     trainer.fit(resume=resume)  # leaves the best epoch's weights in the student
+    if not is_main():
+        return {}
     best_epoch = trainer.best["epoch"]
     snapped = _snap_biases(student, calib, trainer.device) if cfg.snap_biases and cfg.quant is not None else {}
     num_classes = cfg.model.num_classes or splits.num_classes

@@ -40,11 +40,22 @@ class EpochLoader:
     a slice in storage order, or an index tensor when shuffling.
     """
 
-    def __init__(self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int) -> None:
+    def __init__(
+        self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
+        num_shards: int = 1, shard: int = 0,
+    ) -> None:  # fmt: skip
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if seed < 0:
             raise ConfigError(f"seed must be >= 0, got {seed}")
+        if not 0 <= shard < num_shards:
+            raise ConfigError(f"shard must be in [0, num_shards={num_shards}), got {shard}")
+        if batch_size % num_shards:
+            raise ConfigError(f"the batch size {batch_size} does not split evenly over {num_shards} processes")
+        if num_shards > 1 and not drop_last and num_samples % batch_size:
+            raise ConfigError(f"{num_samples} samples leave a short last batch that {num_shards} processes cannot "
+                              "share evenly: use drop_last=True or a batch size that divides the data")  # fmt: skip
+        self.num_shards, self.shard = num_shards, shard
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
@@ -76,7 +87,13 @@ class EpochLoader:
             lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, self._num_samples)
             yield self._batch(slice(lo, hi) if order is None else order[lo:hi], epoch, b)
 
+    def _rows(self, n: int) -> slice:
+        """This shard's contiguous rows of a global batch of ``n`` (all of them without sharding)."""
+        per = n // self.num_shards
+        return slice(self.shard * per, (self.shard + 1) * per)
+
     def _batch(self, index: Index, epoch: int, batch: int) -> object:
+        """Build global batch ``batch`` from ``index`` (all of its rows); yield only `_rows` of it."""
         raise NotImplementedError
 
 
@@ -110,6 +127,9 @@ class BatchLoader(EpochLoader):
         drop_last: skip the final short batch.
         seed: seed of all randomness.
         with_labels: yield ``(images, labels)`` when the data has labels; False yields images only.
+        num_shards / shard: data parallel training: ``batch_size`` is the global batch, and this
+            loader yields its ``shard``-th contiguous ``batch_size // num_shards`` rows (same order,
+            same augmentation as one process), so N processes see what one process would.
 
     Example:
         >>> data = ImageSet(np.zeros((10, 8, 8, 1), np.uint8), np.arange(10))
@@ -131,9 +151,12 @@ class BatchLoader(EpochLoader):
         drop_last: bool = False,
         seed: int = 0,
         with_labels: bool = True,
+        num_shards: int = 1,
+        shard: int = 0,
     ) -> None:
         n, height, width, channels = data.images.shape
-        super().__init__(n, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)
+        super().__init__(n, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, num_shards=num_shards,
+                         shard=shard)  # fmt: skip
         if augment not in AUGMENTS:
             raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         if len(mean) != channels or len(std) != channels:
@@ -153,24 +176,31 @@ class BatchLoader(EpochLoader):
         self._shift = (torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
 
     def _batch(self, index: Index, epoch: int, batch: int) -> Batch:
+        n = (index.stop - index.start) if isinstance(index, slice) else len(index)
+        rows = self._rows(n)
+        index = slice(index.start + rows.start, index.start + rows.stop) if isinstance(index, slice) else index[rows]
         pixels = take(self._images, index)
         if self.augment != "none":
-            pixels = self._crop(pixels, _generator(self.seed, epoch, batch))
+            pixels = self._crop(pixels, _generator(self.seed, epoch, batch), n, rows)
         x = pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
         x.mul_(self._scale).sub_(self._shift)
         return x if self._labels is None else (x, take(self._labels, index))
 
-    def _crop(self, pixels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Random zero-padded crops (and flips) of NHWC uint8 pixels, all in one gather."""
+    def _crop(self, pixels: torch.Tensor, gen: torch.Generator, total: int, rows: slice) -> torch.Tensor:
+        """Random zero-padded crops (and flips) of NHWC uint8 pixels, all in one gather.
+
+        The offsets are drawn for the whole global batch of ``total`` images and ``rows`` of them
+        used, so an image is augmented alike whatever the number of shards.
+        """
         n, height, width, channels = pixels.shape
         p = self.pad
         padded = pixels.new_zeros((n, height + 2 * p, width + 2 * p, channels))
         padded[:, p : p + height, p : p + width] = pixels
-        dy = torch.randint(0, 2 * p + 1, (n, 1), generator=gen)
-        dx = torch.randint(0, 2 * p + 1, (n, 1), generator=gen)
+        dy = torch.randint(0, 2 * p + 1, (total, 1), generator=gen)[rows]
+        dx = torch.randint(0, 2 * p + 1, (total, 1), generator=gen)[rows]
         cols = torch.arange(width).expand(n, width)
         if self.augment == "crop_flip":
-            flip = torch.rand(n, 1, generator=gen) < 0.5
+            flip = torch.rand(total, 1, generator=gen)[rows] < 0.5
             cols = torch.where(flip, cols.flip(1), cols)
         rows = dy + torch.arange(height)
         cols = dx + cols

@@ -10,6 +10,12 @@ quantizer's trace comes out of one backward pass instead of one pass each. The r
 code defines this update but never calls it, so its "EWGS" runs as STE; here the trainer's
 `EWGSDeltaUpdate` callback (quant/callbacks.py) calls it every N epochs with whatever loss the run
 trains on (the label-free KD loss in label-free runs).
+
+Data parallel (a torch.distributed process group, each rank holding its contiguous shard of the
+global batch): the estimate is that of the global batch, as one process would compute it. An
+activation's elements are split over the ranks, so traces, element counts and the gradient's
+sums and squares add up (each rank's probe is its rows of one global draw); a weight is shared,
+so its Hessian-vector product and gradient are averaged over the ranks.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from qdistill.quant.api import named_quantizers
@@ -41,6 +48,47 @@ def preserved_buffers(*modules: nn.Module):
             setattr(m.get_submodule(owner), leaf, value)
 
 
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _probe(y: Tensor, shared: bool, generator: torch.Generator | None, rank: int, world: int) -> Tensor:
+    """A Rademacher probe for ``y``: for a batch shard, this rank's rows of one global-batch draw."""
+    if shared or world == 1:
+        return torch.randint(0, 2, y.shape, generator=generator).to(y) * 2 - 1
+    n = y.shape[0]
+    v = torch.randint(0, 2, (world * n, *y.shape[1:]), generator=generator)[rank * n : (rank + 1) * n]
+    return v.to(y) * 2 - 1
+
+
+def _ratios(qs: list, traces: list[float], grads: list[Tensor], probes: int, world: int) -> list[float]:
+    """Per quantizer ``(Tr H / N) / (3 std g)`` of the global batch, from this rank's part of it."""
+    stats = []  # activations: trace, elements, sum g, sum g^2; weights: trace
+    for (_, q), tr, g in zip(qs, traces, grads):
+        g = g.detach().double()
+        stats += [tr] if q.is_weight else [tr, g.numel(), float(g.sum()), float(g.square().sum())]
+    stats_t = torch.tensor(stats, dtype=torch.float64)
+    shared = [g.detach().double().flatten() for (_, q), g in zip(qs, grads) if q.is_weight]
+    shared_t = torch.cat(shared) if shared else torch.zeros(0, dtype=torch.float64)
+    if world > 1:
+        for t in (stats_t, shared_t):
+            dist.all_reduce(t)
+        shared_t /= world
+    ratios, i, j = [], 0, 0
+    for (_, q), g in zip(qs, grads):
+        if q.is_weight:
+            tr, n, std = float(stats_t[i]) / world, g.numel(), float(shared_t[j : j + g.numel()].std())
+            i, j = i + 1, j + g.numel()
+        else:
+            tr, n, s1, s2 = stats_t[i : i + 4].tolist()
+            std = max((s2 - s1 * s1 / n) / max(n - 1.0, 1.0), 0.0) ** 0.5
+            i += 4
+        ratios.append((tr / probes / n) / (3.0 * std + 1e-12))
+    return ratios
+
+
 def update_ewgs_delta(
     model: nn.Module,
     batches: Iterable,
@@ -53,11 +101,13 @@ def update_ewgs_delta(
 
     ``loss_fn(batch)`` must run the model forward and return the scalar training loss. The buffers
     of ``model`` and of the modules in ``preserve`` (e.g. the objective whose loss this is) are
-    restored after the forwards, so the estimate changes nothing but the deltas.
+    restored after the forwards, so the estimate changes nothing but the deltas. In a process
+    group every rank must call it with its shard of the same batches and the same ``generator``.
     """
     qs = [(n, q) for n, q in named_quantizers(model) if q.backward_mode == "ewgs"]
     if not qs:
         return {}
+    rank, world = _rank_world()
     sums = {n: 0.0 for n, _ in qs}
     count = 0
     for _, q in qs:
@@ -72,14 +122,13 @@ def update_ewgs_delta(
                 grads = torch.autograd.grad(loss, outs, create_graph=True)
                 traces = [0.0] * len(outs)
                 for _ in range(probes):
-                    vs = [torch.randint(0, 2, y.shape, generator=generator).to(y) * 2 - 1 for y in outs]
+                    vs = [_probe(y, q.is_weight, generator, rank, world) for (_, q), y in zip(qs, outs)]
                     hvs = torch.autograd.grad(grads, outs, vs, retain_graph=True, allow_unused=True)
                     for i, (hv, v) in enumerate(zip(hvs, vs)):
                         traces[i] += 0.0 if hv is None else float((hv * v).sum())
-                for (name, q), y, g, tr in zip(qs, outs, grads, traces):
+                for (name, q), ratio in zip(qs, _ratios(qs, traces, list(grads), probes, world)):
                     # EWGS defines delta on the normalised grid x_q; y = a * x_q + b scales the trace by
                     # a^2 and the gradient std by a, so the same delta is a * (value-domain ratio).
-                    ratio = (tr / probes / y.numel()) / (3.0 * float(g.detach().std()) + 1e-12)
                     sums[name] += q.captured_scale * ratio
                 count += 1
                 del loss, grads, outs

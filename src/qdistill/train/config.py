@@ -43,6 +43,11 @@ class TrainConfig:
             absolute floor ``diverge_min_loss`` (the floor keeps a near-zero starting KD loss from
             making ordinary noise look like divergence). ``diverge_factor: null`` turns the check
             off; non-finite losses and weights always stop the run.
+        distributed: data parallel wrapper when run under ``torchrun`` / ``qdistill train --nproc``:
+            ``ddp`` (DistributedDataParallel, BatchNorm synced); ``fsdp`` is refused for now
+            (see docs/training.md).
+        dist_timeout: seconds a collective may wait for the other processes before the run stops
+            (a hung or dead peer ends every rank instead of blocking it).
     """
 
     epochs: int = 10
@@ -71,6 +76,8 @@ class TrainConfig:
     tensorboard: bool = False
     diverge_factor: float | None = 1e3
     diverge_min_loss: float = 100.0
+    distributed: str = "ddp"
+    dist_timeout: float = 600.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -88,6 +95,8 @@ class TrainConfig:
             (self.diverge_factor is None or self.diverge_factor > 1, "train.diverge_factor must be > 1 (or null: off)"),
             (self.diverge_min_loss >= 0, "train.diverge_min_loss must be >= 0"),
             (self.compile_mode in COMPILE_MODES, f"train.compile_mode: unknown {self.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}"),
+            (self.distributed in ("ddp", "fsdp"), f"train.distributed: unknown {self.distributed!r}; choose ddp or fsdp"),
+            (self.dist_timeout > 0, "train.dist_timeout must be > 0 (seconds)"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -21,6 +21,7 @@ from qdistill.distill.objectives import Objective
 from qdistill.errors import CheckpointError, ConfigError, DataError, DivergedError
 from qdistill.quant.base import Quantizer
 from qdistill.quant.callbacks import training_callbacks
+from qdistill.train import distributed
 from qdistill.train.callbacks import EVENTS
 from qdistill.train.checkpoint import load_checkpoint, remove_stale_tmp, require_keys, save_checkpoint
 from qdistill.train.compile import fast_step_callbacks
@@ -145,6 +146,11 @@ class Trainer:
             plain types only (checkpoints are read with ``weights_only=True``).
         callbacks: extra objects with some of the `qdistill.train.callbacks.Callback` methods
             (loggers, ...); they run after the quantizer callbacks and before the metrics files.
+
+    In a torch.distributed process group (``torchrun``, see `qdistill.train.distributed`) the
+    student and the objective are wrapped for data parallel training (``cfg.distributed``), each
+    rank must get its shard of every global batch (`BatchLoader(num_shards=, shard=)`), step logs
+    are the mean over ranks, and only rank 0 writes checkpoints and metrics.
     """
 
     def __init__(
@@ -168,6 +174,14 @@ class Trainer:
                 m.to(self.device)
         self.steps_per_epoch = _steps_per_epoch(train_loader, cfg.max_steps)
         self.exact_resume = isinstance(train_loader, BatchLoader)  # the one loader that can restart mid-epoch
+        self.main = distributed.is_main()  # the process that writes files
+        self.step_module: nn.Module = objective  # called as step_module(inputs, labels) -> (loss, logs)
+        if distributed.active():
+            _, world = distributed.rank_and_world()
+            if isinstance(train_loader, BatchLoader) and train_loader.num_shards != world:
+                raise ConfigError(f"{world} processes train but the BatchLoader has {train_loader.num_shards} "
+                                  f"shard(s): build it with num_shards={world}, shard=rank")  # fmt: skip
+            self.step_module = distributed.wrap(objective, self.device, cfg.distributed)
         self.optimizer = make_optimizer(param_groups(objective, cfg), cfg)
         total = cfg.epochs * self.steps_per_epoch
         warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
@@ -180,7 +194,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.start_losses: list[float] = []  # the run's first DIVERGE_WINDOW losses: divergence reference
         self.callbacks = [*fast_step_callbacks(cfg), *training_callbacks(cfg), *callbacks]
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.main:
             self.callbacks.append(MetricsLog(self.out_dir))
             if cfg.tensorboard:
                 self.callbacks.append(TensorBoardLog(self.out_dir))
@@ -240,10 +254,14 @@ class Trainer:
 
     def _write_best(self) -> None:
         """``best.pt``: a copy of the best epoch recorded in ``last.pt``, enough to rebuild the student."""
-        if self.out_dir is not None and self.best:
+        if self.out_dir is not None and self.main and self.best:
             best = {"epoch": self.best["epoch"], "score": self.best["score"], "student": self.best["student"],
                     "train_config": self.cfg.to_dict(), "meta": self.meta}  # fmt: skip
             save_checkpoint(best, self.out_dir / "best.pt")
+
+    def _write_last(self) -> None:
+        if self.out_dir is not None and self.main:
+            save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
 
     # -- training --------------------------------------------------------------------------------
     def _to_device(self, batch: Any) -> tuple[Inputs, torch.Tensor | None]:
@@ -272,7 +290,7 @@ class Trainer:
         self.objective.train()
         self._set_epoch(self.epoch, self.step)
         progress = None
-        if self.cfg.progress:
+        if self.cfg.progress and self.main:
             from tqdm import tqdm
 
             progress = tqdm(total=self.steps_per_epoch, initial=self.step, leave=False,
@@ -290,7 +308,7 @@ class Trainer:
                 progress.update(1)
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
             if every and self.step % every == 0 and self.step < self.steps_per_epoch:
-                save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
+                self._write_last()
         if progress is not None:
             progress.close()
         if self.step == 0:
@@ -319,9 +337,9 @@ class Trainer:
 
     def train_step(self, inputs: Inputs, labels: torch.Tensor | None) -> dict[str, float]:
         with self.autocast():
-            loss, logs = self.objective(inputs, labels)
-        value = float(loss.detach())
-        self._check_loss(value)
+            loss, logs = self.step_module(inputs, labels)
+        logs = distributed.all_reduce_mean({"loss": float(loss.detach()), **logs})  # every rank sees the same
+        self._check_loss(logs["loss"])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -331,7 +349,7 @@ class Trainer:
         self.scheduler.step()
         if not math.isfinite(float(nn.utils.get_total_norm(params, norm_type=math.inf))):
             raise self._diverged("a weight became NaN or infinite after the optimizer step")
-        return {"loss": value, **logs}
+        return logs
 
     def validate(self) -> dict[str, float]:
         if self.val_loader is None:
@@ -353,7 +371,7 @@ class Trainer:
         return True
 
     def _start(self, resume: bool) -> None:
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.main:
             remove_stale_tmp(self.out_dir)
             if not self.exact_resume and (resume or self.cfg.checkpoint_every):
                 warnings.warn(
@@ -386,10 +404,9 @@ class Trainer:
                 self.history.append(row)
                 improved = self._update_best(row)
                 self._emit("on_epoch_end", row)
-                if self.out_dir is not None:
-                    save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
-                    if improved:
-                        self._write_best()
+                self._write_last()
+                if improved:
+                    self._write_best()
             if self.best:
                 self.student.load_state_dict(self.best["student"])
         finally:

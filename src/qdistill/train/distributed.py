@@ -1,0 +1,305 @@
+"""Data parallel training on torch.distributed: process group, synced BatchNorm, wrapping, launching.
+
+The trainer trains the same run in N processes as in one: every rank holds a full copy of
+student, objective and frozen teacher, takes its contiguous shard of each global batch
+(`BatchLoader(num_shards=, shard=)`), and the gradients of the mean loss are averaged. Nothing
+here changes the checkpoint: state dicts are those of the unwrapped modules and steps count
+global batches, so a run resumes under any world size.
+
+Started by ``torchrun`` (its ``RANK``/``WORLD_SIZE``/``MASTER_*`` variables) or by `launch`
+(``qdistill train --nproc N``), which starts N copies of a command with the same variables and
+stops them all, with the first failure's message only, when one fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from qdistill.errors import ConfigError, QdistillError
+
+__all__ = ["PeerFailedError", "SyncBatchNorm", "active", "all_reduce_mean", "barrier", "is_main", "launch", "process_group", "rank_and_world", "wrap"]
+
+
+def active() -> bool:
+    """True inside a torch.distributed process group (also one of a single process)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) outside a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if active() else (0, 1)
+
+
+def is_main() -> bool:
+    """True in the one process that writes files: rank 0 (of the group, else of torchrun's ``RANK``)."""
+    return (dist.get_rank() if active() else int(os.environ.get("RANK", "0"))) == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing outside a process group)."""
+    if active():
+        dist.barrier()
+
+
+def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
+    """The mean over ranks of scalar logs (unchanged outside a process group)."""
+    _, world = rank_and_world()
+    if world == 1 or not values:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(values, (t / world).tolist()))
+
+
+class PeerFailedError(QdistillError, RuntimeError):
+    """This rank stopped because another process of the run failed, was killed or hung."""
+
+
+PEER_GRACE_S = 3.0  # a rank whose peer died waits this long for its launcher to stop it silently
+_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out", "Broken pipe")
+
+
+def _peer_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because of another rank (not a problem of this one)."""
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(s in str(e) for s in _PEER_SIGNS))
+
+
+@contextmanager
+def process_group(timeout_s: float = 600.0, device: str = "auto") -> Iterator[bool]:
+    """Join the process group that ``torchrun``/`launch` describe in the environment; yield True if any.
+
+    gloo on CPU, NCCL on CUDA; ``timeout_s`` bounds every collective, so a rank whose peer hangs
+    stops instead of waiting forever. A rank stopped by a peer's failure waits `PEER_GRACE_S` (its
+    launcher stops it meanwhile, so only the failing rank's message is shown), then raises a
+    one-line `PeerFailedError`. The group is destroyed on exit, also after an error.
+    """
+    if "WORLD_SIZE" not in os.environ or active():
+        yield False
+        return
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    try:
+        yield True
+    except Exception as e:
+        rank, world = rank_and_world()
+        if world == 1 or not _peer_failure(e):
+            raise
+        time.sleep(PEER_GRACE_S)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeerFailedError(f"rank {rank} stopped: another process of the run failed or hung ({first[:160]})") from None
+    finally:
+        dist.destroy_process_group()
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum over ranks of the incoming gradients (differentiable
+    twice, for EWGS's Hessian-vector products)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:  # type: ignore[override]
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:  # type: ignore[override]
+        return _AllReduceSum.apply(g)
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are those of the global batch, on any backend (gloo too).
+
+    torch's `nn.SyncBatchNorm` refuses CPU tensors; this one all-reduces the per-channel sum and
+    then the centred sum of squares (two passes: the variance of the whole batch, computed as one
+    process would), with autograd through the all-reduce so the gradient is the global batch's.
+    Outside a process group, or in eval mode, it is plain BatchNorm. Same state dict keys.
+    """
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        if not (self.training and active()):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 statistics in fp32
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=xf.dtype, device=x.device)
+        sums = _AllReduceSum.apply(torch.cat([xf.sum(dims), count]))
+        total = sums[-1].detach()
+        mean = sums[:-1] / total
+        centred = xf - mean.view(shape)
+        var = _AllReduceSum.apply(centred.square().sum(dims)) / total
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), float(total))
+        return y.to(x.dtype)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, n: float) -> None:
+        """As `nn.BatchNorm`: momentum (or a cumulative average for ``momentum=None``), unbiased variance."""
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean.lerp_(mean.to(self.running_mean), factor)
+        self.running_var.lerp_((var * n / max(n - 1.0, 1.0)).to(self.running_var), factor)
+
+
+def convert_sync_batchnorm(module: nn.Module, cuda: bool) -> int:
+    """Replace every BatchNorm in ``module`` by a synced one, in place, keeping its Parameter and
+    buffer objects (so optimizers and references stay valid); return how many were replaced.
+
+    On CUDA torch's `nn.SyncBatchNorm` (fused kernels), elsewhere `SyncBatchNorm` above.
+    """
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.modules.batchnorm._BatchNorm) or isinstance(child, (SyncBatchNorm, nn.SyncBatchNorm)):
+                continue
+            cls = nn.SyncBatchNorm if cuda else SyncBatchNorm
+            new = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            for key, value in [*child.named_parameters(recurse=False), *child.named_buffers(recurse=False)]:
+                setattr(new, key, value)
+            new.train(child.training)
+            setattr(parent, name, new)
+            replaced += 1
+    return replaced
+
+
+def _average_output_grad(module: nn.Module, args: Any, out: Tensor) -> None:
+    """Forward hook: the gradient reaching this output becomes its mean over the ranks (differentiably)."""
+    if out.requires_grad:
+        world = dist.get_world_size()
+        out.register_hook(lambda g: _AllReduceSum.apply(g) / world)
+
+
+def sync_ewgs_weight_grads(student: nn.Module) -> int:
+    """Make EWGS weight quantizers see the gradient of the global batch; return how many.
+
+    EWGS scales a gradient by ``1 + delta * sign(g) * (x_c - x_q)``: for a weight, ``g`` sums over
+    the batch, and the sign of one rank's partial sum is not the sign of the whole batch's, so the
+    average of per-rank EWGS gradients is not the EWGS gradient. Averaging the gradient at the
+    quantizer's output first makes it so (activations are per sample and need nothing).
+    """
+    from qdistill.quant.base import Quantizer
+
+    qs = [m for m in student.modules() if isinstance(m, Quantizer) and m.is_weight and m.backward_mode == "ewgs"]
+    for q in qs:
+        q.register_forward_hook(_average_output_grad)
+    return len(qs)
+
+
+class _Joint(nn.Module):
+    """Student and objective as one module, so one wrapper averages the gradients of both
+    (GoR scalars, SQuaT adaptors, regressors). The teacher is no submodule of either: it is never wrapped."""
+
+    def __init__(self, objective: nn.Module) -> None:
+        super().__init__()
+        self.student, self.objective = objective.student, objective
+
+    def forward(self, inputs: Any, labels: Tensor | None) -> tuple[Tensor, dict[str, float]]:
+        return self.objective(inputs, labels)
+
+
+def wrap(objective: nn.Module, device: torch.device, mode: str = "ddp") -> nn.Module:
+    """The module a data parallel step calls as ``step(inputs, labels) -> (loss, logs)``.
+
+    ``ddp``: DistributedDataParallel over student + objective, BatchNorm synced. ``fsdp`` is
+    refused (see docs/training.md). Call after quantizing and before building the optimizer.
+    """
+    from qdistill.quant.base import Quantizer
+
+    if mode != "ddp":
+        raise ConfigError("train.distributed: fsdp is not supported yet: FSDP2 (fully_shard) runs on gloo in torch "
+                          "2.13, but qdistill's checkpoints, best-epoch copies and EWGS Hessian estimate need whole "
+                          "(unsharded) parameters; use ddp")  # fmt: skip
+    raw = [n for n, m in objective.student.named_modules() if isinstance(m, Quantizer) and not bool(m.initialized)]
+    if raw:
+        raise ConfigError(f"quantizer {raw[0]} is not initialized: calibrate the student (make_student(teacher, "
+                          "config, calib_batch)) before data parallel training, so every rank starts alike")  # fmt: skip
+    joint = _Joint(objective)
+    convert_sync_batchnorm(joint, device.type == "cuda")
+    if rank_and_world()[1] > 1:
+        sync_ewgs_weight_grads(objective.student)
+    ids = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else None
+    # static_graph: parameters a method never uses (e.g. a frozen part) are handled without a graph walk per step
+    return nn.parallel.DistributedDataParallel(joint, device_ids=ids, static_graph=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pump(src: Any, dst: Any, live: threading.Event) -> None:
+    """Copy a worker's stderr to ours while ``live`` is set (progress bars stay live)."""
+    for chunk in iter(lambda: src.read1(4096), b""):
+        if live.is_set():
+            dst.write(chunk)
+            dst.flush()
+
+
+def launch(argv: Sequence[str], nproc: int, poll_s: float = 0.05) -> int:
+    """Run ``python ARGV`` in ``nproc`` processes of one process group (torchrun's variables) on this
+    machine; return 0, or the exit code of the first process that failed.
+
+    When one fails the others are stopped at once, and only the failing one's stderr is shown
+    (rank 0's stderr is shown live until then), so a failure prints one message, not N.
+    """
+    if nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    port = _free_port()
+    live = threading.Event()
+    live.set()
+    with ExitStack() as stack:
+        procs, logs = [], []
+        for rank in range(nproc):
+            env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+                   "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+            logs.append(subprocess.PIPE if rank == 0 else stack.enter_context(tempfile.TemporaryFile()))
+            procs.append(subprocess.Popen([sys.executable, *argv], env=env, stderr=logs[-1]))
+        pump = threading.Thread(target=_pump, args=(procs[0].stderr, sys.stderr.buffer, live), daemon=True)
+        pump.start()
+        failed = None
+        try:
+            while failed is None and any(p.poll() is None for p in procs):
+                failed = next((r for r, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+                time.sleep(poll_s)
+            failed = failed if failed is not None else next((r for r, p in enumerate(procs) if p.returncode), None)
+        finally:
+            if failed != 0:
+                live.clear()  # rank 0's reaction to a peer's failure is not the message
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait()
+            pump.join(timeout=5)
+        if failed is None:
+            return 0
+        if failed != 0:
+            logs[failed].seek(0)
+            sys.stderr.buffer.write(logs[failed].read())
+            sys.stderr.flush()
+        return procs[failed].returncode
