@@ -13,6 +13,7 @@ stops them all, with the first failure's message only, when one fails.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -252,12 +253,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pump(src: Any, dst: Any, live: threading.Event) -> None:
-    """Copy a worker's stderr to ours while ``live`` is set (progress bars stay live)."""
+def _pump(src: Any, dst: Any, keep: io.BytesIO, live: threading.Event, shown: list[int]) -> None:
+    """Copy a worker's stderr to ours while ``live`` is set (progress bars stay live), keeping it all;
+    ``shown[0]`` counts the bytes that reached the screen."""
     for chunk in iter(lambda: src.read1(4096), b""):
+        keep.write(chunk)
         if live.is_set():
             dst.write(chunk)
             dst.flush()
+            shown[0] = keep.tell()
 
 
 def launch(argv: Sequence[str], nproc: int, poll_s: float = 0.05) -> int:
@@ -279,16 +283,18 @@ def launch(argv: Sequence[str], nproc: int, poll_s: float = 0.05) -> int:
                    "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
             logs.append(subprocess.PIPE if rank == 0 else stack.enter_context(tempfile.TemporaryFile()))
             procs.append(subprocess.Popen([sys.executable, *argv], env=env, stderr=logs[-1]))
-        pump = threading.Thread(target=_pump, args=(procs[0].stderr, sys.stderr.buffer, live), daemon=True)
+        logs[0], shown = io.BytesIO(), [0]
+        pump = threading.Thread(target=_pump, args=(procs[0].stderr, sys.stderr.buffer, logs[0], live, shown),
+                                daemon=True)  # fmt: skip
         pump.start()
         failed = None
         try:
             while failed is None and any(p.poll() is None for p in procs):
-                failed = next((r for r, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+                failed = _first_failure(procs)
                 time.sleep(poll_s)
-            failed = failed if failed is not None else next((r for r, p in enumerate(procs) if p.returncode), None)
+            failed = failed if failed is not None else _first_failure(procs)
         finally:
-            if failed != 0:
+            if failed is not None and not (failed == 0 and procs[0].returncode > 0):
                 live.clear()  # rank 0's reaction to a peer's failure is not the message
             for p in procs:
                 if p.poll() is None:
@@ -298,8 +304,16 @@ def launch(argv: Sequence[str], nproc: int, poll_s: float = 0.05) -> int:
             pump.join(timeout=5)
         if failed is None:
             return 0
-        if failed != 0:
-            logs[failed].seek(0)
-            sys.stderr.buffer.write(logs[failed].read())
-            sys.stderr.flush()
+        failed = _first_failure(procs, ignore=-signal.SIGTERM)  # all have ended: the one that failed by itself
+        logs[failed].seek(shown[0] if failed == 0 else 0)  # what of rank 0's message is not on screen yet
+        sys.stderr.buffer.write(logs[failed].read())
+        sys.stderr.flush()
         return procs[failed].returncode
+
+
+def _first_failure(procs: list[subprocess.Popen], ignore: int | None = None) -> int | None:
+    """The rank that failed, preferring a clean error exit (a user error, code > 0) over a crash or
+    an abort by a collective whose peer died (a signal); None while none has failed."""
+    codes = [p.poll() for p in procs]
+    failed = [r for r, c in enumerate(codes) if c not in (None, 0, ignore)]
+    return next((r for r in failed if codes[r] > 0), failed[0] if failed else None)
