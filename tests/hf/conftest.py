@@ -28,10 +28,10 @@ def _configs(vocab: int) -> dict[str, object]:
     small = {"vocab_size": vocab, "num_hidden_layers": 2, "num_attention_heads": 2}
     return {
         "llama": transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_key_value_heads=2,
-                                          max_position_embeddings=128, tie_word_embeddings=True, **small),  # fmt: skip
+                                          max_position_embeddings=128, tie_word_embeddings=True, **small),
         "gpt2": transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128),
         "bert": transformers.BertConfig(hidden_size=32, intermediate_size=64, max_position_embeddings=128,
-                                        num_labels=3, **small),  # fmt: skip
+                                        num_labels=3, **small),
     }
 
 

@@ -1,0 +1,142 @@
+"""A whole run of a Hugging Face language model (``model.source: hf``): the LM side of `run_experiment`.
+
+Unlabelled text -> frozen fp32 teacher -> quantized copy (round-to-nearest, evaluated as the
+baseline before any training) -> label-free distillation -> held-out perplexity of teacher, RTN
+and student in the same run, so ``recovery = (ppl_RTN - ppl_student) / (ppl_RTN - ppl_teacher)``
+compares like with like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from qdistill.data.cache import cache_file, read_cache, resolve_cache_dir, write_cache
+from qdistill.data.text import TextBlockLoader, TextSplits, load_text
+from qdistill.distill.objectives import build_objective
+from qdistill.distill.student import make_student
+from qdistill.errors import ConfigError, DataError
+from qdistill.models.hf import load_hf_model, load_hf_tokenizer, save_hf_config
+from qdistill.rundir import save_model
+from qdistill.train.lm_eval import lm_metrics
+from qdistill.train.trainer import Trainer, seed_everything
+
+if TYPE_CHECKING:
+    from qdistill.experiment import DataConfig, RunConfig
+
+__all__ = ["lm_results", "load_text_blocks", "run_hf_experiment"]
+
+
+def _tokenize(tokenizer: Any) -> Callable[[str], list[int]]:
+    """Ids of a text without special tokens (a BOS per verse would be noise inside packed blocks)."""
+    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _cache_key(cfg: DataConfig, tokenizer: Any) -> str:
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    what = f"{vocab}|{cfg.block_size}|{cfg.test_lines}|{cfg.test_fraction}|{cfg.text_field}"
+    return "text-" + hashlib.sha256(what.encode()).hexdigest()[:12]
+
+
+def load_text_blocks(cfg: DataConfig, tokenizer: Any) -> TextSplits:
+    """`load_text` with the teacher's tokenizer; a single file's token arrays are cached (keyed by
+    its content, the vocabulary and the split settings) next to the decoded-image cache."""
+    if cfg.root is None:
+        raise ConfigError("data.root is required for data.format: text (a .txt/.txt.gz/.jsonl file or a folder)")
+    test_lines = tuple(cfg.test_lines) if cfg.test_lines is not None else None
+    cache_dir = resolve_cache_dir(cfg.cache_dir)
+    file = None
+    if cache_dir is not None and Path(cfg.root).is_file():
+        file = cache_file(cache_dir, _cache_key(cfg, tokenizer), cfg.root)
+        cached = read_cache(file)
+        if cached is not None:
+            test = torch.from_numpy(cached["test"]) if "test" in cached else None
+            return TextSplits(torch.from_numpy(cached["train"]), test, cfg.block_size)
+    text = load_text(cfg.root, _tokenize(tokenizer), cfg.block_size, field=cfg.text_field,
+                     test_lines=test_lines, test_fraction=cfg.test_fraction)  # fmt: skip
+    if file is not None:
+        arrays = {"train": text.train.numpy()} | ({"test": text.test.numpy()} if text.test is not None else {})
+        write_cache(file, arrays)
+    return text
+
+
+def _split(blocks: torch.Tensor, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(train, validation) blocks: ``subset`` random blocks, then ``val_fraction`` of them held out."""
+    order = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(blocks)))
+    if cfg.subset is not None:
+        order = order[: cfg.subset]
+    n_val = round(cfg.val_fraction * len(order))
+    if n_val >= len(order):
+        raise DataError(f"data.val_fraction {cfg.val_fraction} leaves no training block of {len(order)}")
+    train = blocks[order[n_val:].sort().values]
+    return train, (blocks[order[:n_val].sort().values] if n_val else None)
+
+
+def lm_results(student_ppl: float, teacher_ppl: float, rtn_ppl: float | None) -> dict[str, float]:
+    """``ppl_ratio`` (student / teacher) and, with an RTN perplexity, ``recovery`` of its degradation."""
+    out = {"ppl_ratio": student_ppl / teacher_ppl}
+    if rtn_ppl is not None:
+        out["rtn_ppl"] = rtn_ppl
+        gap = rtn_ppl - teacher_ppl
+        out["recovery"] = (rtn_ppl - student_ppl) / gap if gap > 0 else float("nan")
+    return out
+
+
+def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None] | None) -> dict[str, Any]:
+    """The HF branch of `run_experiment` (``out`` already checked writable and cleared)."""
+    start = time.perf_counter()
+    seed_everything(cfg.train.seed)
+    if cfg.data.format != "text":
+        raise ConfigError(f"model.source: hf trains on data.format: text, got {cfg.data.format!r}")
+    teacher, task = load_hf_model(cfg.model.pretrained, cfg.model.task)
+    if task != "causal_lm":
+        raise ConfigError(f"data.format: text distils a causal LM; model.pretrained is a {task} model")
+    text = load_text_blocks(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
+    train, val = _split(text.train, cfg.data)
+    calib = {"input_ids": train[: cfg.calib_images]}
+    student = make_student(teacher, cfg.quant, calib)
+    summary = getattr(student, "qdistill_summary", None)
+    if log is not None and summary is not None:
+        log(str(summary))
+    save_hf_config(teacher, out)  # before training: best.pt / last.pt rebuild from it too
+    test_ids = None
+    if text.test is not None:
+        test_ids = text.test[: cfg.data.test_subset] if cfg.data.test_subset else text.test
+    rtn = None
+    if cfg.eval.rtn and cfg.quant is not None and test_ids is not None:
+        rtn = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride)["ppl"]  # calibrated, untrained
+    objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
+    if objective.uses_labels:
+        raise DataError(f"method {cfg.method.name!r} needs labels; text data has none (use sqakd, squat or gor)")
+    loader = TextBlockLoader(train, cfg.data.batch_size, shuffle=True, drop_last=len(train) > cfg.data.batch_size,
+                             seed=cfg.train.seed)  # fmt: skip
+    val_loader = TextBlockLoader(val, cfg.data.eval_batch_size) if val is not None else None
+    meta = {"config": cfg.to_dict(), "labels_used": False, "num_classes": None, "in_channels": None}
+    trainer = Trainer(objective, loader, cfg.train, val_loader, out, meta)
+    train_start = time.perf_counter()
+    trainer.fit(resume=resume)
+    train_seconds = time.perf_counter() - train_start
+    info = {"model": {"source": "hf", "task": task, "pretrained": cfg.model.pretrained},
+            "quant": None if cfg.quant is None else cfg.quant.to_dict(), "labels_used": False,
+            "teacher": cfg.model.pretrained, "best_epoch": trainer.best["epoch"], "config": meta["config"]}  # fmt: skip
+    save_model(out, student, info)
+    results: dict[str, Any] = {
+        "best_epoch": trainer.best["epoch"], "labels_used": False, "method": cfg.method.name,
+        "weight_bits": cfg.quant.weight_bits if cfg.quant else 32,
+        "act_bits": (cfg.quant.act_bits or 32) if cfg.quant else 32,
+        "tokens_seen": cfg.train.epochs * trainer.steps_per_epoch * cfg.data.batch_size * text.block_size,
+        "train_seconds": train_seconds, "threads": torch.get_num_threads(),
+    }  # fmt: skip
+    if test_ids is not None:
+        metrics = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride, teacher, trainer.device)
+        results.update(metrics, **lm_results(metrics["ppl"], metrics["teacher_ppl"], rtn))
+    results["wall_seconds"] = time.perf_counter() - start
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results
