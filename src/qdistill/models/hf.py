@@ -7,13 +7,14 @@ so ``import qdistill`` never imports it (install it with ``pip install "qdistill
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from qdistill.errors import CheckpointError, ConfigError, MissingFileError
+from qdistill.errors import CheckpointError, ConfigError, MissingFileError, QdistillError
 
 __all__ = ["HF_TASKS", "build_hf_model", "load_hf_model", "load_hf_tokenizer", "save_hf_config"]
 
@@ -43,8 +44,9 @@ def _location(pretrained: str) -> tuple[Path, dict[str, Any]]:
     return path, {}
 
 
-def infer_task(config: Any, task: str | None) -> str:
-    """``task`` if given, else read from the config's ``architectures`` (``...ForCausalLM`` etc.)."""
+def infer_task(config: Any, task: str | None, gguf: bool = False) -> str:
+    """``task`` if given, else read from the config's ``architectures`` (``...ForCausalLM`` etc.);
+    a GGUF file is a causal LM (the format stores decoder LMs, without ``architectures``)."""
     if task is not None:
         if task not in HF_TASKS:
             raise ConfigError(f"model.task: unknown {task!r}; choose one of {', '.join(HF_TASKS)}")
@@ -54,6 +56,8 @@ def infer_task(config: Any, task: str | None) -> str:
             return "causal_lm"
         if arch.endswith("ForSequenceClassification"):
             return "sequence_classification"
+    if gguf:
+        return "causal_lm"
     raise ConfigError(f"model.task: cannot infer it from architectures {getattr(config, 'architectures', None)}; "
                       f"set model.task to one of {', '.join(HF_TASKS)}")  # fmt: skip
 
@@ -68,16 +72,18 @@ def load_hf_model(pretrained: str, task: str | None = None, num_labels: int | No
     folder, extra = _location(pretrained)
     try:
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True, **extra)
-        task = infer_task(config, task)
+        task = infer_task(config, task, "gguf_file" in extra)
         kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32, **extra}
         if num_labels is not None and task == "sequence_classification":
             kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
         model = getattr(transformers, _AUTO_CLASSES[task]).from_pretrained(folder, **kwargs)
+    except QdistillError:
+        raise
     except OSError as e:  # missing weights, unreadable files
         raise MissingFileError(f"model.pretrained: cannot load {pretrained} ({' '.join(str(e).split())[:200]})") from None
     except (ValueError, KeyError) as e:  # an architecture transformers does not know, a corrupt GGUF
         raise CheckpointError(f"model.pretrained: cannot load {pretrained} ({' '.join(str(e).split())[:200]})") from None
-    return model.float().eval(), task
+    return model.to(torch.float32).eval(), task  # GGUF models refuse .float(); they are dequantized already
 
 
 def load_hf_tokenizer(pretrained: str) -> Any:
@@ -91,8 +97,15 @@ def load_hf_tokenizer(pretrained: str) -> Any:
 
 
 def save_hf_config(model: nn.Module, folder: Path) -> None:
-    """Write the model's ``config.json`` into ``folder`` (what `build_hf_model` rebuilds it from)."""
-    model.config.save_pretrained(folder)
+    """Write the model's ``config.json`` into ``folder`` (what `build_hf_model` rebuilds it from).
+
+    The class name is recorded as ``architectures`` (GGUF configs have none) and a GGUF
+    ``quantization_config`` is dropped: the rebuilt model holds plain fp32 tensors."""
+    config = copy.deepcopy(model.config)
+    config.architectures = [type(model).__name__]
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(folder)
 
 
 def build_hf_model(folder: Path, task: str) -> nn.Module:
