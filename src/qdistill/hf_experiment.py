@@ -31,7 +31,7 @@ from qdistill.train.trainer import Trainer, seed_everything
 if TYPE_CHECKING:
     from qdistill.experiment import DataConfig, RunConfig
 
-__all__ = ["lm_results", "load_text_blocks", "run_hf_experiment"]
+__all__ = ["evaluate_hf_run", "lm_results", "load_text_blocks", "run_hf_experiment"]
 
 
 def _tokenize(tokenizer: Any) -> Callable[[str], list[int]]:
@@ -140,3 +140,18 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
     results["wall_seconds"] = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def evaluate_hf_run(run_dir: str | Path, which: str = "best") -> dict[str, float]:
+    """Held-out perplexity, teacher perplexity, agreement and KL of a finished (or checkpointed) HF run,
+    on the test split and windows its config records (what ``qdistill eval`` prints for such runs)."""
+    from qdistill.experiment import load_run
+
+    student, cfg, _ = load_run(run_dir, which)
+    teacher, _ = load_hf_model(cfg.model.pretrained, cfg.model.task)
+    text = load_text_blocks(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
+    if text.test is None:
+        raise DataError(f"{run_dir}: its text data has no held-out split (data.test_lines / data.test_fraction)")
+    test_ids = text.test[: cfg.data.test_subset] if cfg.data.test_subset else text.test
+    metrics = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride, teacher)
+    return {**metrics, **lm_results(metrics["ppl"], metrics["teacher_ppl"], None)}

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from qdistill.data.text import load_text
 from qdistill.errors import ConfigError, MissingFileError
 from qdistill.experiment import RunConfig, load_run, run_experiment
+from qdistill.hf_experiment import evaluate_hf_run
 from qdistill.models.hf import load_hf_model, load_hf_tokenizer
 from qdistill.quant.modules import QuantModule
 from qdistill.train.lm_eval import lm_metrics
@@ -57,6 +58,8 @@ def test_run_reports_teacher_rtn_and_student_and_rebuilds(fixture, request, tmp_
     assert not any("embed" in n or "wte" in n for n in quantized)
     assert any(n.endswith(("self_attn.q_proj", "attn.c_attn")) for n in quantized)
     assert any(n.endswith(("mlp.down_proj", "mlp.c_proj")) for n in quantized)
+    again = evaluate_hf_run(tmp_path / "run")  # what `qdistill eval` prints for the run
+    assert again["ppl"] == pytest.approx(res["ppl"], rel=1e-5) and again["agreement"] == pytest.approx(res["agreement"])
 
 
 def test_teacher_stays_out_of_checkpoints_and_rtn_differs_from_teacher(tiny_llama, tmp_path) -> None:
