@@ -20,11 +20,13 @@ import torch
 
 from qdistill.data.cache import cache_file, read_cache, resolve_cache_dir, write_cache
 from qdistill.data.text import TextBlockLoader, TextSplits, load_text
+from qdistill.data.text_classes import TokenBatchLoader
 from qdistill.distill.objectives import build_objective
 from qdistill.distill.student import make_student
 from qdistill.errors import ConfigError, DataError
 from qdistill.models.hf import load_hf_model, load_hf_tokenizer, save_hf_config
 from qdistill.rundir import save_model
+from qdistill.train.evaluate import evaluate
 from qdistill.train.lm_eval import lm_metrics
 from qdistill.train.trainer import Trainer, seed_everything
 
@@ -95,10 +97,13 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
     seed_everything(cfg.train.seed)
     if cfg.data.format != "text":
         raise ConfigError(f"model.source: hf trains on data.format: text, got {cfg.data.format!r}")
+    if cfg.model.task == "sequence_classification":
+        return _run_classifier(cfg, out, resume, log, start)
     teacher, task = load_hf_model(cfg.model.pretrained, cfg.model.task)
     if task != "causal_lm":
-        raise ConfigError(f"data.format: text distils a causal LM; model.pretrained is a {task} model")
-    text = load_text_blocks(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
+        raise ConfigError(f"model.pretrained is a {task} model: set model.task: {task} to train it on labelled lines")
+    tokenizer = load_hf_tokenizer(cfg.model.pretrained)
+    text = load_text_blocks(cfg.data, tokenizer)
     train, val = _split(text.train, cfg.data)
     calib = {"input_ids": train[: cfg.calib_images]}
     student = make_student(teacher, cfg.quant, calib)
@@ -106,6 +111,7 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
     if log is not None and summary is not None:
         log(str(summary))
     save_hf_config(teacher, out)  # before training: best.pt / last.pt rebuild from it too
+    tokenizer.save_pretrained(out)  # a finished run folder is itself a model folder
     test_ids = None
     if text.test is not None:
         test_ids = text.test[: cfg.data.test_subset] if cfg.data.test_subset else text.test
@@ -155,3 +161,73 @@ def evaluate_hf_run(run_dir: str | Path, which: str = "best") -> dict[str, float
     test_ids = text.test[: cfg.data.test_subset] if cfg.data.test_subset else text.test
     metrics = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride, teacher)
     return {**metrics, **lm_results(metrics["ppl"], metrics["teacher_ppl"], None)}
+
+
+def _classifier_data(cfg: DataConfig, tokenizer: Any) -> tuple[dict[str, torch.Tensor], np.ndarray, int]:
+    """Padded token rows with labels of ``<Label><n>:<m> text`` lines, the held-out mask and the class count."""
+    from qdistill.data.text import read_text_units
+    from qdistill.data.text_classes import split_prefixed_lines
+
+    if cfg.root is None:
+        raise ConfigError("data.root is required for data.format: text")
+    if not 0 < cfg.test_fraction < 1 or cfg.test_lines is not None:
+        raise ConfigError("a text classifier holds out a random share of the lines: set data.test_fraction "
+                          "in (0, 1), not data.test_lines")  # fmt: skip
+    lines = split_prefixed_lines(read_text_units(cfg.root, cfg.text_field))
+    enc = tokenizer(lines.texts, padding="max_length", truncation=True, max_length=cfg.block_size, return_tensors="pt")
+    tensors = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+               "labels": torch.from_numpy(lines.labels)}  # fmt: skip
+    held = np.random.default_rng(cfg.seed).random(len(lines.labels)) < cfg.test_fraction
+    return tensors, held, len(lines.names)
+
+
+def _rows(tensors: dict[str, torch.Tensor], index: np.ndarray) -> dict[str, torch.Tensor]:
+    return {k: v[torch.from_numpy(np.sort(index))] for k, v in tensors.items()}
+
+
+def _top1(model: torch.nn.Module, tensors: dict[str, torch.Tensor], batch: int, device: Any) -> float:
+    return evaluate(model, TokenBatchLoader(tensors, batch, with_labels=True), None, device)["top1"]
+
+
+def _run_classifier(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None] | None,
+                    start: float) -> dict[str, Any]:  # fmt: skip
+    """A sequence classifier on labelled lines: the teacher run (labels, ``quant: null``) or a student run
+    (label-free methods never get the labels); top-1 of teacher, RTN and student on the held-out lines."""
+    tokenizer = load_hf_tokenizer(cfg.model.pretrained)
+    tensors, held, classes = _classifier_data(cfg.data, tokenizer)
+    teacher, task = load_hf_model(cfg.model.pretrained, "sequence_classification", cfg.model.num_classes or classes)
+    train, test = _rows(tensors, np.flatnonzero(~held)), _rows(tensors, np.flatnonzero(held)[: cfg.data.test_subset])
+    order = np.random.default_rng(cfg.data.seed).permutation(len(train["labels"]))[: cfg.data.subset]
+    n_val = round(cfg.data.val_fraction * len(order))
+    val = _rows(train, order[:n_val]) if n_val else None
+    train = _rows(train, order[n_val:])
+    student = make_student(teacher, cfg.quant, {k: v[: cfg.calib_images] for k, v in train.items() if k != "labels"})
+    summary = getattr(student, "qdistill_summary", None)
+    if log is not None and summary is not None:
+        log(str(summary))
+    save_hf_config(teacher, out)
+    tokenizer.save_pretrained(out)
+    bs = cfg.data.eval_batch_size
+    rtn = _top1(student, test, bs, "cpu") if cfg.eval.rtn and cfg.quant is not None else None
+    objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
+    labels = objective.uses_labels
+    loader = TokenBatchLoader(train, cfg.data.batch_size, with_labels=labels, shuffle=True,
+                              drop_last=len(train["labels"]) > cfg.data.batch_size, seed=cfg.train.seed)  # fmt: skip
+    val_loader = TokenBatchLoader(val, bs, with_labels=labels) if val is not None else None
+    meta = {"config": cfg.to_dict(), "labels_used": labels, "num_classes": classes, "in_channels": None}
+    trainer = Trainer(objective, loader, cfg.train, val_loader, out, meta)
+    train_start = time.perf_counter()
+    trainer.fit(resume=resume)
+    train_seconds = time.perf_counter() - train_start
+    save_model(out, student, {"model": {"source": "hf", "task": task, "pretrained": cfg.model.pretrained},
+                              "quant": None if cfg.quant is None else cfg.quant.to_dict(), "labels_used": labels,
+                              "teacher": cfg.model.pretrained, "best_epoch": trainer.best["epoch"], "config": meta["config"]})  # fmt: skip
+    top1, teacher_top1 = _top1(student, test, bs, trainer.device), _top1(teacher, test, bs, trainer.device)
+    results = {"best_epoch": trainer.best["epoch"], "labels_used": labels, "method": cfg.method.name,
+               "top1": top1, "teacher_top1": teacher_top1, "gap": top1 - teacher_top1, "rtn_top1": rtn,
+               "test_lines": len(test["labels"]), "classes": classes,
+               "tokens_seen": cfg.train.epochs * trainer.steps_per_epoch * cfg.data.batch_size * cfg.data.block_size,
+               "train_seconds": train_seconds, "threads": torch.get_num_threads(),
+               "wall_seconds": time.perf_counter() - start}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results
