@@ -27,6 +27,7 @@ from qdistill.distill.objectives import OBJECTIVES, build_objective, objective_p
 from qdistill.distill.student import make_student
 from qdistill.errors import CheckpointError, ConfigError, DataError, MissingFileError, QdistillError
 from qdistill.models import MODELS, create_model, load_state_dict_file
+from qdistill.models.hf import HF_TASKS
 from qdistill.quant.api import quantize
 from qdistill.quant.config import QuantConfig
 from qdistill.rundir import RUN_FILES, config_diff, ensure_writable, read_model_info, save_model, stored_config
@@ -123,6 +124,8 @@ class ModelConfig:
         elif self.source == "hf":
             if self.pretrained is None:
                 raise ConfigError("model.source: hf needs model.pretrained (a local model folder or a .gguf file)")
+            if self.task is not None and self.task not in HF_TASKS:
+                raise ConfigError(f"model.task: unknown {self.task!r}; choose one of {', '.join(HF_TASKS)}")
         else:
             raise ConfigError(f"model.source: unknown {self.source!r}; choose registry or hf")
 
