@@ -149,12 +149,19 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
 
 
 def evaluate_hf_run(run_dir: str | Path, which: str = "best") -> dict[str, float]:
-    """Held-out perplexity, teacher perplexity, agreement and KL of a finished (or checkpointed) HF run,
-    on the test split and windows its config records (what ``qdistill eval`` prints for such runs)."""
+    """Held-out perplexity, teacher perplexity, agreement and KL of a finished (or checkpointed) HF LM run,
+    on the test split and windows its config records, or top-1 of a classifier run and of its teacher
+    (what ``qdistill eval`` prints for such runs)."""
     from qdistill.experiment import load_run
 
     student, cfg, _ = load_run(run_dir, which)
-    teacher, _ = load_hf_model(cfg.model.pretrained, cfg.model.task)
+    teacher, task = load_hf_model(cfg.model.pretrained, cfg.model.task, cfg.model.num_classes)
+    if task == "sequence_classification":
+        tensors, held, _ = _classifier_data(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
+        test = _rows(tensors, np.flatnonzero(held)[: cfg.data.test_subset])
+        bs = cfg.data.eval_batch_size
+        top1, teacher_top1 = _top1(student, test, bs, "cpu"), _top1(teacher, test, bs, "cpu")
+        return {"top1": top1, "teacher_top1": teacher_top1, "gap": top1 - teacher_top1}
     text = load_text_blocks(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
     if text.test is None:
         raise DataError(f"{run_dir}: its text data has no held-out split (data.test_lines / data.test_fraction)")

@@ -9,6 +9,7 @@ import pytest
 from qdistill.data.text_classes import TokenBatchLoader, split_prefixed_lines
 from qdistill.errors import DataError
 from qdistill.experiment import RunConfig, run_experiment
+from qdistill.hf_experiment import evaluate_hf_run
 
 SAMPLE = Path(__file__).with_name("sample.txt")
 
@@ -51,5 +52,7 @@ def test_teacher_with_labels_then_label_free_student_never_sees_labels(tiny_bert
     assert res["gap"] == pytest.approx(res["top1"] - res["teacher_top1"])
     assert res["teacher_top1"] == pytest.approx(teacher["top1"])  # the fine-tuned teacher, reloaded from its run
     assert 0 <= res["rtn_top1"] <= 100
+    again = evaluate_hf_run(tmp_path / "student")
+    assert again["top1"] == pytest.approx(res["top1"]) and again["teacher_top1"] == pytest.approx(res["teacher_top1"])
     training = [keys for keys in seen if "labels" not in keys]
     assert training and all(keys == {"input_ids", "attention_mask"} for keys in training)
