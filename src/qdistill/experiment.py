@@ -28,6 +28,7 @@ from qdistill.distill.objectives import OBJECTIVES, build_objective, objective_p
 from qdistill.distill.student import make_student
 from qdistill.errors import CheckpointError, ConfigError, DataError, MissingFileError, QdistillError
 from qdistill.models import MODELS, create_model, load_state_dict_file
+from qdistill.models.hf import HF_TASKS
 from qdistill.quant.api import quantize
 from qdistill.quant.config import QuantConfig
 from qdistill.rundir import RUN_FILES, config_diff, ensure_writable, read_model_info, save_model, stored_config
@@ -39,6 +40,7 @@ from qdistill.train.trainer import Trainer, pick_device, seed_everything
 
 __all__ = [
     "DataConfig",
+    "EvalConfig",
     "MethodConfig",
     "ModelConfig",
     "RunConfig",
@@ -73,13 +75,31 @@ class DataConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     cache_dir: str | bool | None = None  # False (YAML `off`) disables the cache
+    block_size: int = 256  # text: tokens per block
+    test_lines: list[int] | None = None  # text: held-out lines [first, last], 1-based inclusive
+    test_fraction: float = 0.0  # text without test_lines: hold out this final share of the lines
+    text_field: str = "text"  # text: the field of .jsonl records
 
     def __post_init__(self) -> None:
-        DATASET_FORMATS.get(self.format)
+        if self.format not in TEXT_FORMATS:
+            DATASET_FORMATS.get(self.format)
+        _check_text_keys(self)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
+
+
+TEXT_FORMATS = ("text",)
+
+
+def _check_text_keys(cfg: DataConfig) -> None:
+    if cfg.block_size < 2:
+        raise ConfigError(f"data.block_size must be >= 2, got {cfg.block_size}")
+    if cfg.test_lines is not None and len(cfg.test_lines) != 2:
+        raise ConfigError(f"data.test_lines must be [first, last], got {cfg.test_lines}")
+    if not 0.0 <= cfg.test_fraction < 1.0:
+        raise ConfigError(f"data.test_fraction must be in [0, 1), got {cfg.test_fraction}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +108,8 @@ class ModelConfig:
 
     ``pretrained`` is a state-dict file or a finished run's folder. A method that distils from
     a teacher refuses a teacher without weights unless ``random_teacher`` says it is meant.
+    ``source: hf`` reads a Hugging Face model instead (``pretrained``: a local model folder or a
+    ``.gguf`` file; ``name`` is unused; ``task`` inferred from its config when None).
     """
 
     name: str = "smallcnn"
@@ -95,9 +117,36 @@ class ModelConfig:
     num_classes: int | None = None
     in_channels: int | None = None
     random_teacher: bool = False
+    source: str = "registry"
+    task: str | None = None
 
     def __post_init__(self) -> None:
-        MODELS.get(self.name)
+        if self.source == "registry":
+            MODELS.get(self.name)
+        elif self.source == "hf":
+            if self.pretrained is None:
+                raise ConfigError("model.source: hf needs model.pretrained (a local model folder or a .gguf file)")
+            if self.task is not None and self.task not in HF_TASKS:
+                raise ConfigError(f"model.task: unknown {self.task!r}; choose one of {', '.join(HF_TASKS)}")
+        else:
+            raise ConfigError(f"model.source: unknown {self.source!r}; choose registry or hf")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out language-model evaluation: sliding-window perplexity (see `qdistill.train.lm_eval`).
+
+    ``stride`` None means ``context // 2``; ``rtn`` also evaluates the calibrated, untrained
+    student (round-to-nearest with the same quantizer and bits) as the run's baseline.
+    """
+
+    context: int = 512
+    stride: int | None = None
+    rtn: bool = True
+
+    def __post_init__(self) -> None:
+        if self.context < 2 or not 1 <= (self.stride or self.context // 2) < self.context:
+            raise ConfigError(f"eval: need context >= 2 and 1 <= stride < context, got {self.context}, {self.stride}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +186,7 @@ class RunConfig:
     calib_images: int = 256
     teachers: tuple[ModelConfig, ...] = ()
     snap_biases: bool = False
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "teachers", tuple(self.teachers))
@@ -344,6 +394,10 @@ def _run_experiment(cfg: RunConfig, resume: bool, overwrite: bool, log: Callable
     barrier()  # every rank has checked the folder before rank 0 changes it
     for name in stale if is_main() else []:  # a fresh start leaves nothing of the run it replaces
         (out / name).unlink()
+    if cfg.model.source == "hf":
+        from qdistill.hf_experiment import run_hf_experiment
+
+        return run_hf_experiment(cfg, out, resume, log)
     seed_everything(cfg.train.seed)
     splits, train, val, test = prepare_data(cfg.data)
     teacher = _teacher(splits, cfg.model)
@@ -425,7 +479,10 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[nn.Module, RunCo
                 "num_classes": arch.get("num_classes"), "in_channels": arch.get("in_channels")}  # fmt: skip
         cfg = _stored_run_config(info["config"], run_dir / "model.json")
         quant_cfg = None if quant is None else QuantConfig.from_dict(quant)
-        model = _rebuild(arch.get("name"), arch.get("num_classes"), arch.get("in_channels"), quant_cfg, run_dir / "model.json")
+        if arch.get("source") == "hf":
+            model = _rebuild_hf(run_dir, arch.get("task"), quant_cfg, run_dir / "model.json")
+        else:
+            model = _rebuild(arch.get("name"), arch.get("num_classes"), arch.get("in_channels"), quant_cfg, run_dir / "model.json")
         load_state_dict_file(model, run_dir / "model.safetensors")
         return model.to(pick_device("cpu")).eval(), cfg, {"meta": meta, "epoch": info.get("best_epoch")}
     path = run_dir / f"{which}.pt"
@@ -437,7 +494,10 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[nn.Module, RunCo
         raise CheckpointError(f"{path} has no run config or student weights; was it written by qdistill train?")
     cfg = _stored_run_config(meta["config"], path)
     num_classes = cfg.model.num_classes or meta.get("num_classes")
-    model = _rebuild(cfg.model.name, num_classes, meta.get("in_channels"), cfg.quant, path)
+    if cfg.model.source == "hf":
+        model = _rebuild_hf(run_dir, cfg.model.task, cfg.quant, path)
+    else:
+        model = _rebuild(cfg.model.name, num_classes, meta.get("in_channels"), cfg.quant, path)
     try:
         model.load_state_dict(state["student"])
     except RuntimeError as e:
@@ -457,6 +517,17 @@ def _rebuild(name: Any, num_classes: Any, in_channels: Any, quant: QuantConfig |
     """An untrained student of the recorded architecture, quantized as recorded."""
     try:
         model = create_model(name, num_classes=num_classes, in_channels=in_channels)
+    except QdistillError as e:
+        raise CheckpointError(f"{where}: cannot rebuild the model it records ({e})") from None
+    return model if quant is None else quantize(model, quant)
+
+
+def _rebuild_hf(run_dir: Path, task: Any, quant: QuantConfig | None, where: Path) -> nn.Module:
+    """An untrained Hugging Face student from the run's ``config.json``, quantized as recorded."""
+    from qdistill.models.hf import build_hf_model
+
+    try:
+        model = build_hf_model(run_dir, task)
     except QdistillError as e:
         raise CheckpointError(f"{where}: cannot rebuild the model it records ({e})") from None
     return model if quant is None else quantize(model, quant)

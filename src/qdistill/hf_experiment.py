@@ -1,0 +1,240 @@
+"""A whole run of a Hugging Face language model (``model.source: hf``): the LM side of `run_experiment`.
+
+Unlabelled text -> frozen fp32 teacher -> quantized copy (round-to-nearest, evaluated as the
+baseline before any training) -> label-free distillation -> held-out perplexity of teacher, RTN
+and student in the same run, so ``recovery = (ppl_RTN - ppl_student) / (ppl_RTN - ppl_teacher)``
+compares like with like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from qdistill.data.cache import cache_file, read_cache, resolve_cache_dir, write_cache
+from qdistill.data.text import TextBlockLoader, TextSplits, load_text
+from qdistill.data.text_classes import TokenBatchLoader
+from qdistill.distill.objectives import build_objective
+from qdistill.distill.student import make_student
+from qdistill.errors import ConfigError, DataError
+from qdistill.models.hf import load_hf_model, load_hf_tokenizer, save_hf_config
+from qdistill.rundir import save_model
+from qdistill.train.evaluate import evaluate
+from qdistill.train.lm_eval import lm_metrics
+from qdistill.train.trainer import Trainer, seed_everything
+
+if TYPE_CHECKING:
+    from qdistill.experiment import DataConfig, RunConfig
+
+__all__ = ["evaluate_hf_run", "lm_results", "load_text_blocks", "run_hf_experiment"]
+
+
+def _tokenize(tokenizer: Any) -> Callable[[str], list[int]]:
+    """Ids of a text without special tokens (a BOS per verse would be noise inside packed blocks)."""
+    return lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _cache_key(cfg: DataConfig, tokenizer: Any) -> str:
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    what = f"{vocab}|{cfg.block_size}|{cfg.test_lines}|{cfg.test_fraction}|{cfg.text_field}"
+    return "text-" + hashlib.sha256(what.encode()).hexdigest()[:12]
+
+
+def load_text_blocks(cfg: DataConfig, tokenizer: Any) -> TextSplits:
+    """`load_text` with the teacher's tokenizer; a single file's token arrays are cached (keyed by
+    its content, the vocabulary and the split settings) next to the decoded-image cache."""
+    if cfg.root is None:
+        raise ConfigError("data.root is required for data.format: text (a .txt/.txt.gz/.jsonl file or a folder)")
+    test_lines = tuple(cfg.test_lines) if cfg.test_lines is not None else None
+    cache_dir = resolve_cache_dir(cfg.cache_dir)
+    file = None
+    if cache_dir is not None and Path(cfg.root).is_file():
+        file = cache_file(cache_dir, _cache_key(cfg, tokenizer), cfg.root)
+        cached = read_cache(file)
+        if cached is not None:
+            test = torch.from_numpy(cached["test"]) if "test" in cached else None
+            return TextSplits(torch.from_numpy(cached["train"]), test, cfg.block_size)
+    text = load_text(cfg.root, _tokenize(tokenizer), cfg.block_size, field=cfg.text_field,
+                     test_lines=test_lines, test_fraction=cfg.test_fraction)  # fmt: skip
+    if file is not None:
+        arrays = {"train": text.train.numpy()} | ({"test": text.test.numpy()} if text.test is not None else {})
+        write_cache(file, arrays)
+    return text
+
+
+def _split(blocks: torch.Tensor, cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(train, validation) blocks: ``subset`` random blocks, then ``val_fraction`` of them held out."""
+    order = torch.from_numpy(np.random.default_rng(cfg.seed).permutation(len(blocks)))
+    if cfg.subset is not None:
+        order = order[: cfg.subset]
+    n_val = round(cfg.val_fraction * len(order))
+    if n_val >= len(order):
+        raise DataError(f"data.val_fraction {cfg.val_fraction} leaves no training block of {len(order)}")
+    train = blocks[order[n_val:].sort().values]
+    return train, (blocks[order[:n_val].sort().values] if n_val else None)
+
+
+def lm_results(student_ppl: float, teacher_ppl: float, rtn_ppl: float | None) -> dict[str, float]:
+    """``ppl_ratio`` (student / teacher) and, with an RTN perplexity, ``recovery`` of its degradation."""
+    out = {"ppl_ratio": student_ppl / teacher_ppl}
+    if rtn_ppl is not None:
+        out["rtn_ppl"] = rtn_ppl
+        gap = rtn_ppl - teacher_ppl
+        out["recovery"] = (rtn_ppl - student_ppl) / gap if gap > 0 else float("nan")
+    return out
+
+
+def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None] | None) -> dict[str, Any]:
+    """The HF branch of `run_experiment` (``out`` already checked writable and cleared)."""
+    start = time.perf_counter()
+    seed_everything(cfg.train.seed)
+    if cfg.data.format != "text":
+        raise ConfigError(f"model.source: hf trains on data.format: text, got {cfg.data.format!r}")
+    if cfg.model.task == "sequence_classification":
+        return _run_classifier(cfg, out, resume, log, start)
+    teacher, task = load_hf_model(cfg.model.pretrained, cfg.model.task)
+    if task != "causal_lm":
+        raise ConfigError(f"model.pretrained is a {task} model: set model.task: {task} to train it on labelled lines")
+    tokenizer = load_hf_tokenizer(cfg.model.pretrained)
+    text = load_text_blocks(cfg.data, tokenizer)
+    train, val = _split(text.train, cfg.data)
+    calib = {"input_ids": train[: cfg.calib_images]}
+    student = make_student(teacher, cfg.quant, calib)
+    summary = getattr(student, "qdistill_summary", None)
+    if log is not None and summary is not None:
+        log(str(summary))
+    save_hf_config(teacher, out)  # before training: best.pt / last.pt rebuild from it too
+    tokenizer.save_pretrained(out)  # a finished run folder is itself a model folder
+    test_ids = None
+    if text.test is not None:
+        test_ids = text.test[: cfg.data.test_subset] if cfg.data.test_subset else text.test
+    rtn = None
+    if cfg.eval.rtn and cfg.quant is not None and test_ids is not None:
+        rtn = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride)["ppl"]  # calibrated, untrained
+    objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
+    if objective.uses_labels:
+        raise DataError(f"method {cfg.method.name!r} needs labels; text data has none (use sqakd, squat or gor)")
+    loader = TextBlockLoader(train, cfg.data.batch_size, shuffle=True, drop_last=len(train) > cfg.data.batch_size,
+                             seed=cfg.train.seed)  # fmt: skip
+    val_loader = TextBlockLoader(val, cfg.data.eval_batch_size) if val is not None else None
+    meta = {"config": cfg.to_dict(), "labels_used": False, "num_classes": None, "in_channels": None}
+    trainer = Trainer(objective, loader, cfg.train, val_loader, out, meta)
+    train_start = time.perf_counter()
+    trainer.fit(resume=resume)
+    train_seconds = time.perf_counter() - train_start
+    info = {"model": {"source": "hf", "task": task, "pretrained": cfg.model.pretrained},
+            "quant": None if cfg.quant is None else cfg.quant.to_dict(), "labels_used": False,
+            "teacher": cfg.model.pretrained, "best_epoch": trainer.best["epoch"], "config": meta["config"]}  # fmt: skip
+    save_model(out, student, info)
+    results: dict[str, Any] = {
+        "best_epoch": trainer.best["epoch"], "labels_used": False, "method": cfg.method.name,
+        "weight_bits": cfg.quant.weight_bits if cfg.quant else 32,
+        "act_bits": (cfg.quant.act_bits or 32) if cfg.quant else 32,
+        "tokens_seen": cfg.train.epochs * trainer.steps_per_epoch * cfg.data.batch_size * text.block_size,
+        "train_seconds": train_seconds, "threads": torch.get_num_threads(),
+    }  # fmt: skip
+    if test_ids is not None:
+        metrics = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride, teacher, trainer.device)
+        results.update(metrics, **lm_results(metrics["ppl"], metrics["teacher_ppl"], rtn))
+    results["wall_seconds"] = time.perf_counter() - start
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def evaluate_hf_run(run_dir: str | Path, which: str = "best") -> dict[str, float]:
+    """Held-out perplexity, teacher perplexity, agreement and KL of a finished (or checkpointed) HF LM run,
+    on the test split and windows its config records, or top-1 of a classifier run and of its teacher
+    (what ``qdistill eval`` prints for such runs)."""
+    from qdistill.experiment import load_run
+
+    student, cfg, _ = load_run(run_dir, which)
+    teacher, task = load_hf_model(cfg.model.pretrained, cfg.model.task, cfg.model.num_classes)
+    if task == "sequence_classification":
+        tensors, held, _ = _classifier_data(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
+        test = _rows(tensors, np.flatnonzero(held)[: cfg.data.test_subset])
+        bs = cfg.data.eval_batch_size
+        top1, teacher_top1 = _top1(student, test, bs, "cpu"), _top1(teacher, test, bs, "cpu")
+        return {"top1": top1, "teacher_top1": teacher_top1, "gap": top1 - teacher_top1}
+    text = load_text_blocks(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
+    if text.test is None:
+        raise DataError(f"{run_dir}: its text data has no held-out split (data.test_lines / data.test_fraction)")
+    test_ids = text.test[: cfg.data.test_subset] if cfg.data.test_subset else text.test
+    metrics = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride, teacher)
+    return {**metrics, **lm_results(metrics["ppl"], metrics["teacher_ppl"], None)}
+
+
+def _classifier_data(cfg: DataConfig, tokenizer: Any) -> tuple[dict[str, torch.Tensor], np.ndarray, int]:
+    """Padded token rows with labels of ``<Label><n>:<m> text`` lines, the held-out mask and the class count."""
+    from qdistill.data.text import read_text_units
+    from qdistill.data.text_classes import split_prefixed_lines
+
+    if cfg.root is None:
+        raise ConfigError("data.root is required for data.format: text")
+    if not 0 < cfg.test_fraction < 1 or cfg.test_lines is not None:
+        raise ConfigError("a text classifier holds out a random share of the lines: set data.test_fraction "
+                          "in (0, 1), not data.test_lines")  # fmt: skip
+    lines = split_prefixed_lines(read_text_units(cfg.root, cfg.text_field))
+    enc = tokenizer(lines.texts, padding="max_length", truncation=True, max_length=cfg.block_size, return_tensors="pt")
+    tensors = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+               "labels": torch.from_numpy(lines.labels)}  # fmt: skip
+    held = np.random.default_rng(cfg.seed).random(len(lines.labels)) < cfg.test_fraction
+    return tensors, held, len(lines.names)
+
+
+def _rows(tensors: dict[str, torch.Tensor], index: np.ndarray) -> dict[str, torch.Tensor]:
+    return {k: v[torch.from_numpy(np.sort(index))] for k, v in tensors.items()}
+
+
+def _top1(model: torch.nn.Module, tensors: dict[str, torch.Tensor], batch: int, device: Any) -> float:
+    return evaluate(model, TokenBatchLoader(tensors, batch, with_labels=True), None, device)["top1"]
+
+
+def _run_classifier(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None] | None,
+                    start: float) -> dict[str, Any]:  # fmt: skip
+    """A sequence classifier on labelled lines: the teacher run (labels, ``quant: null``) or a student run
+    (label-free methods never get the labels); top-1 of teacher, RTN and student on the held-out lines."""
+    tokenizer = load_hf_tokenizer(cfg.model.pretrained)
+    tensors, held, classes = _classifier_data(cfg.data, tokenizer)
+    teacher, task = load_hf_model(cfg.model.pretrained, "sequence_classification", cfg.model.num_classes or classes)
+    train, test = _rows(tensors, np.flatnonzero(~held)), _rows(tensors, np.flatnonzero(held)[: cfg.data.test_subset])
+    order = np.random.default_rng(cfg.data.seed).permutation(len(train["labels"]))[: cfg.data.subset]
+    n_val = round(cfg.data.val_fraction * len(order))
+    val = _rows(train, order[:n_val]) if n_val else None
+    train = _rows(train, order[n_val:])
+    student = make_student(teacher, cfg.quant, {k: v[: cfg.calib_images] for k, v in train.items() if k != "labels"})
+    summary = getattr(student, "qdistill_summary", None)
+    if log is not None and summary is not None:
+        log(str(summary))
+    save_hf_config(teacher, out)
+    tokenizer.save_pretrained(out)
+    bs = cfg.data.eval_batch_size
+    rtn = _top1(student, test, bs, "cpu") if cfg.eval.rtn and cfg.quant is not None else None
+    objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
+    labels = objective.uses_labels
+    loader = TokenBatchLoader(train, cfg.data.batch_size, with_labels=labels, shuffle=True,
+                              drop_last=len(train["labels"]) > cfg.data.batch_size, seed=cfg.train.seed)  # fmt: skip
+    val_loader = TokenBatchLoader(val, bs, with_labels=labels) if val is not None else None
+    meta = {"config": cfg.to_dict(), "labels_used": labels, "num_classes": classes, "in_channels": None}
+    trainer = Trainer(objective, loader, cfg.train, val_loader, out, meta)
+    train_start = time.perf_counter()
+    trainer.fit(resume=resume)
+    train_seconds = time.perf_counter() - train_start
+    save_model(out, student, {"model": {"source": "hf", "task": task, "pretrained": cfg.model.pretrained},
+                              "quant": None if cfg.quant is None else cfg.quant.to_dict(), "labels_used": labels,
+                              "teacher": cfg.model.pretrained, "best_epoch": trainer.best["epoch"], "config": meta["config"]})  # fmt: skip
+    top1, teacher_top1 = _top1(student, test, bs, trainer.device), _top1(teacher, test, bs, trainer.device)
+    results = {"best_epoch": trainer.best["epoch"], "labels_used": labels, "method": cfg.method.name,
+               "top1": top1, "teacher_top1": teacher_top1, "gap": top1 - teacher_top1, "rtn_top1": rtn,
+               "test_lines": len(test["labels"]), "classes": classes,
+               "tokens_seen": cfg.train.epochs * trainer.steps_per_epoch * cfg.data.batch_size * cfg.data.block_size,
+               "train_seconds": train_seconds, "threads": torch.get_num_threads(),
+               "wall_seconds": time.perf_counter() - start}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    return results

@@ -1,0 +1,58 @@
+"""Text classifiers (``model.task: sequence_classification``): a supervised teacher run, then a label-free student."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qdistill.data.text_classes import TokenBatchLoader, split_prefixed_lines
+from qdistill.errors import DataError
+from qdistill.experiment import RunConfig, run_experiment
+from qdistill.hf_experiment import evaluate_hf_run
+
+SAMPLE = Path(__file__).with_name("sample.txt")
+
+
+def test_prefix_is_the_label_and_is_stripped() -> None:
+    lines = split_prefixed_lines(["Ge1:1 In the beginning", "1Sa2:3 Talk no more", "", "Ge1:2 And the earth"])
+    assert lines.texts == ["In the beginning", "Talk no more", "And the earth"]
+    assert lines.labels.tolist() == [0, 1, 0] and lines.names == ["Ge", "1Sa"]
+    with pytest.raises(DataError, match="line 1"):
+        split_prefixed_lines(["no prefix here"])
+
+
+def _config(pretrained, out, method: str, quant) -> RunConfig:
+    return RunConfig.from_dict({
+        "model": {"source": "hf", "pretrained": str(pretrained), "task": "sequence_classification"},
+        "data": {"format": "text", "root": str(SAMPLE), "block_size": 24, "test_fraction": 0.25, "val_fraction": 0.1,
+                 "batch_size": 8, "eval_batch_size": 16},
+        "quant": quant, "method": {"name": method},
+        "train": {"epochs": 2, "lr": 1e-3, "progress": False, "device": "cpu"},
+        "calib_images": 8, "out": str(out),
+    })  # fmt: skip
+
+
+def test_teacher_with_labels_then_label_free_student_never_sees_labels(tiny_bert, tmp_path, monkeypatch) -> None:
+    teacher = run_experiment(_config(tiny_bert, tmp_path / "teacher", "qat", None))
+    assert teacher["labels_used"] is True and teacher["classes"] == 3
+    assert 0 <= teacher["top1"] <= 100 and teacher["rtn_top1"] is None  # no quantizer: no RTN baseline
+    seen = []
+    original = TokenBatchLoader._batch
+
+    def spy(self, index, epoch, batch):
+        out = original(self, index, epoch, batch)
+        seen.append(set(out))
+        return out
+
+    monkeypatch.setattr(TokenBatchLoader, "_batch", spy)
+    quant = {"method": "lsq", "weight_bits": 4, "act_bits": 8, "act_granularity": "token"}
+    res = run_experiment(_config(tmp_path / "teacher", tmp_path / "student", "sqakd", quant))  # the run folder is the teacher
+    assert res["labels_used"] is False
+    assert res["gap"] == pytest.approx(res["top1"] - res["teacher_top1"])
+    assert res["teacher_top1"] == pytest.approx(teacher["top1"])  # the fine-tuned teacher, reloaded from its run
+    assert 0 <= res["rtn_top1"] <= 100
+    again = evaluate_hf_run(tmp_path / "student")
+    assert again["top1"] == pytest.approx(res["top1"]) and again["teacher_top1"] == pytest.approx(res["teacher_top1"])
+    training = [keys for keys in seen if "labels" not in keys]
+    assert training and all(keys == {"input_ids", "attention_mask"} for keys in training)
