@@ -70,6 +70,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from qdistill.train.evaluate import evaluate
 
     model, cfg, _ = load_run(args.run_dir, args.which)
+    if cfg.model.source == "hf":
+        from qdistill.hf_experiment import evaluate_hf_run
+
+        print(json.dumps(evaluate_hf_run(args.run_dir, args.which), indent=1))
+        return 0
     splits, _, _, test = prepare_data(cfg.data)
     if test is None:
         from qdistill.errors import DataError

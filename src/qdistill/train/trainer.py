@@ -17,6 +17,7 @@ from torch import nn
 
 from qdistill.batch import Inputs, split_batch, to_device
 from qdistill.data import BatchLoader
+from qdistill.data.loader import EpochLoader
 from qdistill.distill.objectives import Objective
 from qdistill.errors import CheckpointError, ConfigError, DataError, DivergedError
 from qdistill.quant.base import Quantizer
@@ -138,7 +139,8 @@ class Trainer:
         objective: the loss (it knows the student and the frozen teacher).
         train_loader: any iterable of batches: images, ``(images, labels)`` or dicts (labels only
             when ``objective.uses_labels``); ``set_epoch`` is called when it has one. qdistill's
-            `BatchLoader` resumes exactly mid-epoch; other loaders at the last completed epoch.
+            qdistill's loaders (`BatchLoader`, text blocks) resume exactly mid-epoch; others at the last
+            completed epoch.
             Without ``len()``, ``cfg.max_steps`` sets the epoch length.
         val_loader: optional; carved from the training data, never the test set.
         out_dir: where checkpoints and metrics go; None keeps everything in memory.
@@ -173,7 +175,7 @@ class Trainer:
             if m is not None:
                 m.to(self.device)
         self.steps_per_epoch = _steps_per_epoch(train_loader, cfg.max_steps)
-        self.exact_resume = isinstance(train_loader, BatchLoader)  # the one loader that can restart mid-epoch
+        self.exact_resume = isinstance(train_loader, EpochLoader)  # qdistill's loaders restart mid-epoch
         self.main = distributed.is_main()  # the process that writes files
         self.step_module: nn.Module = objective  # called as step_module(inputs, labels) -> (loss, logs)
         if distributed.active():
