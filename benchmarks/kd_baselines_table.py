@@ -41,7 +41,7 @@ def main() -> None:
     log.save()
     if not log.has("teacher"):
         if not (Path(args.teacher) / "model.safetensors").is_file():
-            log.add({"key": "teacher", "method": "fp", "seed": 0, **timed_run(fmnist_teacher_run(args.teacher))})
+            log.add({**timed_run(fmnist_teacher_run(args.teacher)), "key": "teacher", "method": "fp", "seed": 0})
         else:
             raise SystemExit(f"{args.teacher} holds a teacher this log did not record: pass another --teacher")
     print("teacher", log.get("teacher")["test_top1"], flush=True)

@@ -162,8 +162,8 @@ def headline(tables: dict[str, dict[str, Any]]) -> str:
 def kd_table(data: dict[str, Any], fmnist: dict[str, Any] | None, values: dict[str, str]) -> str:
     """KD baselines at EWGS W2A2 against their own teacher. A log that trained no teacher, standalone QAT
     or SQAKD of its own (the first version of the script) borrows them from the identical Table 1 runs."""
-    own = {r["method"] for r in data["results"]}
-    source = data if "fp" in own else fmnist
+    own = {r["method"] for r in data["results"] if r["key"] != "teacher"}
+    source = data if any(r["key"] == "teacher" for r in data["results"]) else fmnist
     teacher = next((r["test_top1"] for r in source["results"] if r["key"] == "teacher"), None) if source else None
     lines = ["| method | labels | top-1 | gap to teacher |", "|---|---|---|---|"]
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -172,7 +172,7 @@ def kd_table(data: dict[str, Any], fmnist: dict[str, Any] | None, values: dict[s
             if r.get("quantizer") == "ewgs" and r.get("bits") == 2 and r["method"] in ("qat", "sqakd"):
                 groups.setdefault(f"{r['method']} (Table 1 runs)", []).append(r)
     for r in data["results"]:
-        if r["method"] != "fp":
+        if r["key"] != "teacher":
             groups.setdefault(r["method"], []).append(r)
     for method, runs in groups.items():
         top1 = [r["test_top1"] for r in runs if "test_top1" in r]
@@ -417,11 +417,16 @@ def prose_values(tables: dict[str, dict[str, Any]], root: Path, values: dict[str
         budget_values(small_sweep, values, "small_temperature")
     kd = load("kd_baselines_table", root)
     if kd and "kd:sqakd" in values:
-        by_method = {m: [r["test_top1"] for r in kd["results"] if r["method"] == m and "test_top1" in r] for m in {r["method"] for r in kd["results"]}}
+        students = [r for r in kd["results"] if r["key"] != "teacher" and "test_top1" in r]
+        by_method = {m: [r["test_top1"] for r in students if r["method"] == m] for m in {r["method"] for r in students}}
         ref = float(values["kd:sqakd"])
-        feature = [m for m in ("at", "sp", "cc", "vid", "rkd", "ft", "fsp", "nst") if by_method.get(m)]
-        values["kd:feature_above"] = span([stats(by_method[m])[0] - ref for m in feature])
-        values["kd:feature_std"] = span([stats(by_method[m])[1] for m in feature], 2)
+        labelled = {m: stats(v)[0] - ref for m, v in by_method.items() if v and m in KD_METHODS and m not in ("qat", "sqakd", "squat")}
+        above = sorted((m for m, d in labelled.items() if d > 0), key=lambda m: -labelled[m])
+        below = sorted((m for m, d in labelled.items() if d <= 0), key=lambda m: labelled[m])
+        values["kd:above"] = ", ".join(f"{m.upper()} {labelled[m]:+.2f}" for m in above) or "none"
+        values["kd:below"] = ", ".join(f"{m.upper()} {labelled[m]:+.2f}" for m in below) or "none"
+        values["kd:count_below"] = f"{len(below)} of {len(labelled)}"
+        values["kd:std_range"] = span([stats(v)[1] for v in by_method.values() if len(v) > 1], 2) if any(len(v) > 1 for v in by_method.values()) else "n/a (one seed)"
         for m, top1 in by_method.items():
             if top1:
                 values[f"kd:{m}:vs_sqakd"] = f"{stats(top1)[0] - ref:+.2f}"
