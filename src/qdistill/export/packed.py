@@ -28,7 +28,7 @@ from qdistill.quant.convert import convert
 from qdistill.quant.intform import IntModule
 from qdistill.quant.modules import QuantModule
 
-__all__ = ["export_packed", "load_packed", "pack_bits", "unpack_bits"]
+__all__ = ["export_packed", "fill_integer_model", "load_packed", "pack_bits", "pack_levels", "unpack_bits", "unpack_levels"]
 
 FORMAT = "qdistill.packed/2"
 
@@ -79,11 +79,7 @@ def export_packed(model: nn.Module, path: str | Path, arch: dict[str, Any] | Non
     for name, m in model.named_modules(remove_duplicate=False):
         if not isinstance(m, IntModule):
             continue
-        kind = str(m.weight_levels.dtype).removeprefix("torch.")
-        unsigned = m.weight_levels.to(torch.int16) + _offset(kind, m.bits)
-        tensors[f"{name}.weight_levels"] = pack_bits(unsigned.to(torch.uint8).numpy(), m.bits)
-        layers[name] = {"bits": m.bits, "levels": kind, "shape": list(m.weight_levels.shape),
-                        "input": m.input_grid.kind, "act_bits": m.input_grid.bits}  # fmt: skip
+        tensors[f"{name}.weight_levels"], layers[name] = pack_levels(m)
         skip.add(f"{name}.weight_levels")
     # Float tensors go into one blob and small non-float buffers into the JSON header: one
     # safetensors entry per BatchNorm buffer would cost more header bytes than 2-bit weights.
@@ -158,25 +154,48 @@ def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     path = Path(path)
     header, tensors = _read(path)
     model = _skeleton(header) if model is None else model
+    blob = torch.from_numpy(tensors["state"].copy())
+    state = {k: blob[o : o + math.prod(shape)].reshape(shape).clone() for k, (o, shape) in header["state"].items()}
+    state |= {k: torch.tensor(v, dtype=getattr(torch, dt)) for k, (dt, v) in header["small"].items()}
+    for name, spec in header["layers"].items():
+        state[f"{name}.weight_levels"] = unpack_levels(tensors[f"{name}.weight_levels"], spec)
+    return fill_integer_model(model, state, header["layers"], path)
+
+
+def pack_levels(layer: IntModule) -> tuple[np.ndarray, dict[str, Any]]:
+    """An integer layer's weight levels packed at its bit width, and what `unpack_levels` needs."""
+    kind = str(layer.weight_levels.dtype).removeprefix("torch.")
+    unsigned = layer.weight_levels.to(torch.int16) + _offset(kind, layer.bits)
+    spec = {"bits": layer.bits, "levels": kind, "shape": list(layer.weight_levels.shape),
+            "input": layer.input_grid.kind, "act_bits": layer.input_grid.bits}  # fmt: skip
+    return pack_bits(unsigned.to(torch.uint8).numpy(), layer.bits), spec
+
+
+def unpack_levels(packed: np.ndarray, spec: dict[str, Any]) -> torch.Tensor:
+    """Inverse of `pack_levels`: the int8 / uint8 levels tensor."""
+    unsigned = unpack_bits(packed, spec["bits"], math.prod(spec["shape"])).astype(np.int16)
+    levels = torch.from_numpy(unsigned) - _offset(spec["levels"], spec["bits"])
+    return levels.to(getattr(torch, spec["levels"])).reshape(spec["shape"])
+
+
+@torch.no_grad()
+def fill_integer_model(model: nn.Module, state: dict[str, torch.Tensor], layers: dict[str, Any], path: Path) -> nn.Module:
+    """Convert ``model`` (when still fake-quant) and load ``state`` into it; the file's levels,
+    scales and zero points replace each integer layer's (the file decides bits and granularity)."""
     if _is_fake_quant(model):
         for q in model.modules():
             if isinstance(q, Quantizer):
                 q.initialized = True  # its grid is a placeholder: the file's values replace it
         convert(model)
-    blob = torch.from_numpy(tensors["state"].copy())
-    state = {k: blob[o : o + math.prod(shape)].reshape(shape).clone() for k, (o, shape) in header["state"].items()}
-    state |= {k: torch.tensor(v, dtype=getattr(torch, dt)) for k, (dt, v) in header["small"].items()}
-    for name, spec in header["layers"].items():
-        count, dtype = math.prod(spec["shape"]), getattr(torch, spec["levels"])
-        unsigned = torch.from_numpy(unpack_bits(tensors[f"{name}.weight_levels"], spec["bits"], count).astype(np.int16))
-        state[f"{name}.weight_levels"] = (unsigned - _offset(spec["levels"], spec["bits"])).to(dtype).reshape(spec["shape"])
-        layer = model.get_submodule(name)
-        if isinstance(layer, IntModule):  # the file decides the weight's grid (bits, granularity)
+    modules = dict(model.named_modules())
+    for name, spec in layers.items():
+        layer = modules.get(name)
+        if isinstance(layer, IntModule):
             layer.bits = spec["bits"]
             for key in ("weight_levels", "weight_scale", "weight_zero_point"):
                 setattr(layer, key, state[f"{name}.{key}"])
     try:
-        model.load_state_dict(state, assign=True)  # assign: the file's dtypes (int8 / uint8 levels) stay
+        model.load_state_dict(state)  # copies into the model's tensors: tied weights stay tied
     except RuntimeError as e:
         raise CheckpointError(f"{path} does not fit the model: {str(e).splitlines()[1 if chr(10) in str(e) else 0].strip()[:300]}") from None
     return model.eval()
