@@ -76,9 +76,9 @@ class InputGrid(nn.Module):
         if iv.x is not probe or iv.lo.numel() != 1 or iv.step.numel() != 1:
             raise ConfigError(f"{type(q).__name__}: only activation grids with one fixed range per tensor have an integer form")
         grid = cls("tensor", q.bits)
-        _, grid.step, grid.zero = q.integer_levels(probe)
-        grid.lo, grid.hi = iv.lo.detach().float().reshape(()), iv.hi.detach().float().reshape(())
-        grid.step = grid.step.reshape(())
+        _, step, zero = q.integer_levels(probe)
+        for name, value in (("lo", iv.lo), ("hi", iv.hi), ("step", step), ("zero", zero)):
+            setattr(grid, name, value.detach().float().reshape(()))
         return grid
 
     def forward(self, x: Tensor) -> Tensor:
