@@ -15,7 +15,7 @@ from qdistill.distill.student import make_student
 from qdistill.experiment import RunConfig, load_config, load_run, run_experiment
 from qdistill.export.packed import load_packed
 from qdistill.models import create_model, list_models
-from qdistill.quant import QuantConfig, calibrate, quantize
+from qdistill.quant import QuantConfig, calibrate, convert, quantize
 from qdistill.train import TrainConfig, Trainer, evaluate
 
 __version__ = "0.1.0"
@@ -29,6 +29,7 @@ __all__ = [
     "Trainer",
     "build_objective",
     "calibrate",
+    "convert",
     "create_model",
     "evaluate",
     "kd_loss",

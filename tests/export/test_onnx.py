@@ -175,3 +175,19 @@ def test_gate_judges_the_model_as_trained(images, tmp_path):
     snapped = export_onnx(student, images[:4], tmp_path / "c.onnx", calib=images, residual="float", min_agreement=99.9)
     scale = float(np.abs(trained).max())
     assert snapped["parity"]["top1_agreement"] == 100.0 and snapped["parity"]["max_abs_logit_diff"] <= 1e-3 * scale
+
+
+def test_per_group_weights_export_as_exact_float(images, tmp_path):
+    """QDQ has one weight scale per output channel: per-group layers keep their exact quantized weights in float."""
+    import torch
+
+    from qdistill import QuantConfig, make_student
+
+    from .tiny import TinyResNet
+
+    torch.manual_seed(0)
+    cfg = QuantConfig(method="lsq", weight_bits=4, act_bits=8, group_size=4)
+    student = make_student(TinyResNet().eval(), cfg, images[:64]).eval()
+    report = export_onnx(student, images[:2], tmp_path / "m.onnx", calib=images[:64], min_agreement=99.0)
+    kinds = {layer["weight"] for layer in report["layers"] if layer.get("weight_bits")}
+    assert kinds == {"float32 (per-group scales)"} and report["parity"]["top1_agreement_decisive"] >= 99.0

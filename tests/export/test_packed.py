@@ -83,3 +83,25 @@ def test_files_that_are_not_packed_models_are_one_line_errors(what, tmp_path):
     error = MissingFileError if what == "missing" else CheckpointError
     with pytest.raises(error, match="not found" if what == "missing" else "is not a"):
         load_packed(path)
+
+
+def test_packed_file_holds_the_integer_form(images, tmp_path):
+    """create -> quantize -> convert -> load: the rebuilt model holds int8 LSQ levels, no float weights."""
+    from safetensors import safe_open
+
+    from qdistill.quant.intform import IntModule
+
+    student = tiny_student("lsq", 4, images)
+    export_packed(student, tmp_path / "m.safetensors")
+    with safe_open(str(tmp_path / "m.safetensors"), "np") as f:
+        assert f.get_tensor("block1.conv1.weight_levels").nbytes == 8 * 8 * 9 * 4 // 8  # 4 bits a weight
+    rebuilt = load_packed(tmp_path / "m.safetensors", model=tiny_student("lsq", 4, images[:8]))
+    assert isinstance(rebuilt.block1.conv1, IntModule) and rebuilt.block1.conv1.weight_levels.dtype == torch.int8
+    assert "block1.conv1.weight" not in rebuilt.state_dict()
+
+
+def test_older_packed_format_is_refused(tmp_path):
+    path = tmp_path / "old.safetensors"
+    save_file({"state": torch.zeros(1)}, str(path), metadata={"format": "qdistill.packed/1", "qdistill": ""})
+    with pytest.raises(ValueError, match="another qdistill version"):
+        load_packed(path)

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from qdistill.errors import ExportError
+from qdistill.errors import ConfigError, ExportError
 from qdistill.export.intgrid import act_grid, weight_ints
 from qdistill.quant.base import Quantizer
+from qdistill.quant.intform import IntConv, IntLinear, IntModule
 from qdistill.quant.modules import QuantModule
 
 __all__ = ["OnnxBuild", "build_onnx", "live_nodes"]
@@ -135,26 +136,29 @@ class _Builder:
         self.act_source[y] = self.act_source[x]
         return y
 
-    def weight(self, layer: nn.Module, bn: nn.Module | None, hint: str, in_step: float | None) -> _Weight:
+    def weight(self, form: nn.Module, bn: nn.Module | None, hint: str, in_step: float | None) -> _Weight:
         """Weight (int8 + per-channel scale when it fits, else exact float) and folded bias.
 
-        ``in_step`` is the dequantize scale of the layer's input (None for a float input).
+        ``form`` is a float layer or a quantized layer's integer form (`IntModule`); ``in_step``
+        is the dequantize scale of the layer's input (None for a float input).
         """
-        w = layer.weight.detach().float()
+        quantized = isinstance(form, IntModule)
+        w = (form.dequantized_weight() if quantized else form.weight).detach().float()
         out_ch = w.shape[0]
-        bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros(out_ch)
+        bias = form.bias.detach().float() if form.bias is not None else torch.zeros(out_ch)
         gain = torch.ones(out_ch)
         if bn is not None:
             gain = (bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)).float()
             bias = bn.bias.detach().float() + gain * (bias - bn.running_mean.float())
         shape = (-1,) + (1,) * (w.dim() - 1)
         info: dict[str, Any] = {"bn_folded": bn is not None}
-        wq = getattr(layer, "weight_quant", None)
-        if wq is None:
-            info.update(weight="float32")
+        iw = weight_ints(form) if quantized else None
+        if quantized:
+            info.update(weight_bits=form.bits)
+        if iw is None:  # a float layer, or per-group scales (one QDQ scale per channel): exact float
+            info.update(weight="float32" if not quantized else "float32 (per-group scales)")
             return _Weight(self.const((w * gain.view(shape)).numpy(), f"{hint}.weight"), bias, info)
-        iw = weight_ints(wq, layer.weight.detach())
-        info.update(weight_bits=wq.bits, weight_int_range=[int(iw.ints.min()), int(iw.ints.max())])
+        info.update(weight_int_range=[int(iw.ints.min()), int(iw.ints.max())])
         if not iw.fits_int8:  # 8-bit grids without a zero need 9-bit integers: exact float instead
             info.update(weight="float32 (levels need 9 bits)")
             real = iw.ints.float() * (iw.scale * gain).view(shape)
@@ -293,6 +297,7 @@ class _Converter:
         self.b = _Builder(opset, snap_bias)
         self.env: dict[fx.Node, Any] = {}
         self.modules = dict(gm.named_modules())
+        self.ints = {name: _int_form(name, m) for name, m in self.modules.items() if isinstance(m, QuantModule)}
         self.folded: dict[fx.Node, nn.Module] = {}  # conv/linear node -> its BatchNorm
         self.bn_skip: set[fx.Node] = set()
         self._plan_folds()
@@ -303,7 +308,7 @@ class _Converter:
                 continue
             src = node.args[0]
             if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
-                    and isinstance(self.modules[src.target], (nn.Conv2d, nn.Linear))):  # fmt: skip
+                    and self._kind(src.target) is not None):  # fmt: skip
                 self.folded[src] = self.modules[node.target]
                 self.bn_skip.add(node)
 
@@ -348,7 +353,7 @@ class _Converter:
         m = self.modules[node.target]
         x = self._arg(node.args[0])
         hint = str(node.target)
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
+        if self._kind(node.target) is not None:
             return self._layer(node, m, x, hint)
         if isinstance(m, _BN):
             return self._batchnorm(m, x, hint)
@@ -365,18 +370,19 @@ class _Converter:
         if aq is not None:
             x = self.b.act(x, aq, f"{hint}.act")
             in_step = act_grid(aq).step
-        w = self.b.weight(m, self.folded.get(node), hint, in_step)
+        form = self.ints.get(node.target, m)
+        w = self.b.weight(form, self.folded.get(node), hint, in_step)
         info = dict(w.info, name=hint, type=type(m).__name__, act_bits=aq.bits if aq is not None else None)
         if isinstance(m, QuantModule):
             info["method"] = type(m.weight_quant).__name__.removesuffix("Quantizer").lower()
-        conv = isinstance(m, nn.Conv2d)
+        conv = self._kind(node.target) == "conv"
         attrs: dict[str, Any] = {}
         if conv:
-            if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                raise ExportError(f"export: {hint} uses padding {m.padding!r}/{m.padding_mode}; only numeric zero padding is supported")
-            ph, pw = m.padding
-            attrs = dict(kernel_shape=list(m.kernel_size), strides=list(m.stride), pads=[ph, pw, ph, pw],
-                         dilations=list(m.dilation), group=m.groups)  # fmt: skip
+            if form.padding_mode != "zeros" or isinstance(form.padding, str):
+                raise ExportError(f"export: {hint} uses padding {form.padding!r}/{form.padding_mode}; only numeric zero padding is supported")
+            ph, pw = form.padding
+            attrs = {"kernel_shape": list(form.kernel_size), "strides": list(form.stride), "pads": [ph, pw, ph, pw],
+                     "dilations": list(form.dilation), "group": form.groups}  # fmt: skip
         info["kernel"] = "QDQ" if w.int8 is not None or aq is not None else "float"
         self.b.layers.append(info)
         bias = self.b.const(w.bias.numpy(), f"{hint}.bias")
@@ -385,6 +391,14 @@ class _Converter:
         if not conv:
             return self.b.op("Gemm", [x, w.name, bias], hint, transB=1)
         return self.b.op("Conv", [x, w.name, bias], hint, **attrs)
+
+    def _kind(self, target: str) -> str | None:
+        """``"conv"`` (2-D) or ``"linear"`` for the layers that translate, by their integer form
+        when quantized (so a registered layer type exports through its ``to_int``)."""
+        form = self.ints.get(target, self.modules[target])
+        if isinstance(form, nn.Conv2d) or (isinstance(form, IntConv) and form.dims == 2):
+            return "conv"
+        return "linear" if isinstance(form, (nn.Linear, IntLinear)) else None
 
     def _batchnorm(self, m: nn.Module, x: str, hint: str) -> str:
         c = lambda t, s: self.b.const(t.detach().float().numpy(), f"{hint}.{s}")
@@ -415,6 +429,15 @@ class _Converter:
     def _get_attr(self, node: fx.Node) -> str:
         value = operator.attrgetter(node.target)(self.gm)
         return self.b.const(value.detach().float().numpy(), node.target)
+
+
+def _int_form(name: str, m: QuantModule) -> nn.Module:
+    if not hasattr(m, "to_int"):
+        raise ExportError(f"export: {name} ({type(m).__name__}) has no to_int(): its layer type does not implement the integer form")
+    try:
+        return m.to_int()
+    except ConfigError as e:
+        raise ExportError(f"export: {name}: {e}") from None
 
 
 def _binary(op_type: str) -> Callable[..., str]:

@@ -1,15 +1,13 @@
-"""Exact integer form of every quantizer: the levels a trained model really uses.
+"""ONNX's view of the integer form (`qdistill.quant.intform`): int8 weights, Q/DQ parameters.
 
-Each quantizer outputs ``(k - zero) * step`` for an integer level ``k`` in ``0..2^b - 1``
-(`qdistill.quant.fake_quant`). An integer runtime needs ``q * scale`` with ``q`` an integer, so:
+The levels come from the layer's ``to_int()`` and the activation grids from `InputGrid`; this
+module only rewrites them as an integer runtime wants them. A weight is
+``(levels - zero_point) * scale``; an integer runtime needs ``q * scale`` with ``q`` an integer:
 
-* integer ``zero`` (LSQ, unsigned activations): ``q = k - zero``, ``scale = step``;
-* half-integer ``zero`` (symmetric grids without 0, e.g. 2-bit DoReFa/EWGS weights
-  ``{-1, -1/3, 1/3, 1} * s``): ``q = 2k - 2 zero``, ``scale = step / 2``, odd integers that
+* integer zero point (LSQ, the int8 form): ``q = levels - zero_point``, ``scale``;
+* half-integer zero point (symmetric grids without 0, e.g. 2-bit DoReFa/EWGS weights
+  ``{-1, -1/3, 1/3, 1} * s``): ``q = 2 levels - 2 zero_point``, ``scale / 2``, odd integers that
   fit int8 for b <= 7.
-
-The levels are recomputed with the very same float operations as the fake-quant forward and
-checked against it, so an export never rounds a weight a second time.
 """
 
 from __future__ import annotations
@@ -20,45 +18,36 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from qdistill.errors import ExportError
+from qdistill.errors import ConfigError, ExportError
 from qdistill.quant.base import Quantizer
+from qdistill.quant.intform import InputGrid, IntModule
 
-__all__ = ["ActGrid", "IntWeight", "act_grid", "quant_levels", "weight_ints"]
-
-
-@torch.no_grad()
-def quant_levels(q: Quantizer, x: Tensor) -> tuple[Tensor, Tensor, float]:
-    """``(k, step, zero)`` of quantizer ``q`` on ``x``, computed as its forward does.
-
-    ``k`` holds the integer levels as float; ``(k - zero) * step`` equals ``q(x)`` bit for bit.
-    """
-    iv = q.interval(x)
-    n = q.levels - 1
-    k = (iv.x - iv.lo).mul_(1.0 / (iv.hi - iv.lo)).clamp_(0.0, 1.0).mul_(n).round_()
-    if not torch.equal((k - iv.zero) * iv.step, q(x)):
-        raise RuntimeError(f"{type(q).__name__}: recomputed levels differ from its forward output")
-    return k, iv.step.detach(), float(iv.zero)
+__all__ = ["ActGrid", "IntWeight", "act_grid", "weight_ints"]
 
 
 @dataclass
 class IntWeight:
     """A weight as integers and one scale per output channel: ``w = ints * scale[c]``."""
 
-    ints: Tensor  # int64 values, same shape as the weight
+    ints: Tensor  # int64 values, the weight's shape (output channel first)
     scale: Tensor  # float32, one per output channel
     fits_int8: bool
 
 
 @torch.no_grad()
-def weight_ints(q: Quantizer, w: Tensor) -> IntWeight:
-    """Integer levels and per-channel scales of the quantized weight ``q(w)``."""
-    k, step, zero = quant_levels(q, w)
-    if zero == int(zero):
-        ints, scale = k - zero, step
+def weight_ints(layer: IntModule) -> IntWeight | None:
+    """Integer weight and per-channel scales of an integer layer; None for per-group scales
+    (QDQ has one scale per output channel)."""
+    out = layer.weight_shape[0]
+    if layer.weight_scale.numel() not in (1, out):
+        return None
+    k, zero = layer.weight_levels.long(), layer.weight_zero_point
+    if torch.equal(zero, zero.round()):
+        ints, scale = k - zero.long(), layer.weight_scale
     else:
-        ints, scale = 2 * k - int(2 * zero), step / 2
-    scale = scale.float().reshape(-1).expand(w.shape[0]).clone() if scale.numel() == 1 else scale.float().reshape(-1)
-    ints = ints.round().long()
+        ints, scale = 2 * k - (2 * zero).long(), layer.weight_scale / 2
+    ints = ints.reshape(layer.weight_shape)
+    scale = scale.float().reshape(-1).expand(out).clone()
     return IntWeight(ints, scale, bool(ints.abs().max() <= 127))
 
 
@@ -86,25 +75,25 @@ class ActGrid:
     @property
     def dq_zero(self) -> int:
         """Integer zero point of the DequantizeLinear (``zero + 1/2`` for half-integer grids)."""
-        return int(math.ceil(self.zero))
+        return math.ceil(self.zero)
 
 
 @torch.no_grad()
 def act_grid(q: Quantizer) -> ActGrid:
-    """The integer description of an (initialised) activation quantizer."""
-    if not bool(q.initialized):
-        raise ExportError("activation quantizer is not initialised: calibrate the model or run one forward first")
-    iv = q.interval(torch.zeros(()))
-    if iv.lo.numel() != 1 or iv.step.numel() != 1:
-        raise ExportError("per-channel activation quantizers cannot be exported")
-    n = q.levels - 1
-    lo, hi = float(iv.lo), float(iv.hi)
-    delta = (hi - lo) / n
+    """The QuantizeLinear / Clip / DequantizeLinear description of activation quantizer ``q``."""
+    try:
+        g = InputGrid.of(q)
+    except ConfigError as e:
+        raise ExportError(f"export: {e}") from None
+    if g.kind != "tensor":
+        raise ExportError(f"export: {g.kind} activation grids ({type(q).__name__}) cannot be exported to QDQ ONNX")
+    lo, hi = float(g.lo), float(g.hi)
+    delta = (hi - lo) / g.n
     m = -lo / delta
     # Only a zero point that is exact up to float32 rounding: a learned lower bound a hair off
     # the grid (EWGS, lo = -7e-5) moves every rounding boundary and must be shifted explicitly.
     if abs(m - round(m)) <= 1e-6 * max(1.0, abs(m)) and 0 <= round(m) <= 255:
-        shift, q_zero = None, int(round(m))
+        shift, q_zero = None, round(m)
     else:
         shift, q_zero = -lo, 0
-    return ActGrid(delta, q_zero, shift, n, float(iv.step), float(iv.zero))
+    return ActGrid(delta, q_zero, shift, g.n, float(g.step), float(g.zero))

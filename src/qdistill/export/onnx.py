@@ -37,8 +37,8 @@ BIAS_HINT = ("; integer kernels round each folded bias to int32 units: train wit
 
 @torch.no_grad()
 def float_twin(model: nn.Module) -> nn.Module:
-    """A float copy with each quantized layer replaced by a plain one holding its quantized weight,
-    and every other quantizer (residual sums) by an identity.
+    """A float copy with each quantized layer replaced by its ``to_float()`` (a plain layer holding
+    its quantized weight), and every other quantizer (residual sums) by an identity.
 
     It is the FP32 baseline of the speed comparison: same graph, no quantizers.
     """
@@ -46,15 +46,9 @@ def float_twin(model: nn.Module) -> nn.Module:
     for name, m in list(twin.named_modules()):
         if not isinstance(m, QuantModule):
             continue
-        if isinstance(m, nn.Conv2d):
-            plain: nn.Module = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding,
-                                         m.dilation, m.groups, m.bias is not None, m.padding_mode)  # fmt: skip
-        else:
-            plain = nn.Linear(m.in_features, m.out_features, m.bias is not None)
-        plain.weight.copy_(m.weight_quant(m.weight))
-        if m.bias is not None:
-            plain.bias.copy_(m.bias)
-        twin.set_submodule(name, plain)
+        if not hasattr(m, "to_float"):
+            raise ExportError(f"float_twin: {name} ({type(m).__name__}) has no to_float(): its layer type does not implement the protocol")
+        twin.set_submodule(name, m.to_float())
     for name, m in list(twin.named_modules()):  # what is left: quantizers of residual sums
         if isinstance(m, Quantizer):
             twin.set_submodule(name, nn.Identity())

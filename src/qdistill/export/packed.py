@@ -1,15 +1,17 @@
 """Bit-packed weights in a safetensors file, and `load_packed` to rebuild the trained model.
 
-Each quantized weight is stored as its integer levels ``k`` packed at the layer's bit width plus
-the step tensor its quantizer computed; the weight is rebuilt as ``(k - zero) * step``, the very
-operation of the fake-quant forward, so the rebuilt model's logits equal the trained model's bit
-for bit. Everything else (activation quantizers, BatchNorm, full-precision layers) is stored as
-float32. The (zlib-compressed) JSON header describes the architecture and every quantizer.
+The file holds the converted model (`qdistill.quant.convert`): each integer layer's weight levels
+packed at its bit width, and every other tensor of its state dict (scales, zero points, input
+grids, BatchNorm, full-precision layers) as float32. `load_packed` builds the same integer model
+(create -> quantize -> convert) and loads the tensors into it, so its logits equal the trained
+fake-quant model's bit for bit. The (zlib-compressed) JSON header describes the architecture, the
+quantization config and every layer.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import math
 import zlib
@@ -18,15 +20,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from qdistill.errors import CheckpointError, MissingFileError
-from qdistill.export.intgrid import quant_levels
+from qdistill.quant.base import Quantizer
+from qdistill.quant.convert import convert
+from qdistill.quant.intform import IntModule
 from qdistill.quant.modules import QuantModule
 
-__all__ = ["FrozenWeight", "export_packed", "load_packed", "pack_bits", "unpack_bits"]
+__all__ = ["export_packed", "fill_integer_model", "load_packed", "pack_bits", "pack_levels", "unpack_bits", "unpack_levels"]
 
-FORMAT = "qdistill.packed/1"
+FORMAT = "qdistill.packed/2"
 
 
 def pack_bits(levels: np.ndarray, bits: int) -> np.ndarray:
@@ -41,21 +45,13 @@ def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     return (b.astype(np.uint16) << np.arange(bits, dtype=np.uint16)).sum(1).astype(np.uint8)
 
 
-class FrozenWeight(nn.Module):
-    """Stands in for a weight quantizer after loading: returns ``(k - zero) * step`` whatever its input."""
+def _offset(levels_dtype: str, bits: int) -> int:
+    """What packing adds to the levels so that they are unsigned: int8 levels start at -2^(b-1)."""
+    return 2 ** (bits - 1) if levels_dtype == "int8" else 0
 
-    def __init__(self, levels: Tensor, step: Tensor, zero: float, bits: int) -> None:
-        super().__init__()
-        self.register_buffer("levels", levels.float())
-        self.register_buffer("step", step.float())
-        self.zero = float(zero)
-        self.bits = int(bits)
 
-    def forward(self, _: Tensor) -> Tensor:
-        return (self.levels - self.zero) * self.step
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits}, zero={self.zero}"
+def _is_fake_quant(model: nn.Module) -> bool:
+    return any(isinstance(m, QuantModule) for m in model.modules())
 
 
 def _arch(model: nn.Module, arch: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -67,7 +63,8 @@ def _arch(model: nn.Module, arch: dict[str, Any] | None) -> dict[str, Any] | Non
 @torch.no_grad()
 def export_packed(model: nn.Module, path: str | Path, arch: dict[str, Any] | None = None,
                   meta: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Write ``model``'s quantized weights bit-packed (plus everything else float32) to ``path``.
+    """Write ``model`` (fake-quant or converted) to ``path``: integer weight levels bit-packed,
+    everything else float32.
 
     ``arch`` = ``{"name", "num_classes", "in_channels"}`` lets `load_packed` rebuild a registry
     model alone; without it, pass a same-structure quantized model to `load_packed`. Returns the
@@ -75,23 +72,15 @@ def export_packed(model: nn.Module, path: str | Path, arch: dict[str, Any] | Non
     """
     from safetensors.numpy import save_file
 
-    model = model.eval()
+    model = convert(copy.deepcopy(model)) if _is_fake_quant(model) else model.eval()
     tensors: dict[str, np.ndarray] = {}
     layers: dict[str, Any] = {}
     skip: set[str] = set()
-    for name, m in model.named_modules():
-        if not isinstance(m, QuantModule):
+    for name, m in model.named_modules(remove_duplicate=False):
+        if not isinstance(m, IntModule):
             continue
-        wq = m.weight_quant
-        if isinstance(wq, FrozenWeight):
-            k, step, zero = wq.levels, wq.step, wq.zero
-        else:
-            k, step, zero = quant_levels(wq, m.weight)
-        tensors[f"{name}.weight.levels"] = pack_bits(k.to(torch.uint8).numpy(), wq.bits)
-        tensors[f"{name}.weight.step"] = step.float().contiguous().numpy()
-        layers[name] = {"bits": wq.bits, "zero": zero, "shape": list(m.weight.shape), "method": type(wq).__name__,
-                        "act_bits": m.act_quant.bits if m.act_quant is not None else None}  # fmt: skip
-        skip |= {f"{name}.weight"} | {f"{name}.weight_quant.{k}" for k in wq.state_dict()}
+        tensors[f"{name}.weight_levels"], layers[name] = pack_levels(m)
+        skip.add(f"{name}.weight_levels")
     # Float tensors go into one blob and small non-float buffers into the JSON header: one
     # safetensors entry per BatchNorm buffer would cost more header bytes than 2-bit weights.
     floats, index, small = [], {}, {}
@@ -130,47 +119,83 @@ def _skeleton(header: dict[str, Any]) -> nn.Module:
     return model
 
 
-@torch.no_grad()
-def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild the model stored by `export_packed` (eval mode); logits equal the trained model's.
-
-    Args:
-        path: the ``.safetensors`` file.
-        model: optional quantized model of the same structure to fill in; default: rebuilt from the
-            header's architecture and quantization config.
-    """
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The header and the tensors of a packed file (CheckpointError when it is not one)."""
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"packed model not found: {path}")
     try:
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except SafetensorError as e:
         raise CheckpointError(f"{path} is not a safetensors file: {str(e).splitlines()[0][:200]}") from None
+    if meta.get("format", "").startswith("qdistill.packed/") and meta["format"] != FORMAT:
+        raise CheckpointError(f"{path} was written by another qdistill version ({meta['format']}, this one reads {FORMAT}): export it again")
     if meta.get("format") != FORMAT or "qdistill" not in meta:
         raise CheckpointError(f"{path} is not a qdistill packed model (no qdistill header)")
     try:
-        header = json.loads(zlib.decompress(base64.b64decode(meta["qdistill"])))
+        return json.loads(zlib.decompress(base64.b64decode(meta["qdistill"]))), tensors
     except (zlib.error, ValueError):
         raise CheckpointError(f"{path}: the qdistill header is damaged") from None
+
+
+@torch.no_grad()
+def load_packed(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the model stored by `export_packed` as an integer model (`qdistill.quant.convert`,
+    eval mode); its logits equal the trained model's bit for bit.
+
+    Args:
+        path: the ``.safetensors`` file.
+        model: optional model of the same structure to fill in (quantized, calibrated or not, or
+            already converted); default: rebuilt from the header's architecture and quant config.
+    """
+    path = Path(path)
+    header, tensors = _read(path)
     model = _skeleton(header) if model is None else model
-    for name, spec in header["layers"].items():
-        m = model.get_submodule(name)
-        count = math.prod(spec["shape"])
-        k = unpack_bits(tensors[f"{name}.weight.levels"], spec["bits"], count).reshape(spec["shape"])
-        frozen = FrozenWeight(torch.from_numpy(k), torch.from_numpy(tensors[f"{name}.weight.step"]), spec["zero"], spec["bits"])
-        m.weight_quant = frozen
-        m.weight.data = frozen(m.weight).clone()
     blob = torch.from_numpy(tensors["state"].copy())
     state = {k: blob[o : o + math.prod(shape)].reshape(shape).clone() for k, (o, shape) in header["state"].items()}
     state |= {k: torch.tensor(v, dtype=getattr(torch, dt)) for k, (dt, v) in header["small"].items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    frozen_keys = {f"{n}.weight_quant.{b}" for n in header["layers"] for b in ("levels", "step")}
-    frozen_keys |= {f"{n}.weight" for n in header["layers"]}
-    if unexpected or set(missing) - frozen_keys:
-        bad = sorted(unexpected or set(missing) - frozen_keys)[:3]
-        raise CheckpointError(f"{path} does not fit the model: mismatched keys {bad}")
+    for name, spec in header["layers"].items():
+        state[f"{name}.weight_levels"] = unpack_levels(tensors[f"{name}.weight_levels"], spec)
+    return fill_integer_model(model, state, header["layers"], path)
+
+
+def pack_levels(layer: IntModule) -> tuple[np.ndarray, dict[str, Any]]:
+    """An integer layer's weight levels packed at its bit width, and what `unpack_levels` needs."""
+    kind = str(layer.weight_levels.dtype).removeprefix("torch.")
+    unsigned = layer.weight_levels.to(torch.int16) + _offset(kind, layer.bits)
+    spec = {"bits": layer.bits, "levels": kind, "shape": list(layer.weight_levels.shape),
+            "input": layer.input_grid.kind, "act_bits": layer.input_grid.bits}  # fmt: skip
+    return pack_bits(unsigned.to(torch.uint8).numpy(), layer.bits), spec
+
+
+def unpack_levels(packed: np.ndarray, spec: dict[str, Any]) -> torch.Tensor:
+    """Inverse of `pack_levels`: the int8 / uint8 levels tensor."""
+    unsigned = unpack_bits(packed, spec["bits"], math.prod(spec["shape"])).astype(np.int16)
+    levels = torch.from_numpy(unsigned) - _offset(spec["levels"], spec["bits"])
+    return levels.to(getattr(torch, spec["levels"])).reshape(spec["shape"])
+
+
+@torch.no_grad()
+def fill_integer_model(model: nn.Module, state: dict[str, torch.Tensor], layers: dict[str, Any], path: Path) -> nn.Module:
+    """Convert ``model`` (when still fake-quant) and load ``state`` into it; the file's levels,
+    scales and zero points replace each integer layer's (the file decides bits and granularity)."""
+    if _is_fake_quant(model):
+        for q in model.modules():
+            if isinstance(q, Quantizer):
+                q.initialized = True  # its grid is a placeholder: the file's values replace it
+        convert(model)
+    modules = dict(model.named_modules())
+    for name, spec in layers.items():
+        layer = modules.get(name)
+        if isinstance(layer, IntModule):
+            layer.bits = spec["bits"]
+            for key in ("weight_levels", "weight_scale", "weight_zero_point"):
+                setattr(layer, key, state[f"{name}.{key}"])
+    try:
+        model.load_state_dict(state)  # copies into the model's tensors: tied weights stay tied
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit the model: {str(e).splitlines()[1 if chr(10) in str(e) else 0].strip()[:300]}") from None
     return model.eval()

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from qdistill.errors import ConfigError
-from qdistill.quant.fake_quant import BACKWARDS, fake_quant
+from qdistill.quant.fake_quant import BACKWARDS, fake_quant, quant_level
 from qdistill.registry import Registry
 
 __all__ = ["QUANTIZERS", "Interval", "Quantizer", "zero_aligned"]
@@ -136,6 +136,18 @@ class Quantizer(nn.Module):
             self.captured = y
             self.captured_scale = float((iv.step * self.n).detach().abs().mean())
         return y.to(x.dtype)
+
+    @torch.no_grad()
+    def integer_levels(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(k, step, zero)`` of this quantizer on ``x``: float32 tensors with ``k`` the integer
+        levels 0..2^b-1 and ``(k - zero) * step`` equal to ``self(x)`` bit for bit (the same
+        interval and the same `quant_level` as the forward). What `convert` and export store.
+        """
+        if not self.initialized:
+            raise ConfigError(f"{type(self).__name__} is not calibrated: calibrate the model or run one forward first")
+        iv = self.interval(x.float())
+        zero = iv.zero if isinstance(iv.zero, Tensor) else torch.tensor(float(iv.zero))
+        return quant_level(iv.x, iv.lo, iv.hi, self.n), iv.step.detach().float(), zero.detach().float()
 
     @torch.no_grad()
     def project(self, x: Tensor) -> Tensor:

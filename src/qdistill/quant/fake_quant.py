@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["BACKWARDS", "RANGE_RULES", "compiled_kernels_enabled", "fake_quant", "use_compiled_kernels"]
+__all__ = ["BACKWARDS", "RANGE_RULES", "compiled_kernels_enabled", "fake_quant", "quant_level", "use_compiled_kernels"]
 
 BACKWARDS = ("ste", "ewgs", "generic")
 RANGE_RULES = ("full", "clipped")
@@ -38,9 +38,17 @@ def _reduce(grad: Tensor, like: Tensor) -> Tensor:
     return grad.sum_to_size(like.shape)
 
 
+def quant_level(x: Tensor, lo: Tensor, hi: Tensor, n: int) -> Tensor:
+    """The integer level ``k`` (as float, 0..n) of ``x`` on ``n + 1`` levels of ``[lo, hi]``.
+
+    The one level formula: the fake-quant forward and the integer form (`qdistill.quant.convert`)
+    both call it, so their levels agree bit for bit.
+    """
+    return (x - lo).mul_(1.0 / (hi - lo)).clamp_(0.0, 1.0).mul_(n).round_()
+
+
 def _forward(x: Tensor, lo: Tensor, hi: Tensor, step: Tensor, n: int, zero: Tensor | float) -> Tensor:
-    k = (x - lo).mul_(1.0 / (hi - lo)).clamp_(0.0, 1.0).mul_(n).round_()
-    return k.sub_(zero).mul_(step)
+    return quant_level(x, lo, hi, n).sub_(zero).mul_(step)
 
 
 def _backward(

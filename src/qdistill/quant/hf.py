@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers.pytorch_utils import Conv1D
 
+from qdistill.quant.intform import IntLinear
 from qdistill.quant.modules import QuantModule
 
 if TYPE_CHECKING:
@@ -37,6 +38,16 @@ class QHFConv1D(QuantModule, Conv1D):
         q.weight, q.bias = conv.weight, conv.bias
         q.attach_quantizers(cfg)
         return q
+
+    def to_float(self) -> Conv1D:
+        plain = Conv1D(self.nf, self.nx).to(device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            plain.weight.copy_(self.quant_weight().t())
+            plain.bias.copy_(self.bias)
+        return plain.train(self.training)
+
+    def to_int(self) -> IntLinear:
+        return IntLinear(self)  # Conv1D computes x @ W + b, a Linear with the transposed weight
 
     def oriented_weight(self) -> Tensor:
         return self.weight.t()

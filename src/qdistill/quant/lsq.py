@@ -13,8 +13,13 @@ __all__ = ["LSQQuantizer"]
 
 
 def _grad_scaled(p: Tensor, g: float) -> Tensor:
-    """Value of ``p`` with its gradient multiplied by ``g``."""
-    return (p - p * g).detach() + p * g
+    """Value of ``p`` exactly (``pg - pg`` is 0), with its gradient multiplied by ``g``.
+
+    The usual ``(p - p g).detach() + p g`` is off by an ulp that depends on ``g``, hence on the
+    input's size: the same image quantized differently in batches of 1 and 2.
+    """
+    pg = p * g
+    return p.detach() + (pg - pg.detach())
 
 
 @QUANTIZERS.register("lsq")

@@ -4,18 +4,24 @@ Each is a subclass of the float layer it replaces (isinstance checks still hold)
 weight and bias Parameters. The weight quantizer sees the weight with the output channel first
 (``(out, in, ...)``); per-group ranges view it as ``(out * in / group_size, group_size * ...)``
 rows, so every quantizer's per-channel code serves groups too.
+
+Every quantized layer type implements the same protocol: ``from_float(layer, cfg)`` (the swap),
+``to_float()`` (a plain float layer holding the quantized weight) and ``to_int()`` (its integer
+form, `qdistill.quant.intform`, which `convert` and the exporters use).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qdistill.errors import ConfigError
 from qdistill.quant.base import QUANTIZERS, Quantizer
 from qdistill.quant.dynamic import TokenQuantizer
+from qdistill.quant.intform import IntConv, IntEmbedding, IntLinear
 
 if TYPE_CHECKING:
     from qdistill.quant.config import QuantConfig
@@ -81,6 +87,14 @@ class QuantModule:
     def quant_input(self, x: Tensor) -> Tensor:
         return x if self.act_quant is None else self.act_quant(x)
 
+    @torch.no_grad()
+    def float_copy(self, plain: nn.Module) -> nn.Module:
+        """``plain`` (a float layer of this layer's shape) holding the quantized weight and the bias."""
+        plain.weight.copy_(self.quant_weight().reshape(plain.weight.shape))
+        if getattr(self, "bias", None) is not None:
+            plain.bias.copy_(self.bias)
+        return plain.train(self.training)
+
 
 class _QConv(QuantModule):
     """Shared by QConv1d and QConv2d: the float conv's arguments, quantized input and weight."""
@@ -95,6 +109,16 @@ class _QConv(QuantModule):
         q.weight, q.bias = conv.weight, conv.bias
         q.attach_quantizers(cfg)
         return q
+
+    def to_float(self) -> nn.Module:
+        float_cls = nn.Conv2d if isinstance(self, nn.Conv2d) else nn.Conv1d
+        return self.float_copy(float_cls(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, self.bias is not None, self.padding_mode, device=self.weight.device, dtype=self.weight.dtype,
+        ))  # fmt: skip
+
+    def to_int(self) -> IntConv:
+        return IntConv(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._conv_forward(self.quant_input(x), self.quant_weight(), self.bias)
@@ -121,6 +145,13 @@ class QLinear(QuantModule, nn.Linear):
         q.attach_quantizers(cfg)
         return q
 
+    def to_float(self) -> nn.Linear:
+        return self.float_copy(nn.Linear(self.in_features, self.out_features, self.bias is not None,
+                                         device=self.weight.device, dtype=self.weight.dtype))  # fmt: skip
+
+    def to_int(self) -> IntLinear:
+        return IntLinear(self)
+
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(self.quant_input(x), self.quant_weight(), self.bias)
 
@@ -140,6 +171,15 @@ class QEmbedding(QuantModule, nn.Embedding):
         q.weight = emb.weight
         q.attach_quantizers(cfg)
         return q
+
+    def to_float(self) -> nn.Embedding:
+        return self.float_copy(nn.Embedding(
+            self.num_embeddings, self.embedding_dim, self.padding_idx, self.max_norm, self.norm_type,
+            self.scale_grad_by_freq, self.sparse, device=self.weight.device, dtype=self.weight.dtype,
+        ))  # fmt: skip
+
+    def to_int(self) -> IntEmbedding:
+        return IntEmbedding(self)
 
     def forward(self, ids: Tensor) -> Tensor:
         return F.embedding(ids, self.quant_weight(), self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
