@@ -44,12 +44,15 @@ FMNIST_MODEL = "smallcnn28"
 FMNIST_TEACHER = "runs/bench/fmnist/teacher"  # a run folder: its model.safetensors + model.json
 
 
-def fmnist_teacher_run(out: str, epochs: int = 10, subset: int | None = None, test_subset: int | None = None) -> RunConfig:
+def fmnist_teacher_run(
+    out: str, epochs: int = 10, subset: int | None = None, test_subset: int | None = None
+) -> RunConfig:
     """The FP32 Fashion-MNIST teacher's run (trained with labels: it stands in for a user's pretrained model)."""
     data = DataConfig(format="idx", root=FMNIST_ROOT, subset=subset, test_subset=test_subset)
     train = TrainConfig(epochs=epochs, lr=2e-3, progress=False, device="cpu", hessian_probes=1)
-    return RunConfig(model=ModelConfig(FMNIST_MODEL), data=data, quant=None,
-                     method=MethodConfig("qat"), train=train, out=out)  # fmt: skip
+    return RunConfig(
+        model=ModelConfig(FMNIST_MODEL), data=data, quant=None, method=MethodConfig("qat"), train=train, out=out
+    )
 
 
 def hardware() -> str:
@@ -76,8 +79,10 @@ def check_budget(path: Path, on_disk: dict[str, Any], mine: dict[str, Any]) -> N
         return
     for key in sorted(old.keys() | new.keys()):
         if old.get(key) != new.get(key):
-            raise ConfigError(f"{path.name} holds results for budget {key}={old.get(key)!r}, not {new.get(key)!r}: "
-                              "pass another --name (outside this table's NAME_* files) or move the file")  # fmt: skip
+            raise ConfigError(
+                f"{path.name} holds results for budget {key}={old.get(key)!r}, not {new.get(key)!r}: "
+                "pass another --name (outside this table's NAME_* files) or move the file"
+            )
 
 
 def family_files(root: Path, name: str) -> list[Path]:
@@ -200,14 +205,22 @@ def add_job_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, nargs="+", default=[1, 2, 4], help="only these widths")
     p.add_argument("--methods", nargs="+", default=None, help="only these methods")
     p.add_argument("--quantizers", nargs="+", default=None, help="only these quantizers")
-    p.add_argument("--shard", type=_shard, default=(0, 1), help="K/N: every N-th job from the K-th (one worker per core, each with its own --name)")
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        help="K/N: every N-th job from the K-th (one worker per core, each with its own --name)",
+    )
 
 
 def select_jobs(args: argparse.Namespace, jobs: list[tuple[str, str, int, int]]) -> list[tuple[str, str, int, int]]:
     """The jobs the `add_job_filters` options keep, in their priority order."""
     k, n = args.shard
-    return [(m, q, b, s) for m, q, b, s in jobs[k::n]
-            if b in args.bits and (not args.methods or m in args.methods) and (not args.quantizers or q in args.quantizers)]  # fmt: skip
+    return [
+        (m, q, b, s)
+        for m, q, b, s in jobs[k::n]
+        if b in args.bits and (not args.methods or m in args.methods) and (not args.quantizers or q in args.quantizers)
+    ]
 
 
 def add_student_args(p: argparse.ArgumentParser, out: str) -> None:
@@ -223,14 +236,21 @@ def add_student_args(p: argparse.ArgumentParser, out: str) -> None:
 
 
 def student_budget(args: argparse.Namespace) -> dict[str, Any]:
-    return {"student": f"EWGS W{args.bits}A{args.bits}, {args.subset or 60000} train images (10% held out), {args.epochs} epoch(s), Adam 1e-3",
-            "test_images": args.test_subset or 10000, "hardware": hardware()}  # fmt: skip
+    return {
+        "student": f"EWGS W{args.bits}A{args.bits}, {args.subset or 60000} train images (10% held out), {args.epochs} epoch(s), Adam 1e-3",
+        "test_images": args.test_subset or 10000,
+        "hardware": hardware(),
+    }
 
 
 def student_run(args: argparse.Namespace, method: MethodConfig, seed: int, key: str) -> RunConfig:
     """One student of such a study, trained with ``method``, written to ``OUT/key``."""
     data = DataConfig(format="idx", root=FMNIST_ROOT, subset=args.subset, test_subset=args.test_subset)
-    return RunConfig(model=ModelConfig(FMNIST_MODEL, pretrained=args.teacher), data=data,
-                     quant=QuantConfig(method="ewgs", weight_bits=args.bits, act_bits=args.bits), method=method,
-                     train=TrainConfig(epochs=args.epochs, progress=False, device="cpu", hessian_probes=1, seed=seed),
-                     out=f"{args.out}/{key}")  # fmt: skip
+    return RunConfig(
+        model=ModelConfig(FMNIST_MODEL, pretrained=args.teacher),
+        data=data,
+        quant=QuantConfig(method="ewgs", weight_bits=args.bits, act_bits=args.bits),
+        method=method,
+        train=TrainConfig(epochs=args.epochs, progress=False, device="cpu", hessian_probes=1, seed=seed),
+        out=f"{args.out}/{key}",
+    )

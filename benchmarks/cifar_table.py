@@ -14,8 +14,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
 from _common import ResultLog, add_job_filters, hardware, record_run, select_jobs, timed_run
+
 from qdistill import BatchLoader, QuantConfig, RunConfig, TrainConfig, create_model, evaluate
 from qdistill.distill import OBJECTIVES
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, prepare_data
@@ -55,26 +55,51 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     add_job_filters(p)
-    p.add_argument("--name", default="cifar_table", help="result file (cifar_table_* files are merged when rendering; "
-                   "cifar_long is the longer-budget table)")  # fmt: skip
+    p.add_argument(
+        "--name",
+        default="cifar_table",
+        help="result file (cifar_table_* files are merged when rendering; cifar_long is the longer-budget table)",
+    )
     p.add_argument("--out", default="runs/bench/cifar")
-    p.add_argument("--teacher-run", default=None, help="fine-tuned teacher run folder (default OUT/teacher; trained if missing)")
+    p.add_argument(
+        "--teacher-run", default=None, help="fine-tuned teacher run folder (default OUT/teacher; trained if missing)"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    budget = {"teacher_finetune": f"{args.teacher_subset} JPEG train images, {args.teacher_epochs} epoch(s), SGD 0.01 cosine",
-              "student": f"{args.subset} train images (10% held out for model selection), {args.epochs} epoch(s), Adam 5e-4",
-              "test_images": args.test_subset, "hardware": hardware()}  # fmt: skip
-    log = ResultLog(args.name, {"dataset": "CIFAR-10 JPEG", "model": "resnet20", "budget": budget}, family=p.get_default("name"))
+    budget = {
+        "teacher_finetune": f"{args.teacher_subset} JPEG train images, {args.teacher_epochs} epoch(s), SGD 0.01 cosine",
+        "student": f"{args.subset} train images (10% held out for model selection), {args.epochs} epoch(s), Adam 5e-4",
+        "test_images": args.test_subset,
+        "hardware": hardware(),
+    }
+    log = ResultLog(
+        args.name, {"dataset": "CIFAR-10 JPEG", "model": "resnet20", "budget": budget}, family=p.get_default("name")
+    )
     log.save()
 
-    data = DataConfig(format="imagefolder", root=ROOT, subset=args.teacher_subset, test_subset=args.test_subset,
-                      mean=MEAN, std=STD)  # fmt: skip
-    train = TrainConfig(epochs=args.teacher_epochs, optimizer="sgd", lr=0.01, nesterov=True, weight_decay=5e-4,
-                        progress=False, device=args.device, hessian_probes=1)  # fmt: skip
+    data = DataConfig(
+        format="imagefolder", root=ROOT, subset=args.teacher_subset, test_subset=args.test_subset, mean=MEAN, std=STD
+    )
+    train = TrainConfig(
+        epochs=args.teacher_epochs,
+        optimizer="sgd",
+        lr=0.01,
+        nesterov=True,
+        weight_decay=5e-4,
+        progress=False,
+        device=args.device,
+        hessian_probes=1,
+    )
     teacher_run = args.teacher_run or f"{args.out}/teacher"
     if not log.has("teacher") and not Path(f"{teacher_run}/model.safetensors").exists():
-        cfg = RunConfig(model=ModelConfig("resnet20", pretrained=TEACHER), data=data, quant=None,
-                        method=MethodConfig("qat"), train=train, out=teacher_run)  # fmt: skip
+        cfg = RunConfig(
+            model=ModelConfig("resnet20", pretrained=TEACHER),
+            data=data,
+            quant=None,
+            method=MethodConfig("qat"),
+            train=train,
+            out=teacher_run,
+        )
         log.add({"key": "teacher", "method": "fp", "bits": 32, "seed": 0, **timed_run(cfg)})
     for key, weights in (("teacher_before", TEACHER), ("teacher", teacher_run)):
         record = log.get(key) or {"key": key, "method": "fp", "bits": 32, "seed": 0}
@@ -91,8 +116,14 @@ def main() -> None:
         if method not in OBJECTIVES.names():
             print(f"skip {key}: method {method!r} is not registered yet", flush=True)
             continue
-        cfg = RunConfig(model=model, data=data, quant=QuantConfig(method=quantizer, weight_bits=bits, act_bits=bits),
-                        method=MethodConfig(method), train=replace(student_train, seed=seed), out=f"{args.out}/{key}")  # fmt: skip
+        cfg = RunConfig(
+            model=model,
+            data=data,
+            quant=QuantConfig(method=quantizer, weight_bits=bits, act_bits=bits),
+            method=MethodConfig(method),
+            train=replace(student_train, seed=seed),
+            out=f"{args.out}/{key}",
+        )
         record_run(log, {"key": key, "method": method, "quantizer": quantizer, "bits": bits, "seed": seed}, cfg)
 
 

@@ -43,16 +43,26 @@ def worker(out: str, steps: int, batch: int, threads: int, lr: float) -> None:
         rng = np.random.default_rng(0)
         data = ImageSet((rng.random((steps * batch, 32, 32, 3)) * 255).astype(np.uint8), None)
         norm = {"mean": (0.49, 0.48, 0.45), "std": (0.25, 0.24, 0.26)}
-        loader = BatchLoader(data, batch, **norm, augment="crop_flip", shuffle=True, drop_last=True,
-                             with_labels=False, num_shards=world, shard=rank)  # fmt: skip
+        loader = BatchLoader(
+            data,
+            batch,
+            **norm,
+            augment="crop_flip",
+            shuffle=True,
+            drop_last=True,
+            with_labels=False,
+            num_shards=world,
+            shard=rank,
+        )
         torch.manual_seed(0)
         pretrained = str(TEACHER) if TEACHER.is_file() else None
         teacher = qdistill.create_model("resnet20", num_classes=10, pretrained=pretrained).eval()
         calib = next(iter(BatchLoader(data, 256, **norm, with_labels=False)))
         student = qdistill.make_student(teacher, qdistill.QuantConfig(method="ewgs", weight_bits=2, act_bits=2), calib)
         objective = qdistill.build_objective("sqakd", student, teacher)
-        cfg = qdistill.TrainConfig(epochs=1, optimizer="sgd", lr=lr, momentum=0.9, progress=False, device="cpu",
-                                   amp="off", hessian_probes=1)  # fmt: skip
+        cfg = qdistill.TrainConfig(
+            epochs=1, optimizer="sgd", lr=lr, momentum=0.9, progress=False, device="cpu", amp="off", hessian_probes=1
+        )
         losses, stamps = [], []
 
         class Record:
@@ -64,8 +74,16 @@ def worker(out: str, steps: int, batch: int, threads: int, lr: float) -> None:
         qdistill.Trainer(objective, loader, cfg, callbacks=[Record()]).fit()
         if rank == 0:
             times = np.diff([start, *stamps])[2:]
-            Path(out).write_text(json.dumps({"world": world, "losses": losses, "step_s": float(np.median(times)),
-                                             "images_per_s": batch / float(np.median(times))}))  # fmt: skip
+            Path(out).write_text(
+                json.dumps(
+                    {
+                        "world": world,
+                        "losses": losses,
+                        "step_s": float(np.median(times)),
+                        "images_per_s": batch / float(np.median(times)),
+                    }
+                )
+            )
 
 
 def summarize(result: dict) -> None:
@@ -76,16 +94,23 @@ def summarize(result: dict) -> None:
     base = runs[names[0]]
     result["vs_" + names[0]] = {}
     for name, r in runs.items():
-        print(f"{name} (processes x threads): {r['images_per_s']:.1f} img/s, "
-              f"losses {' '.join(f'{v:.6f}' for v in r['losses'])}")  # fmt: skip
+        print(
+            f"{name} (processes x threads): {r['images_per_s']:.1f} img/s, "
+            f"losses {' '.join(f'{v:.6f}' for v in r['losses'])}"
+        )
     for name in names[1:]:
         diffs = [abs(a - b) for a, b in zip(base["losses"], runs[name]["losses"])]
         same = next((i for i, (d, a) in enumerate(zip(diffs, base["losses"])) if d > 1e-6 * abs(a)), len(diffs))
         ratio = runs[name]["images_per_s"] / base["images_per_s"]
-        result["vs_" + names[0]][name] = {"max_abs_loss_diff": max(diffs), "steps_within_1e-6_rel": same,
-                                           "throughput_ratio": ratio}  # fmt: skip
-        print(f"{name} vs {names[0]}: losses within 1e-6 (relative) for the first {same} of {len(diffs)} steps, "
-              f"max |difference| {max(diffs):.2e}, throughput ratio {ratio:.2f}")  # fmt: skip
+        result["vs_" + names[0]][name] = {
+            "max_abs_loss_diff": max(diffs),
+            "steps_within_1e-6_rel": same,
+            "throughput_ratio": ratio,
+        }
+        print(
+            f"{name} vs {names[0]}: losses within 1e-6 (relative) for the first {same} of {len(diffs)} steps, "
+            f"max |difference| {max(diffs):.2e}, throughput ratio {ratio:.2f}"
+        )
 
 
 def main() -> None:
@@ -114,14 +139,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n, threads in plan:
             out = Path(tmp) / f"{n}x{threads}.json"
-            argv = [__file__, "--worker", str(out), "--steps", str(args.steps), "--batch", str(args.batch),
-                    "--threads", str(threads), "--lr", str(args.lr)]  # fmt: skip
+            argv = [
+                __file__,
+                "--worker",
+                str(out),
+                "--steps",
+                str(args.steps),
+                "--batch",
+                str(args.batch),
+                "--threads",
+                str(threads),
+                "--lr",
+                str(args.lr),
+            ]
             if launch(argv, n) != 0:
                 sys.exit(f"the {n}-process run failed")
             runs[f"{n}x{threads}"] = json.loads(out.read_text())
             load.append(os.getloadavg()[0])
-    result = {"steps": args.steps, "global_batch": args.batch, "lr": args.lr, "cpus": os.cpu_count(),
-              "load_average_1min": load, "teacher": "pretrained" if TEACHER.is_file() else "random", "runs": runs}  # fmt: skip
+    result = {
+        "steps": args.steps,
+        "global_batch": args.batch,
+        "lr": args.lr,
+        "cpus": os.cpu_count(),
+        "load_average_1min": load,
+        "teacher": "pretrained" if TEACHER.is_file() else "random",
+        "runs": runs,
+    }
     summarize(result)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "ddp_scaling.json").write_text(json.dumps(result, indent=1))

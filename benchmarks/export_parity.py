@@ -41,13 +41,20 @@ def train_students(runs: Path, students: list[str], subset: int, threads: int) -
         out = runs / f"sqakd-{quantizer}-w{bits}a{bits}-s0"
         if not (out / "best.pt").exists():
             quant = QuantConfig(method=quantizer, weight_bits=int(bits), act_bits=int(bits))
-            cfg = RunConfig(model=ModelConfig("resnet20", pretrained=TEACHER), data=data, quant=quant,
-                            method=MethodConfig("sqakd"), train=train, out=str(out))  # fmt: skip
+            cfg = RunConfig(
+                model=ModelConfig("resnet20", pretrained=TEACHER),
+                data=data,
+                quant=quant,
+                method=MethodConfig("sqakd"),
+                train=train,
+                out=str(out),
+            )
             print(out.name, "trained in", timed_run(cfg)["seconds"], "s", flush=True)
 
 
-def parity_row(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, residual: str, out: Path,
-               threads: int) -> dict[str, Any]:
+def parity_row(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, residual: str, out: Path, threads: int
+) -> dict[str, Any]:
     """Export ``model`` as trained and after `snap_biases` (a copy; the file at ``out`` is the
     snapped model's export); agreement and top-1 of both."""
     kw = {"calib": images, "labels": labels, "residual": residual, "min_agreement": 0, "threads": threads}
@@ -56,12 +63,21 @@ def parity_row(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
     shift = max(snap_biases(snapped_model, images[:8]).values(), default=0.0)
     snapped = export_onnx(snapped_model, images[:8], out, **kw)["parity"]
     top1_snapped = float((torch_logits(snapped_model, images).argmax(1) == labels.numpy()).mean() * 100)
-    return {"agreement": trained["top1_agreement"], "agreement_decisive": trained["top1_agreement_decisive"],
-            "decisive_images": trained["decisive_images"], "max_abs_logit_diff": trained["max_abs_logit_diff"],
-            "top1_trained": trained["top1_trained"], "top1_exported": trained["top1_exported"],
-            "snapped": {"max_bias_shift_units": shift, "agreement": snapped["top1_agreement"],
-                        "agreement_decisive": snapped["top1_agreement_decisive"], "top1_snapped_model": top1_snapped,
-                        "top1_exported": snapped["top1_exported"]}}  # fmt: skip
+    return {
+        "agreement": trained["top1_agreement"],
+        "agreement_decisive": trained["top1_agreement_decisive"],
+        "decisive_images": trained["decisive_images"],
+        "max_abs_logit_diff": trained["max_abs_logit_diff"],
+        "top1_trained": trained["top1_trained"],
+        "top1_exported": trained["top1_exported"],
+        "snapped": {
+            "max_bias_shift_units": shift,
+            "agreement": snapped["top1_agreement"],
+            "agreement_decisive": snapped["top1_agreement_decisive"],
+            "top1_snapped_model": top1_snapped,
+            "top1_exported": snapped["top1_exported"],
+        },
+    }
 
 
 def main() -> None:
@@ -80,10 +96,21 @@ def main() -> None:
     splits = load_dataset("imagefolder", CIFAR, mean=MEAN, std=STD)
     torch.manual_seed(0)
     images, labels = next(iter(BatchLoader(splits.test, args.images, mean=splits.mean, std=splits.std, shuffle=True)))
-    students = (f"{args.train_subset} JPEG train images, 1 epoch, from the shared teacher (not fine-tuned)"
-                if args.train_subset else "cifar_table.py runs")  # fmt: skip
-    log = ResultLog(args.name, {"images": args.images, "data": "CIFAR-10 JPEG test split (random subset, seed 0)",
-                                "students": students, "runs": args.runs, "hardware": hardware()})  # fmt: skip
+    students = (
+        f"{args.train_subset} JPEG train images, 1 epoch, from the shared teacher (not fine-tuned)"
+        if args.train_subset
+        else "cifar_table.py runs"
+    )
+    log = ResultLog(
+        args.name,
+        {
+            "images": args.images,
+            "data": "CIFAR-10 JPEG test split (random subset, seed 0)",
+            "students": students,
+            "runs": args.runs,
+            "hardware": hardware(),
+        },
+    )
     log.save()
     out = Path(tempfile.mkdtemp()) / "m.onnx"
     for run in sorted(Path(args.runs).glob(args.pattern)):
@@ -91,8 +118,12 @@ def main() -> None:
             key = f"{run.name}-{residual}"
             if log.has(key):
                 continue
-            row = {"key": key, "run": run.name, "residual": residual,
-                   **parity_row(load_run(run)[0], images, labels, residual, out, args.threads)}
+            row = {
+                "key": key,
+                "run": run.name,
+                "residual": residual,
+                **parity_row(load_run(run)[0], images, labels, residual, out, args.threads),
+            }
             log.add(row)
             print(key, row["agreement"], row["agreement_decisive"], row["snapped"]["agreement"], flush=True)
 

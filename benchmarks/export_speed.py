@@ -69,13 +69,20 @@ def main() -> None:
                 for r in compare(fp32, q, (3, size, size), threads=args.threads, seconds=args.seconds):
                     if r["format"] == "fp32" and residual != "float":
                         continue  # one FP32 row per batch size is enough in the table
-                    r.update(model=f"{name} {size}x{size}", format="fp32" if r["format"] == "fp32" else f"w8a8 residual={residual}")
+                    r.update(
+                        model=f"{name} {size}x{size}",
+                        format="fp32" if r["format"] == "fp32" else f"w8a8 residual={residual}",
+                    )
                     rows.append(r)
     print(f"{'model':<16} {'format':<40} {'batch':>5} {'latency ms':>11} {'img/s':>8} {'vs FP32':>8} {'file':>9}")
     for r in rows:
-        print(f"{r['model']:<16} {r['format']:<40} {r['batch']:>5} {r['latency_ms']:>11.2f} {r['images_per_s']:>8.0f} "
-              f"{r['ratio_vs_fp32']:>7.2f}x {r['file_bytes'] / 1024:>6.0f} KiB")  # fmt: skip
-    Path(args.out).write_text(json.dumps({"threads": args.threads, "onnxruntime": ort.__version__, "rows": rows}, indent=1))
+        print(
+            f"{r['model']:<16} {r['format']:<40} {r['batch']:>5} {r['latency_ms']:>11.2f} {r['images_per_s']:>8.0f} "
+            f"{r['ratio_vs_fp32']:>7.2f}x {r['file_bytes'] / 1024:>6.0f} KiB"
+        )
+    Path(args.out).write_text(
+        json.dumps({"threads": args.threads, "onnxruntime": ort.__version__, "rows": rows}, indent=1)
+    )
     print(f"written to {args.out}")
 
 

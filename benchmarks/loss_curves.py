@@ -19,9 +19,18 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _common import FMNIST_MODEL, FMNIST_ROOT, FMNIST_TEACHER, ResultLog, hardware
-from qdistill import BatchLoader, QuantConfig, build_objective, create_model, evaluate, kd_loss, load_dataset, make_student
+
+from qdistill import (
+    BatchLoader,
+    QuantConfig,
+    build_objective,
+    create_model,
+    evaluate,
+    kd_loss,
+    load_dataset,
+    make_student,
+)
 
 OBJECTIVE = {0.0: ("qat", {}), 0.5: ("ce_kd", {"kd_weight": 0.5}), 1.0: ("sqakd", {})}
 
@@ -35,8 +44,17 @@ def run(lam: float, seed: int, args: argparse.Namespace) -> dict[str, list[float
     splits = load_dataset("idx", FMNIST_ROOT)
     test = _test_loader(splits, args.test_images)
     idx = np.sort(np.random.default_rng(0).permutation(len(splits.train))[: args.subset])
-    loader = BatchLoader(splits.train.subset(idx), args.batch_size, mean=splits.mean, std=splits.std, augment="crop",
-                         shuffle=True, drop_last=True, seed=seed, with_labels=True)  # fmt: skip
+    loader = BatchLoader(
+        splits.train.subset(idx),
+        args.batch_size,
+        mean=splits.mean,
+        std=splits.std,
+        augment="crop",
+        shuffle=True,
+        drop_last=True,
+        seed=seed,
+        with_labels=True,
+    )
     teacher = create_model(FMNIST_MODEL, num_classes=10, in_channels=1, pretrained=args.teacher).eval()
     torch.manual_seed(seed)
     calib = next(iter(loader))[0]
@@ -83,8 +101,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    budget = {"iterations": args.iters, "batch_size": args.batch_size, "train_images": args.subset,
-              "student": f"EWGS W{args.bits}A{args.bits} SmallCNN, Adam {args.lr}", "hardware": hardware()}  # fmt: skip
+    budget = {
+        "iterations": args.iters,
+        "batch_size": args.batch_size,
+        "train_images": args.subset,
+        "student": f"EWGS W{args.bits}A{args.bits} SmallCNN, Adam {args.lr}",
+        "hardware": hardware(),
+    }
     log = ResultLog("loss_curves", {"dataset": "Fashion-MNIST", "budget": budget})
     if not log.has("teacher"):
         teacher = create_model(FMNIST_MODEL, num_classes=10, in_channels=1, pretrained=args.teacher)
@@ -98,7 +121,9 @@ def main() -> None:
                 continue
             start = time.perf_counter()
             curves = run(lam, seed, args)
-            log.add({"key": key, "lambda": lam, "seed": seed, "seconds": round(time.perf_counter() - start, 1), **curves})
+            log.add(
+                {"key": key, "lambda": lam, "seed": seed, "seconds": round(time.perf_counter() - start, 1), **curves}
+            )
             print(key, f"ce {curves['ce'][-1]:.3f} kl {curves['kl'][-1]:.4f}", flush=True)
 
 

@@ -87,7 +87,11 @@ def grid_table(data: dict[str, Any], values: dict[str, str], tag: str) -> str:
         cells = []
         for b in BITS:
             top1 = groups(data).get((method, quant, b), [])
-            diverged = sum("error" in r for r in data["results"] if (r.get("method"), r.get("quantizer"), r.get("bits")) == (method, quant, b))
+            diverged = sum(
+                "error" in r
+                for r in data["results"]
+                if (r.get("method"), r.get("quantizer"), r.get("bits")) == (method, quant, b)
+            )
             cells.append(cell(top1, teacher) + (f" ({diverged} diverged)" if diverged else ""))
         if any(c != "not run" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -131,11 +135,18 @@ def headline(tables: dict[str, dict[str, Any]]) -> str:
     lines = ["| gap to FP teacher, top-1 points [95% CI] (seeds) | W1A1 | W2A2 | W4A4 |", "|---|---|---|---|"]
     one_seed = False
     for method, name in (("qat", "EWGS (labels)"), ("sqakd", "SQAKD + EWGS (label-free)")):
-        lines.append(f"| paper, CIFAR-10 ResNet-20, 1200 epochs, {name} | " + " | ".join(f"{g:+.2f}" for g in PAPER[method]) + " |")
-        for tag, title in (("cifar", "CIFAR-10 JPEG ResNet-20"), ("cifar_long", "CIFAR-10 JPEG ResNet-20, 10x budget"),
-                           ("gpu", "CIFAR-10 JPEG ResNet-20, GPU schedule"),
-                           ("fmnist", "Fashion-MNIST SmallCNN (other dataset)"),
-                           ("fmnist_long", "Fashion-MNIST SmallCNN, 5 epochs (other dataset)")):  # fmt: skip
+        lines.append(
+            f"| paper, CIFAR-10 ResNet-20, 1200 epochs, {name} | "
+            + " | ".join(f"{g:+.2f}" for g in PAPER[method])
+            + " |"
+        )
+        for tag, title in (
+            ("cifar", "CIFAR-10 JPEG ResNet-20"),
+            ("cifar_long", "CIFAR-10 JPEG ResNet-20, 10x budget"),
+            ("gpu", "CIFAR-10 JPEG ResNet-20, GPU schedule"),
+            ("fmnist", "Fashion-MNIST SmallCNN (other dataset)"),
+            ("fmnist_long", "Fashion-MNIST SmallCNN, 5 epochs (other dataset)"),
+        ):
             if tag not in tables:
                 continue
             data, cells = tables[tag], []
@@ -147,13 +158,20 @@ def headline(tables: dict[str, dict[str, Any]]) -> str:
                     continue
                 gap, half = gap_interval(top1, teacher, data["meta"]["budget"]["test_images"])
                 one_seed |= len(top1) == 1
-                cells.append(f"{gap:+.2f} [{gap - half:+.1f}, {gap + half:+.1f}] ({len(top1)}{'*' if len(top1) == 1 else ''})")
+                cells.append(
+                    f"{gap:+.2f} [{gap - half:+.1f}, {gap + half:+.1f}] ({len(top1)}{'*' if len(top1) == 1 else ''})"
+                )
             lines.append(f"| ours, {title}, {name} | " + " | ".join(cells) + " |")
-    lines += ["", ("Gap: mean top-1 of the seeds minus the teacher's, on the same test images. 95% CI: seed spread "
-              "(Student t) and the binomial test-set error of both top-1s, added in quadrature (the method is stated in "
-              "docs/RESULTS.md). The paper's gaps are on CIFAR-10 "
-              "ResNet-20 after 1200 epochs (no interval given); the Fashion-MNIST rows are another dataset and model, "
-              "a comparison across datasets, not a reproduction.")]  # fmt: skip
+    lines += [
+        "",
+        (
+            "Gap: mean top-1 of the seeds minus the teacher's, on the same test images. 95% CI: seed spread "
+            "(Student t) and the binomial test-set error of both top-1s, added in quadrature (the method is stated in "
+            "docs/RESULTS.md). The paper's gaps are on CIFAR-10 "
+            "ResNet-20 after 1200 epochs (no interval given); the Fashion-MNIST rows are another dataset and model, "
+            "a comparison across datasets, not a reproduction."
+        ),
+    ]
     if one_seed:
         lines += ["", "\\* one seed: the interval covers the test-set sampling only."]
     return "\n".join(lines)
@@ -189,7 +207,9 @@ def kd_table(data: dict[str, Any], fmnist: dict[str, Any] | None, values: dict[s
     values["kd:not_run"] = ", ".join(m for m in wanted if m not in groups) or "none"
     missing = data["meta"].get("missing") or []
     if missing:
-        lines.append(f"\nNot registered in `qdistill.distill.OBJECTIVES` when this ran (not faked): {', '.join(missing)}.")
+        lines.append(
+            f"\nNot registered in `qdistill.distill.OBJECTIVES` when this ran (not faked): {', '.join(missing)}."
+        )
     return "\n".join(lines)
 
 
@@ -202,8 +222,11 @@ def temperature_values(data: dict[str, Any], values: dict[str, str]) -> None:
 def temperature_table(data: dict[str, Any]) -> str:
     temps = sorted({r["temperature"] for r in data["results"]})
     lines = ["| T | " + " | ".join(f"{t:g}" for t in temps) + " |", "|---" * (len(temps) + 1) + "|"]
-    lines.append("| top-1 | " + " | ".join(cell([r["test_top1"] for r in data["results"] if r["temperature"] == t])
-                                            for t in temps) + " |")  # fmt: skip
+    lines.append(
+        "| top-1 | "
+        + " | ".join(cell([r["test_top1"] for r in data["results"] if r["temperature"] == t]) for t in temps)
+        + " |"
+    )
     return "\n".join(lines)
 
 
@@ -215,7 +238,9 @@ def speed_table(data: dict[str, Any]) -> str:
         ratio = f"{r['img_per_s'] / fp['img_per_s']:.2f}x" if fp else ""
         step = "FP KD" if r["bits"] is None else f"SQAKD W{r['bits']}A{r['bits']}"
         size = {"resnet20": "32x32", "resnet18": "64x64"}.get(r["model"], "")
-        lines.append(f"| {r['model']} ({size}) | {step} | {r['batch']} | {r['img_per_s']:.3g} | {ratio} | {r['peak_mib']:.0f} |")
+        lines.append(
+            f"| {r['model']} ({size}) | {step} | {r['batch']} | {r['img_per_s']:.3g} | {ratio} | {r['peak_mib']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -269,7 +294,14 @@ def surface_values(data: dict[str, Any], values: dict[str, str]) -> None:
         k = len(z) // 4
         c = len(z) // 2
         border = np.concatenate([z[0], z[-1], z[1:-1, 0], z[1:-1, -1]])
-        inner = np.concatenate([z[c - k, c - k : c + k + 1], z[c + k, c - k : c + k + 1], z[c - k : c + k + 1, c - k], z[c - k : c + k + 1, c + k]])
+        inner = np.concatenate(
+            [
+                z[c - k, c - k : c + k + 1],
+                z[c + k, c - k : c + k + 1],
+                z[c - k : c + k + 1, c - k],
+                z[c - k : c + k + 1, c + k],
+            ]
+        )
         values[f"surface:{r['key']}:center"] = f"{r['center']:.3f}"
         values[f"surface:{r['key']}:edge_rise"] = f"{border.mean() - r['center']:.3f}"
         values[f"surface:{r['key']}:half_rise"] = f"{inner.mean() - r['center']:.3f}"
@@ -293,7 +325,11 @@ def plot_loss_curves(data: dict[str, Any], plt, img: Path) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for lam, name in ((0.0, "standalone EWGS W2A2 (CE)"), (0.5, "CE + KD (lambda=0.5)"), (1.0, "SQAKD W2A2 (label-free)")):
+    for lam, name in (
+        (0.0, "standalone EWGS W2A2 (CE)"),
+        (0.5, "CE + KD (lambda=0.5)"),
+        (1.0, "SQAKD W2A2 (label-free)"),
+    ):
         group = [r for r in runs if r["lambda"] == lam]
         if group:
             steps = [s for s, _ in group[0]["test_top1"]]
@@ -366,7 +402,9 @@ def budget_values(data: dict[str, Any], values: dict[str, str], tag: str) -> Non
     train = int(images.group(1)) * (100 - int(images.group(2))) // 100
     epochs = int(epochs.group(1))
     steps = train // DataConfig().batch_size
-    values.update({f"{tag}:train_images": f"{train:,}", f"{tag}:steps": str(steps), f"{tag}:total_steps": str(steps * epochs)})
+    values.update(
+        {f"{tag}:train_images": f"{train:,}", f"{tag}:steps": str(steps), f"{tag}:total_steps": str(steps * epochs)}
+    )
 
 
 def prose_values(tables: dict[str, dict[str, Any]], root: Path, values: dict[str, str]) -> None:
@@ -376,12 +414,16 @@ def prose_values(tables: dict[str, dict[str, Any]], root: Path, values: dict[str
         for method, gaps in PAPER.items():
             for b, paper in zip(BITS, gaps):
                 if f"{tag}:{method}-ewgs-{b}:gap" in values:
-                    values[f"{tag}:{method}-ewgs-{b}:vs_paper"] = f"{float(values[f'{tag}:{method}-ewgs-{b}:gap']) - paper:+.2f}"
+                    values[f"{tag}:{method}-ewgs-{b}:vs_paper"] = (
+                        f"{float(values[f'{tag}:{method}-ewgs-{b}:gap']) - paper:+.2f}"
+                    )
     if "fmnist" in tables:
         cells = groups(tables["fmnist"])
         values["fmnist:std_range"] = span([stats(v)[1] for v in cells.values() if len(v) > 1], 2)
         seconds = [r["seconds"] for r in tables["fmnist"]["results"] if "seconds" in r and "quantizer" in r]
-        values["fmnist:student_seconds"] = f"{np.median(seconds):.0f} s (range {span(seconds, 0)} s)" if seconds else "n/a"
+        values["fmnist:student_seconds"] = (
+            f"{np.median(seconds):.0f} s (range {span(seconds, 0)} s)" if seconds else "n/a"
+        )
         pairs = [(q, b) for (m, q, b) in cells if m == "qat" and ("sqakd", q, b) in cells]
         diff = {(q, b): stats(cells[("qat", q, b)])[0] - stats(cells[("sqakd", q, b)])[0] for q, b in pairs}
         values["fmnist:max_label_gain"] = f"{max(abs(d) for d in diff.values()):.2f}" if diff else "n/a"
@@ -397,7 +439,9 @@ def prose_values(tables: dict[str, dict[str, Any]], root: Path, values: dict[str
         values["small:teacher"] = f"{teacher:.1f}"
         budget_values(small, values, "small")
         cell_values(small, values, "small", teacher)
-        w4 = {(m, q): stats(v)[0] - teacher for (m, q, b), v in groups(small).items() if b == 4 and m in ("qat", "sqakd")}
+        w4 = {
+            (m, q): stats(v)[0] - teacher for (m, q, b), v in groups(small).items() if b == 4 and m in ("qat", "sqakd")
+        }
         values["small:qat-4:above"] = str(sum(g >= 0 for (m, _), g in w4.items() if m == "qat"))
         values["small:qat-4:count"] = str(sum(m == "qat" for m, _ in w4))
         values["small:sqakd-4:below"] = span([-g for (m, _), g in w4.items() if m == "sqakd"])
@@ -406,13 +450,20 @@ def prose_values(tables: dict[str, dict[str, Any]], root: Path, values: dict[str
         cell_values(before, values, "before_bn", None)
     sweep = load("temperature_sweep", root)
     if sweep:
-        means = {t: stats([r["test_top1"] for r in sweep["results"] if r["temperature"] == t]) for t in {r["temperature"] for r in sweep["results"]}}
-        values["temperature:spread"] = f"{max(m for m, _, _ in means.values()) - min(m for m, _, _ in means.values()):.2f}"
+        means = {
+            t: stats([r["test_top1"] for r in sweep["results"] if r["temperature"] == t])
+            for t in {r["temperature"] for r in sweep["results"]}
+        }
+        values["temperature:spread"] = (
+            f"{max(m for m, _, _ in means.values()) - min(m for m, _, _ in means.values()):.2f}"
+        )
         values["temperature:std_range"] = span([s for _, s, _ in means.values()], 2)
     small_sweep = load("temperature_sweep_small_budget", old)
     if small_sweep:
-        means = {t: stats([r["test_top1"] for r in small_sweep["results"] if r["temperature"] == t])[0]
-                 for t in {r["temperature"] for r in small_sweep["results"]}}  # fmt: skip
+        means = {
+            t: stats([r["test_top1"] for r in small_sweep["results"] if r["temperature"] == t])[0]
+            for t in {r["temperature"] for r in small_sweep["results"]}
+        }
         values["small_temperature:t1_lead"] = f"{means[1] - max(m for t, m in means.items() if t != 1):.1f}"
         budget_values(small_sweep, values, "small_temperature")
     kd = load("kd_baselines_table", root)
@@ -420,13 +471,21 @@ def prose_values(tables: dict[str, dict[str, Any]], root: Path, values: dict[str
         students = [r for r in kd["results"] if r["key"] != "teacher" and "test_top1" in r]
         by_method = {m: [r["test_top1"] for r in students if r["method"] == m] for m in {r["method"] for r in students}}
         ref = float(values["kd:sqakd"])
-        labelled = {m: stats(v)[0] - ref for m, v in by_method.items() if v and m in KD_METHODS and m not in ("qat", "sqakd", "squat")}
+        labelled = {
+            m: stats(v)[0] - ref
+            for m, v in by_method.items()
+            if v and m in KD_METHODS and m not in ("qat", "sqakd", "squat")
+        }
         above = sorted((m for m, d in labelled.items() if d > 0), key=lambda m: -labelled[m])
         below = sorted((m for m, d in labelled.items() if d <= 0), key=lambda m: labelled[m])
         values["kd:above"] = ", ".join(f"{m.upper()} {labelled[m]:+.2f}" for m in above) or "none"
         values["kd:below"] = ", ".join(f"{m.upper()} {labelled[m]:+.2f}" for m in below) or "none"
         values["kd:count_below"] = f"{len(below)} of {len(labelled)}"
-        values["kd:std_range"] = span([stats(v)[1] for v in by_method.values() if len(v) > 1], 2) if any(len(v) > 1 for v in by_method.values()) else "n/a (one seed)"
+        values["kd:std_range"] = (
+            span([stats(v)[1] for v in by_method.values() if len(v) > 1], 2)
+            if any(len(v) > 1 for v in by_method.values())
+            else "n/a (one seed)"
+        )
         for m, top1 in by_method.items():
             if top1:
                 values[f"kd:{m}:vs_sqakd"] = f"{stats(top1)[0] - ref:+.2f}"
@@ -436,8 +495,13 @@ def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     """The ``{{table:...}}`` blocks and ``{{value:...}}`` numbers of the results in ``root``."""
     values: dict[str, str] = {}
     blocks: dict[str, str] = {}
-    names = {"fmnist": "fmnist_table", "fmnist_long": "fmnist_long", "cifar": "cifar_table", "cifar_long": "cifar_long",
-             "gpu": "gpu_schedule"}
+    names = {
+        "fmnist": "fmnist_table",
+        "fmnist_long": "fmnist_long",
+        "cifar": "cifar_table",
+        "cifar_long": "cifar_long",
+        "gpu": "gpu_schedule",
+    }
     tables = {tag: d for tag, d in ((tag, load(name, root)) for tag, name in names.items()) if d}
     for tag, data in tables.items():
         blocks[tag] = grid_table(data, values, tag)
@@ -445,8 +509,12 @@ def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     if "gpu" in tables:
         blocks["gpu_plan"] = ", ".join(f"{k}: {v}" for k, v in tables["gpu"]["meta"].get("plan", {}).items())
     blocks["headline"] = headline(tables)
-    for name, render in (("kd_baselines_table", lambda d: kd_table(d, tables.get("fmnist"), values)), ("temperature_sweep", lambda d: temperature_table(d)),
-                         ("train_speed_cpu", speed_table), ("train_speed_gpu", speed_table)):  # fmt: skip
+    for name, render in (
+        ("kd_baselines_table", lambda d: kd_table(d, tables.get("fmnist"), values)),
+        ("temperature_sweep", lambda d: temperature_table(d)),
+        ("train_speed_cpu", speed_table),
+        ("train_speed_gpu", speed_table),
+    ):
         data = load(name, root)
         if data and data["results"]:
             blocks[name] = render(data)
@@ -488,8 +556,12 @@ def write_plots(root: Path, img: Path) -> int:
     import matplotlib.pyplot as plt
 
     img.mkdir(parents=True, exist_ok=True)
-    for name, plot in (("loss_curves", plot_loss_curves), ("temperature_sweep", plot_temperature),
-                       ("loss_surface", plot_surfaces), ("train_speed_cpu", plot_speed)):  # fmt: skip
+    for name, plot in (
+        ("loss_curves", plot_loss_curves),
+        ("temperature_sweep", plot_temperature),
+        ("loss_surface", plot_surfaces),
+        ("train_speed_cpu", plot_speed),
+    ):
         data = load(name, root)
         if data and data["results"]:
             plot(data, plt, img)
@@ -498,12 +570,22 @@ def write_plots(root: Path, img: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--outputs", nargs="+", choices=OUTPUTS, default=list(OUTPUTS),
-                   help="what to write: docs/RESULTS.md, the README headline, docs/img/*.png (default: all)")  # fmt: skip
-    p.add_argument("--check", action="store_true",
-                   help="write nothing; exit 1 if docs/RESULTS.md or README.md (of --outputs) differ from the rendering "
-                   "(plots are not compared: their bytes depend on the matplotlib version)")  # fmt: skip
-    p.add_argument("--repo", type=Path, default=REPO, help="checkout whose benchmarks/results, template and docs to use")
+    p.add_argument(
+        "--outputs",
+        nargs="+",
+        choices=OUTPUTS,
+        default=list(OUTPUTS),
+        help="what to write: docs/RESULTS.md, the README headline, docs/img/*.png (default: all)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if docs/RESULTS.md or README.md (of --outputs) differ from the rendering "
+        "(plots are not compared: their bytes depend on the matplotlib version)",
+    )
+    p.add_argument(
+        "--repo", type=Path, default=REPO, help="checkout whose benchmarks/results, template and docs to use"
+    )
     args = p.parse_args(argv)
     results = args.repo / "benchmarks" / "results"
     blocks, values = collect(results)
@@ -517,7 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = [path for path, text in rendered.items() if not path.exists() or path.read_text() != text]
         for path in stale:
-            print(f"{path.relative_to(args.repo)} differs from its rendering: run python benchmarks/render_results.py", file=sys.stderr)
+            print(
+                f"{path.relative_to(args.repo)} differs from its rendering: run python benchmarks/render_results.py",
+                file=sys.stderr,
+            )
         return 1 if stale else 0
     for path, text in rendered.items():
         if not path.exists() or path.read_text() != text:

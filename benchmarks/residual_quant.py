@@ -45,10 +45,18 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=1.0, help="time per speed measurement")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    log = ResultLog("residual_quant", {"budget": f"as cifar_table.py: {args.subset} train images, {args.epochs} epoch(s), "
-                                                 f"Adam 5e-4, {args.test_subset} test images", "hardware": hardware()})  # fmt: skip
+    log = ResultLog(
+        "residual_quant",
+        {
+            "budget": f"as cifar_table.py: {args.subset} train images, {args.epochs} epoch(s), "
+            f"Adam 5e-4, {args.test_subset} test images",
+            "hardware": hardware(),
+        },
+    )
     log.save()
-    data = DataConfig(format="imagefolder", root=ROOT, subset=args.subset, test_subset=args.test_subset, mean=MEAN, std=STD)
+    data = DataConfig(
+        format="imagefolder", root=ROOT, subset=args.subset, test_subset=args.test_subset, mean=MEAN, std=STD
+    )
     model = ModelConfig("resnet20", pretrained=f"{args.cifar_runs}/teacher")
     train = TrainConfig(epochs=args.epochs, lr=5e-4, progress=False, device="cpu", hessian_probes=1, seed=0)
     splits = load_dataset("imagefolder", ROOT, mean=MEAN, std=STD)
@@ -58,11 +66,15 @@ def main() -> None:
     for quantizer, bits in STUDENTS:
         for residual_bits in (None, 8):
             name = f"sqakd-{quantizer}-w{bits}a{bits}-s0"
-            run = Path(args.cifar_runs, name) if residual_bits is None else Path(args.out, name.replace("-s0", "-r8-s0"))
+            run = (
+                Path(args.cifar_runs, name) if residual_bits is None else Path(args.out, name.replace("-s0", "-r8-s0"))
+            )
             key = run.name
             if not (run / "best.pt").exists():
                 quant = QuantConfig(method=quantizer, weight_bits=bits, act_bits=bits, residual_bits=residual_bits)
-                cfg = RunConfig(model=model, data=data, quant=quant, method=MethodConfig("sqakd"), train=train, out=str(run))
+                cfg = RunConfig(
+                    model=model, data=data, quant=quant, method=MethodConfig("sqakd"), train=train, out=str(run)
+                )
                 timed_run(cfg)
             if log.has(key):
                 continue

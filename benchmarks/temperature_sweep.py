@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from _common import FMNIST_MODEL, ResultLog, add_student_args, student_budget, student_run, timed_run
+
 from qdistill.experiment import MethodConfig
 
 
@@ -22,7 +22,9 @@ def main() -> None:
     add_student_args(p, "runs/bench/temperature")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    log = ResultLog("temperature_sweep", {"dataset": "Fashion-MNIST", "model": FMNIST_MODEL, "budget": student_budget(args)})
+    log = ResultLog(
+        "temperature_sweep", {"dataset": "Fashion-MNIST", "model": FMNIST_MODEL, "budget": student_budget(args)}
+    )
     log.save()
     for seed in args.seeds:
         for t in args.temperatures:

@@ -22,8 +22,8 @@ import sys
 import time
 
 import torch
-
 from _common import ResultLog, hardware
+
 from qdistill import QuantConfig, create_model, kd_loss, make_student
 
 MODELS = {"resnet20": 32, "resnet18": 64}
@@ -87,9 +87,17 @@ def main() -> None:
         print(json.dumps(measure(name, bits, batches[name], args.steps, args.device)))
         return
     tag = "gpu" if args.device == "cuda" else "cpu"
-    log = ResultLog(f"train_speed_{tag}", {"hardware": hardware(), "steps": args.steps, "batch": batches,
-                                           "memory": "CUDA max_memory_allocated" if tag == "gpu" else
-                                           "growth of peak RSS (ru_maxrss) over RSS before the first step, per subprocess"})  # fmt: skip
+    log = ResultLog(
+        f"train_speed_{tag}",
+        {
+            "hardware": hardware(),
+            "steps": args.steps,
+            "batch": batches,
+            "memory": "CUDA max_memory_allocated"
+            if tag == "gpu"
+            else "growth of peak RSS (ru_maxrss) over RSS before the first step, per subprocess",
+        },
+    )
     log.save()
     for name in MODELS:
         for bits in BITS:
@@ -97,8 +105,21 @@ def main() -> None:
             key = f"{name}-{label}"
             if log.has(key):
                 continue
-            cmd = [sys.executable, __file__, "--one", name, label, "--device", args.device, "--steps", str(args.steps),
-                   "--threads", str(args.threads), "--batch", *map(str, args.batch)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                label,
+                "--device",
+                args.device,
+                "--steps",
+                str(args.steps),
+                "--threads",
+                str(args.threads),
+                "--batch",
+                *map(str, args.batch),
+            ]
             res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             log.add({"key": key, "model": name, "bits": bits, "batch": batches[name], **res})
             print(key, {k: round(v, 1) for k, v in res.items()}, flush=True)

@@ -102,15 +102,23 @@ def main() -> None:
     quant = build_objective("sqakd", make_student(teacher, q_cfg, images[:64]), teacher)
     label = f"W{args.bits}A{args.bits} {args.method} SQAKD"
     load_start = os.getloadavg()
-    print(f"{args.model}, batch {args.batch}, median of {args.steps} steps, all rows measured in this run; load {load_start}")
+    print(
+        f"{args.model}, batch {args.batch}, median of {args.steps} steps, all rows measured in this run; load {load_start}"
+    )
     print(f"{'threads':>7} {'step':40} {'s/step':>8} {'img/s':>8} {'vs FP':>6}")
     rows = []
     for threads in args.threads:
         torch.set_num_threads(threads)
         t = measure(fp, quant, images, args.steps, paths)
         fp_s = t["fp_eager"]
-        row = {"model": args.model, "batch": args.batch, "threads": threads, "method": args.method, "bits": args.bits,
-               **{f"{k}_step_s": v for k, v in t.items()}}  # fmt: skip
+        row = {
+            "model": args.model,
+            "batch": args.batch,
+            "threads": threads,
+            "method": args.method,
+            "bits": args.bits,
+            **{f"{k}_step_s": v for k, v in t.items()},
+        }
         for path in paths:
             q = t[f"quant_{path}"]
             row[f"ratio_{path}"] = q / fp_s  # quantized step / eager FP KD step
@@ -123,14 +131,25 @@ def main() -> None:
             shown = f"FP KD ({path})" if name == "fp" else f"{label} ({path})"
             print(f"{threads:>7} {shown:40} {sec:8.3f} {args.batch / sec:8.1f} {sec / fp_s:6.2f}")
         best = min(paths, key=lambda x: t[f"quant_{x}"])
-        print(f"{threads:>7} fastest quantized path: {best}, {row[f'speedup_{best}_over_eager']:.2f}x the eager "
-              f"quantized step's throughput, {row[f'ratio_{best}']:.2f}x the eager FP KD step")  # fmt: skip
+        print(
+            f"{threads:>7} fastest quantized path: {best}, {row[f'speedup_{best}_over_eager']:.2f}x the eager "
+            f"quantized step's throughput, {row[f'ratio_{best}']:.2f}x the eager FP KD step"
+        )
         if args.json:  # after every thread count: a run cut short keeps what it measured
-            meta = {"hardware": hardware(), "threads": args.threads, "steps": args.steps, "paths": paths,
-                    "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "torch": torch.__version__}  # fmt: skip
+            meta = {
+                "hardware": hardware(),
+                "threads": args.threads,
+                "steps": args.steps,
+                "paths": paths,
+                "loadavg_start": load_start,
+                "loadavg_end": os.getloadavg(),
+                "torch": torch.__version__,
+            }
             with open(args.json, "w") as f:
                 json.dump({"meta": meta, "results": rows}, f, indent=1)
-    print("targets: quantized step <= 1.10x the FP KD step on the fast path; fast step >= 1.5x the eager step's throughput")
+    print(
+        "targets: quantized step <= 1.10x the FP KD step on the fast path; fast step >= 1.5x the eager step's throughput"
+    )
 
 
 if __name__ == "__main__":

@@ -13,9 +13,20 @@ from qdistill.experiment import RunConfig, load_config
 
 @pytest.mark.parametrize(
     "text, value",
-    [("1e-3", 0.001), ("1.0e9", 1e9), ("-2E+2", -200.0), (".5e1", 5.0), ("1_0e1", 100.0), ("0.25", 0.25),
-     ("12", 12), ("true", True), ("1e", "1e"), ("e3", "e3"), ("1.2.3", "1.2.3")],
-)  # fmt: skip
+    [
+        ("1e-3", 0.001),
+        ("1.0e9", 1e9),
+        ("-2E+2", -200.0),
+        (".5e1", 5.0),
+        ("1_0e1", 100.0),
+        ("0.25", 0.25),
+        ("12", 12),
+        ("true", True),
+        ("1e", "1e"),
+        ("e3", "e3"),
+        ("1.2.3", "1.2.3"),
+    ],
+)
 def test_yaml_numbers(text, value):
     parsed = yaml_load(f"v: {text}")["v"]
     assert parsed == value and type(parsed) is type(value)
@@ -49,7 +60,10 @@ def test_sci_notation_in_file_and_set(tmp_path):
         ({"model": {"name": "resnet1000"}}, "unknown model 'resnet1000'"),
         ({"data": {"format": "mnist"}}, "unknown dataset format 'mnist'"),
         ({"method": {"name": "sqkd"}}, "unknown method 'sqkd'"),
-        ({"method": {"name": "sqakd", "params": {"temprature": 2}}}, "unknown parameter 'temprature'; allowed: temperature"),
+        (
+            {"method": {"name": "sqakd", "params": {"temprature": 2}}},
+            "unknown parameter 'temprature'; allowed: temperature",
+        ),
         ({"calib_images": 0}, "calib_images must be >= 1"),
     ],
 )
@@ -61,8 +75,9 @@ def test_bad_values_name_key_and_type(tree, message):
 
 
 def test_int_widens_to_float_and_lists_become_tuples():
-    cfg = RunConfig.from_dict({"model": {"pretrained": "t.pt"}, "train": {"lr": 1, "warmup_epochs": 0},
-                               "quant": {"exclude": ["layer1.*"]}})  # fmt: skip
+    cfg = RunConfig.from_dict(
+        {"model": {"pretrained": "t.pt"}, "train": {"lr": 1, "warmup_epochs": 0}, "quant": {"exclude": ["layer1.*"]}}
+    )
     assert cfg.train.lr == 1.0 and type(cfg.train.lr) is float
     assert cfg.quant.exclude == ("layer1.*",)
 

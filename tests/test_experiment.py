@@ -76,7 +76,9 @@ def test_run_folder_as_pretrained_teacher(tmp_path, teacher_file):
     assert fp["weight_bits"] == 32
     teacher = create_model("smallcnn", num_classes=10, in_channels=1, pretrained=tmp_path / "fp")
     model, _, _ = load_run(tmp_path / "fp")
-    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), model.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), model.state_dict().values(), strict=True)
+    )
 
 
 def test_load_run_errors_are_one_line(tmp_path, finished):
@@ -159,10 +161,12 @@ def test_num_classes_below_the_labels(tmp_path):
 
 @pytest.mark.parametrize(
     "key, value, message",
-    [("bn1.running_var", float("nan"), "outputs on the calibration images are not finite"),
-     ("bn1.running_var", float("inf"), "same outputs for every calibration image"),  # x / sqrt(inf) = 0
-     ("fc.weight", 0.0, "same outputs for every calibration image")],  # logits = bias
-)  # fmt: skip
+    [
+        ("bn1.running_var", float("nan"), "outputs on the calibration images are not finite"),
+        ("bn1.running_var", float("inf"), "same outputs for every calibration image"),  # x / sqrt(inf) = 0
+        ("fc.weight", 0.0, "same outputs for every calibration image"),
+    ],  # logits = bias
+)
 def test_broken_teacher_is_refused(tmp_path, teacher_file, key, value, message):
     state = torch.load(teacher_file)
     state[key][:] = value

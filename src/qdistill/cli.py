@@ -25,8 +25,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)  # the digits models are tiny: more threads mostly add sync overhead
     params = _parse_params(args.param)
-    summary = run_demo(args.out, method=args.method, quantizer=args.quantizer, bits=args.bits, epochs=args.epochs,
-                       seed=args.seed, method_params=params, progress=args.progress, overwrite=args.overwrite)  # fmt: skip
+    summary = run_demo(
+        args.out,
+        method=args.method,
+        quantizer=args.quantizer,
+        bits=args.bits,
+        epochs=args.epochs,
+        seed=args.seed,
+        method_params=params,
+        progress=args.progress,
+        overwrite=args.overwrite,
+    )
     print(format_table(summary))
     print(f"results written to {args.out}/results.json")
     return 0
@@ -85,8 +94,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if cfg.model.pretrained:
         from qdistill.models import create_model
 
-        teacher = create_model(cfg.model.name, num_classes=cfg.model.num_classes or splits.num_classes,
-                               in_channels=splits.train.images.shape[-1], pretrained=cfg.model.pretrained).eval()  # fmt: skip
+        teacher = create_model(
+            cfg.model.name,
+            num_classes=cfg.model.num_classes or splits.num_classes,
+            in_channels=splits.train.images.shape[-1],
+            pretrained=cfg.model.pretrained,
+        ).eval()
     print(json.dumps(evaluate(model, loader, teacher), indent=1))
     return 0
 
@@ -95,12 +108,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from qdistill.export.run import export_run
 
-    report = export_run(args.run_dir, args.format, args.out, args.min_agreement, args.residual, args.images, args.threads)
+    report = export_run(
+        args.run_dir, args.format, args.out, args.min_agreement, args.residual, args.images, args.threads
+    )
     p = report["parity"]
     decisive = p.get("top1_agreement_decisive")
     gate = f", {decisive:.2f}% on the {p['decisive_images']} decisive ones" if decisive is not None else ""
-    print(f"{report['format']}: {report['file_bytes'] / 1024:.1f} KiB, top-1 agreement {p['top1_agreement']:.2f}% "
-          f"on {p['images']} images{gate}, max |logit diff| {p['max_abs_logit_diff']:.4g}")  # fmt: skip
+    print(
+        f"{report['format']}: {report['file_bytes'] / 1024:.1f} KiB, top-1 agreement {p['top1_agreement']:.2f}% "
+        f"on {p['images']} images{gate}, max |logit diff| {p['max_abs_logit_diff']:.4g}"
+    )
     return 0
 
 
@@ -112,8 +129,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from qdistill.export.bench import compare, print_rows
 
     if not args.artefact.endswith(".onnx"):
-        raise ConfigError(f"{args.artefact}: bench takes an .onnx file written by qdistill export (qdistill export RUN_DIR)")
-    fp32 = args.fp32 or args.artefact.removesuffix(".ort.onnx") + ".fp32.onnx"  # model.onnx[.ort.onnx] -> model.onnx.fp32.onnx
+        raise ConfigError(
+            f"{args.artefact}: bench takes an .onnx file written by qdistill export (qdistill export RUN_DIR)"
+        )
+    fp32 = (
+        args.fp32 or args.artefact.removesuffix(".ort.onnx") + ".fp32.onnx"
+    )  # model.onnx[.ort.onnx] -> model.onnx.fp32.onnx
     for path in (args.artefact, fp32):
         if not Path(path).is_file():
             raise MissingFileError(f"{path} not found")
@@ -156,8 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("run", "the main job on the bundled digits data: teacher, label-free student, baseline")
     r.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     r.add_argument("--overwrite", action="store_true", help="replace runs of other settings in OUT")
-    r.add_argument("--method", default="sqakd", choices=OBJECTIVES.names(), metavar="METHOD",
-                   help=f"student method (default: sqakd): {', '.join(OBJECTIVES.names())}; see docs/methods.md")  # fmt: skip
+    r.add_argument(
+        "--method",
+        default="sqakd",
+        choices=OBJECTIVES.names(),
+        metavar="METHOD",
+        help=f"student method (default: sqakd): {', '.join(OBJECTIVES.names())}; see docs/methods.md",
+    )
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="method parameter, repeatable")
     r.add_argument("--quantizer", default="ewgs", choices=QUANTIZERS.names(), help="quantizer (default: ewgs)")
     r.add_argument("--bits", type=int, default=2, help="weight and activation bits (default: 2)")
@@ -172,9 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="output folder (overrides the config's out)")
     t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt (same config; epochs may grow)")
     t.add_argument("--overwrite", action="store_true", help="replace a run of another config in OUT")
-    t.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="data parallel training in N processes on this machine (as torchrun --nproc-per-node N); "
-                        "data.batch_size stays the global batch")  # fmt: skip
+    t.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data parallel training in N processes on this machine (as torchrun --nproc-per-node N); "
+        "data.batch_size stays the global batch",
+    )
 
     e = add("eval", "evaluate a trained run on its test split")
     e.add_argument("run_dir")
@@ -183,12 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     x = add("export", "export a trained run as QDQ ONNX or bit-packed safetensors, with a parity check")
     x.add_argument("run_dir")
     x.add_argument("--format", default="onnx", choices=["onnx", "packed"])
-    x.add_argument("--out", help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.packed.safetensors; the run keeps its own model.safetensors)")
-    x.add_argument("--min-agreement", type=float, default=99.5, help="refuse below this top-1 agreement in %% (default 99.5)")
-    x.add_argument("--residual", default="float", choices=["float", "int8"],
-                   help="ONNX only: keep float residual sums float (default, exact) or quantize them to uint8 after "
-                        "training (fast, adds rounding; train with quant.residual_bits instead)")
-    x.add_argument("--images", type=int, default=1000, help="parity/calibration images from the run's data (default 1000)")
+    x.add_argument(
+        "--out",
+        help="output file (default: RUN_DIR/model.onnx or RUN_DIR/model.packed.safetensors; the run keeps its own model.safetensors)",
+    )
+    x.add_argument(
+        "--min-agreement", type=float, default=99.5, help="refuse below this top-1 agreement in %% (default 99.5)"
+    )
+    x.add_argument(
+        "--residual",
+        default="float",
+        choices=["float", "int8"],
+        help="ONNX only: keep float residual sums float (default, exact) or quantize them to uint8 after "
+        "training (fast, adds rounding; train with quant.residual_bits instead)",
+    )
+    x.add_argument(
+        "--images", type=int, default=1000, help="parity/calibration images from the run's data (default 1000)"
+    )
     x.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
 
     bn = add("bench", "latency and throughput of an exported ONNX model vs its FP32 twin")

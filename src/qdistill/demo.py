@@ -49,21 +49,34 @@ def run_demo(
     started = time.perf_counter()
     ensure_writable(out)
 
-    teacher_cfg = RunConfig(model=model, data=data, quant=None, method=MethodConfig("qat"), train=train,
-                            out=str(out / "teacher"))  # fmt: skip
+    teacher_cfg = RunConfig(
+        model=model, data=data, quant=None, method=MethodConfig("qat"), train=train, out=str(out / "teacher")
+    )
     runs = {"teacher (FP32)": teacher_cfg}
     pretrained = replace(model, pretrained=teacher_cfg.out)  # the run folder: its model.safetensors
     teachers: tuple[ModelConfig, ...] = ()
     if OBJECTIVES.get(method).ensemble:  # a second teacher of another architecture
-        second = replace(teacher_cfg, model=ModelConfig(name="resnet20"), out=str(out / "teacher_resnet20"),
-                         train=replace(train, epochs=max(1, epochs // 3)))  # fmt: skip
+        second = replace(
+            teacher_cfg,
+            model=ModelConfig(name="resnet20"),
+            out=str(out / "teacher_resnet20"),
+            train=replace(train, epochs=max(1, epochs // 3)),
+        )
         runs["teacher 2: resnet20 (FP32)"] = second
         teachers = (pretrained, replace(second.model, pretrained=second.out))
     student_train = replace(train, lr=1e-3)
-    runs["student"] = RunConfig(model=pretrained, data=data, quant=quant, train=student_train, teachers=teachers,
-                                method=MethodConfig(method, dict(method_params or {})), out=str(out / f"student_{method}"))  # fmt: skip
-    runs["supervised QAT baseline"] = replace(runs["student"], method=MethodConfig("qat"), teachers=(),
-                                              out=str(out / "baseline_qat"))  # fmt: skip
+    runs["student"] = RunConfig(
+        model=pretrained,
+        data=data,
+        quant=quant,
+        train=student_train,
+        teachers=teachers,
+        method=MethodConfig(method, dict(method_params or {})),
+        out=str(out / f"student_{method}"),
+    )
+    runs["supervised QAT baseline"] = replace(
+        runs["student"], method=MethodConfig("qat"), teachers=(), out=str(out / "baseline_qat")
+    )
     for cfg in runs.values():  # refuse another run's folder before training anything
         check_out(cfg, overwrite=overwrite)
     rows: dict[str, Any] = {}
@@ -73,8 +86,13 @@ def run_demo(
             name = f"{method} student" + ("" if result["labels_used"] else " (label-free)")
         rows[name] = result
 
-    summary = {"dataset": "digits (8x8)", "quantizer": quantizer, "bits": f"W{bits}A{bits}",
-               "seconds": round(time.perf_counter() - started, 1), "rows": rows}  # fmt: skip
+    summary = {
+        "dataset": "digits (8x8)",
+        "quantizer": quantizer,
+        "bits": f"W{bits}A{bits}",
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -83,11 +101,16 @@ def run_demo(
 def format_table(summary: dict[str, Any]) -> str:
     """A plain-text table of a `run_demo` summary."""
     head = f"{'model':34} {'top-1':>7} {'bits':>7} {'labels':>7} {'size':>9}"
-    lines = [f"{summary['dataset']}, {summary['quantizer']} {summary['bits']}, {summary['seconds']} s", head,
-             "-" * len(head)]  # fmt: skip
+    lines = [
+        f"{summary['dataset']}, {summary['quantizer']} {summary['bits']}, {summary['seconds']} s",
+        head,
+        "-" * len(head),
+    ]
     for name, r in summary["rows"].items():
         bits = f"W{r['weight_bits']}A{r['act_bits']}"
         size = f"{r['size_bytes'] / 1024:.1f} KiB"
-        lines.append(f"{name:34} {r.get('test_top1', float('nan')):7.2f} {bits:>7} "
-                     f"{'yes' if r['labels_used'] else 'no':>7} {size:>9}")  # fmt: skip
+        lines.append(
+            f"{name:34} {r.get('test_top1', float('nan')):7.2f} {bits:>7} "
+            f"{'yes' if r['labels_used'] else 'no':>7} {size:>9}"
+        )
     return "\n".join(lines)

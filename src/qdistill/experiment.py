@@ -160,7 +160,9 @@ class MethodConfig:
         allowed = objective_params(OBJECTIVES.get(self.name))
         for key in self.params:
             if key not in allowed:
-                raise ConfigError(f"method {self.name!r}: unknown parameter {key!r}; allowed: {', '.join(allowed) or 'none'}")
+                raise ConfigError(
+                    f"method {self.name!r}: unknown parameter {key!r}; allowed: {', '.join(allowed) or 'none'}"
+                )
 
 
 @dataclass(frozen=True)
@@ -253,16 +255,33 @@ def prepare_data(cfg: DataConfig) -> tuple[DataSplits, ImageSet, ImageSet | None
     return splits, train, val, test
 
 
-def build_loaders(cfg: DataConfig, splits: DataSplits, train: ImageSet, val: ImageSet | None, labels: bool, seed: int,
-                  num_shards: int = 1, shard: int = 0):  # fmt: skip
+def build_loaders(
+    cfg: DataConfig,
+    splits: DataSplits,
+    train: ImageSet,
+    val: ImageSet | None,
+    labels: bool,
+    seed: int,
+    num_shards: int = 1,
+    shard: int = 0,
+):
     """Training loader (labels only if the method reads them; this rank's shard of each global
     batch of ``data.batch_size``) and validation loader."""
     norm = {"mean": splits.mean, "std": splits.std}
     augment = cfg.augment or splits.augment
     train_data = train if labels else train.without_labels()
-    train_loader = BatchLoader(train_data, cfg.batch_size, **norm, augment=augment, shuffle=True,
-                               drop_last=len(train) > cfg.batch_size, seed=seed, with_labels=labels,
-                               num_shards=num_shards, shard=shard)  # fmt: skip
+    train_loader = BatchLoader(
+        train_data,
+        cfg.batch_size,
+        **norm,
+        augment=augment,
+        shuffle=True,
+        drop_last=len(train) > cfg.batch_size,
+        seed=seed,
+        with_labels=labels,
+        num_shards=num_shards,
+        shard=shard,
+    )
     val_loader = None
     if val is not None:
         val_data = val if labels else val.without_labels()
@@ -282,11 +301,19 @@ def _teacher(splits: DataSplits, m: ModelConfig, where: str = "model") -> nn.Mod
 
 def _check_labels(splits: DataSplits, num_classes: int, where: str) -> None:
     """Labels must index the classifier's outputs (else an IndexError deep inside a loss)."""
-    top = max((int(s.labels.max()) for s in (splits.train, splits.test) if s is not None and s.labels is not None
-               and len(s.labels)), default=-1)  # fmt: skip
+    top = max(
+        (
+            int(s.labels.max())
+            for s in (splits.train, splits.test)
+            if s is not None and s.labels is not None and len(s.labels)
+        ),
+        default=-1,
+    )
     if top >= num_classes:
-        raise ConfigError(f"{where}.num_classes is {num_classes} but the data has labels up to {top}: "
-                          f"set {where}.num_classes: {top + 1} or leave it out to take it from the data")  # fmt: skip
+        raise ConfigError(
+            f"{where}.num_classes is {num_classes} but the data has labels up to {top}: "
+            f"set {where}.num_classes: {top + 1} or leave it out to take it from the data"
+        )
 
 
 def _check_teacher_outputs(teacher: nn.Module, calib: torch.Tensor, where: str) -> None:
@@ -297,12 +324,16 @@ def _check_teacher_outputs(teacher: nn.Module, calib: torch.Tensor, where: str) 
         logits = logits_of(call_model(teacher, calib)).float()
     teacher.train(was_training)
     if not torch.isfinite(logits).all():
-        raise CheckpointError(f"{where}: the teacher's outputs on the calibration images are not finite "
-                              "(inf or nan in its weights or BatchNorm buffers?)")  # fmt: skip
+        raise CheckpointError(
+            f"{where}: the teacher's outputs on the calibration images are not finite "
+            "(inf or nan in its weights or BatchNorm buffers?)"
+        )
     spread = (logits.amax(0) - logits.amin(0)).max()
     if len(logits) > 1 and spread <= 1e-6 * (1.0 + logits.abs().max()):
-        raise CheckpointError(f"{where}: the teacher gives the same outputs for every calibration image "
-                              "(broken weights or BatchNorm buffers?)")  # fmt: skip
+        raise CheckpointError(
+            f"{where}: the teacher gives the same outputs for every calibration image "
+            "(broken weights or BatchNorm buffers?)"
+        )
 
 
 def _calibration_batch(cfg: RunConfig, splits: DataSplits, train: ImageSet) -> torch.Tensor:
@@ -353,20 +384,26 @@ def check_out(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> 
             raise CheckpointError(f"{out / 'last.pt'} records no run config: cannot check the resume")
         diffs = _differences(_stored_run_config(old, out / "last.pt").to_dict(), new, _RESUME_SECTIONS)
         if diffs:
-            raise ConfigError(f"cannot resume {out}: the config differs from its checkpoint in "
-                              f"{', '.join(diffs)}; resume with the same model, data, quant and method (train.epochs may grow)")  # fmt: skip
+            raise ConfigError(
+                f"cannot resume {out}: the config differs from its checkpoint in "
+                f"{', '.join(diffs)}; resume with the same model, data, quant and method (train.epochs may grow)"
+            )
         return []
     present = [name for name in RUN_FILES if (out / name).exists()]
     if not present or overwrite:
         return present
     try:
         old = stored_config(out)
-        diffs = ["its config is not recorded"] if old is None else _differences(_stored_run_config(old, out).to_dict(), new)
+        diffs = (
+            ["its config is not recorded"] if old is None else _differences(_stored_run_config(old, out).to_dict(), new)
+        )
     except QdistillError as e:
         diffs = [str(e)]
     if diffs:
-        raise ConfigError(f"{out} holds another run ({', '.join(present)}; {', '.join(diffs[:4])}): "
-                          "pass --overwrite to replace it, --resume to continue it, or choose another out")  # fmt: skip
+        raise ConfigError(
+            f"{out} holds another run ({', '.join(present)}; {', '.join(diffs[:4])}): "
+            "pass --overwrite to replace it, --resume to continue it, or choose another out"
+        )
     return present
 
 
@@ -419,10 +456,15 @@ def _run_experiment(cfg: RunConfig, resume: bool, overwrite: bool, log: Callable
     labels = objective.uses_labels
     if labels and train.labels is None:
         raise DataError(f"method {cfg.method.name!r} needs labels but the training data has none")
-    train_loader, val_loader = build_loaders(cfg.data, splits, train, val, labels, cfg.train.seed,
-                                             *reversed(rank_and_world()))  # fmt: skip
-    meta = {"config": cfg.to_dict(), "labels_used": labels, "num_classes": splits.num_classes,
-            "in_channels": int(splits.train.images.shape[-1])}  # fmt: skip
+    train_loader, val_loader = build_loaders(
+        cfg.data, splits, train, val, labels, cfg.train.seed, *reversed(rank_and_world())
+    )
+    meta = {
+        "config": cfg.to_dict(),
+        "labels_used": labels,
+        "num_classes": splits.num_classes,
+        "in_channels": int(splits.train.images.shape[-1]),
+    }
     trainer = Trainer(objective, train_loader, cfg.train, val_loader, out, meta)
     trainer.fit(resume=resume)  # leaves the best epoch's weights in the student
     if not is_main():
@@ -430,15 +472,27 @@ def _run_experiment(cfg: RunConfig, resume: bool, overwrite: bool, log: Callable
     best_epoch = trainer.best["epoch"]
     snapped = _snap_biases(student, calib, trainer.device) if cfg.snap_biases and cfg.quant is not None else {}
     num_classes = cfg.model.num_classes or splits.num_classes
-    save_model(out, student, {
-        "model": {"name": cfg.model.name, "num_classes": num_classes, "in_channels": meta["in_channels"]},
-        "quant": None if cfg.quant is None else cfg.quant.to_dict(),
-        "labels_used": labels, "teacher": cfg.model.pretrained, "best_epoch": best_epoch, "config": meta["config"],
-    })  # fmt: skip
-    results = {"best_epoch": best_epoch, "labels_used": labels, "method": cfg.method.name,
-               "weight_bits": cfg.quant.weight_bits if cfg.quant else 32,
-               "act_bits": (cfg.quant.act_bits or 32) if cfg.quant else 32,
-               "size_bytes": model_size_bytes(student), **snapped}  # fmt: skip
+    save_model(
+        out,
+        student,
+        {
+            "model": {"name": cfg.model.name, "num_classes": num_classes, "in_channels": meta["in_channels"]},
+            "quant": None if cfg.quant is None else cfg.quant.to_dict(),
+            "labels_used": labels,
+            "teacher": cfg.model.pretrained,
+            "best_epoch": best_epoch,
+            "config": meta["config"],
+        },
+    )
+    results = {
+        "best_epoch": best_epoch,
+        "labels_used": labels,
+        "method": cfg.method.name,
+        "weight_bits": cfg.quant.weight_bits if cfg.quant else 32,
+        "act_bits": (cfg.quant.act_bits or 32) if cfg.quant else 32,
+        "size_bytes": model_size_bytes(student),
+        **snapped,
+    }
     if test is not None:
         results.update(_test_metrics(student, teacher, test, splits, cfg, trainer.device))
     (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -457,7 +511,9 @@ def _snap_biases(student: nn.Module, calib: torch.Tensor, device: torch.device) 
 
 
 def _test_metrics(student, teacher, test: ImageSet, splits: DataSplits, cfg: RunConfig, device) -> dict[str, float]:
-    loader = BatchLoader(test, cfg.data.eval_batch_size, mean=splits.mean, std=splits.std, with_labels=test.labels is not None)
+    loader = BatchLoader(
+        test, cfg.data.eval_batch_size, mean=splits.mean, std=splits.std, with_labels=test.labels is not None
+    )
     metrics = evaluate(student, loader, teacher if cfg.model.pretrained or cfg.teachers else None, device)
     return {f"test_{k}": v for k, v in metrics.items() if k != "images"}
 
@@ -475,14 +531,20 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[nn.Module, RunCo
     if which == "best" and (run_dir / "model.json").is_file():
         info = read_model_info(run_dir)
         arch, quant = info["model"], info.get("quant")
-        meta = {"config": info["config"], "labels_used": info.get("labels_used"),
-                "num_classes": arch.get("num_classes"), "in_channels": arch.get("in_channels")}  # fmt: skip
+        meta = {
+            "config": info["config"],
+            "labels_used": info.get("labels_used"),
+            "num_classes": arch.get("num_classes"),
+            "in_channels": arch.get("in_channels"),
+        }
         cfg = _stored_run_config(info["config"], run_dir / "model.json")
         quant_cfg = None if quant is None else QuantConfig.from_dict(quant)
         if arch.get("source") == "hf":
             model = _rebuild_hf(run_dir, arch.get("task"), quant_cfg, run_dir / "model.json")
         else:
-            model = _rebuild(arch.get("name"), arch.get("num_classes"), arch.get("in_channels"), quant_cfg, run_dir / "model.json")
+            model = _rebuild(
+                arch.get("name"), arch.get("num_classes"), arch.get("in_channels"), quant_cfg, run_dir / "model.json"
+            )
         load_state_dict_file(model, run_dir / "model.safetensors")
         return model.to(pick_device("cpu")).eval(), cfg, {"meta": meta, "epoch": info.get("best_epoch")}
     path = run_dir / f"{which}.pt"

@@ -61,8 +61,14 @@ def load_text_blocks(cfg: DataConfig, tokenizer: Any) -> TextSplits:
         if cached is not None:
             test = torch.from_numpy(cached["test"]) if "test" in cached else None
             return TextSplits(torch.from_numpy(cached["train"]), test, cfg.block_size)
-    text = load_text(cfg.root, _tokenize(tokenizer), cfg.block_size, field=cfg.text_field,
-                     test_lines=test_lines, test_fraction=cfg.test_fraction)  # fmt: skip
+    text = load_text(
+        cfg.root,
+        _tokenize(tokenizer),
+        cfg.block_size,
+        field=cfg.text_field,
+        test_lines=test_lines,
+        test_fraction=cfg.test_fraction,
+    )
     if file is not None:
         arrays = {"train": text.train.numpy()} | ({"test": text.test.numpy()} if text.test is not None else {})
         write_cache(file, arrays)
@@ -121,25 +127,34 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
     objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
     if objective.uses_labels:
         raise DataError(f"method {cfg.method.name!r} needs labels; text data has none (use sqakd, squat or gor)")
-    loader = TextBlockLoader(train, cfg.data.batch_size, shuffle=True, drop_last=len(train) > cfg.data.batch_size,
-                             seed=cfg.train.seed)  # fmt: skip
+    loader = TextBlockLoader(
+        train, cfg.data.batch_size, shuffle=True, drop_last=len(train) > cfg.data.batch_size, seed=cfg.train.seed
+    )
     val_loader = TextBlockLoader(val, cfg.data.eval_batch_size) if val is not None else None
     meta = {"config": cfg.to_dict(), "labels_used": False, "num_classes": None, "in_channels": None}
     trainer = Trainer(objective, loader, cfg.train, val_loader, out, meta)
     train_start = time.perf_counter()
     trainer.fit(resume=resume)
     train_seconds = time.perf_counter() - train_start
-    info = {"model": {"source": "hf", "task": task, "pretrained": cfg.model.pretrained},
-            "quant": None if cfg.quant is None else cfg.quant.to_dict(), "labels_used": False,
-            "teacher": cfg.model.pretrained, "best_epoch": trainer.best["epoch"], "config": meta["config"]}  # fmt: skip
+    info = {
+        "model": {"source": "hf", "task": task, "pretrained": cfg.model.pretrained},
+        "quant": None if cfg.quant is None else cfg.quant.to_dict(),
+        "labels_used": False,
+        "teacher": cfg.model.pretrained,
+        "best_epoch": trainer.best["epoch"],
+        "config": meta["config"],
+    }
     save_model(out, student, info)
     results: dict[str, Any] = {
-        "best_epoch": trainer.best["epoch"], "labels_used": False, "method": cfg.method.name,
+        "best_epoch": trainer.best["epoch"],
+        "labels_used": False,
+        "method": cfg.method.name,
         "weight_bits": cfg.quant.weight_bits if cfg.quant else 32,
         "act_bits": (cfg.quant.act_bits or 32) if cfg.quant else 32,
         "tokens_seen": cfg.train.epochs * trainer.steps_per_epoch * cfg.data.batch_size * text.block_size,
-        "train_seconds": train_seconds, "threads": torch.get_num_threads(),
-    }  # fmt: skip
+        "train_seconds": train_seconds,
+        "threads": torch.get_num_threads(),
+    }
     if test_ids is not None:
         metrics = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride, teacher, trainer.device)
         results.update(metrics, **lm_results(metrics["ppl"], metrics["teacher_ppl"], rtn))
@@ -178,12 +193,17 @@ def _classifier_data(cfg: DataConfig, tokenizer: Any) -> tuple[dict[str, torch.T
     if cfg.root is None:
         raise ConfigError("data.root is required for data.format: text")
     if not 0 < cfg.test_fraction < 1 or cfg.test_lines is not None:
-        raise ConfigError("a text classifier holds out a random share of the lines: set data.test_fraction "
-                          "in (0, 1), not data.test_lines")  # fmt: skip
+        raise ConfigError(
+            "a text classifier holds out a random share of the lines: set data.test_fraction "
+            "in (0, 1), not data.test_lines"
+        )
     lines = split_prefixed_lines(read_text_units(cfg.root, cfg.text_field))
     enc = tokenizer(lines.texts, padding="max_length", truncation=True, max_length=cfg.block_size, return_tensors="pt")
-    tensors = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-               "labels": torch.from_numpy(lines.labels)}  # fmt: skip
+    tensors = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": enc["attention_mask"],
+        "labels": torch.from_numpy(lines.labels),
+    }
     held = np.random.default_rng(cfg.seed).random(len(lines.labels)) < cfg.test_fraction
     return tensors, held, len(lines.names)
 
@@ -196,8 +216,9 @@ def _top1(model: torch.nn.Module, tensors: dict[str, torch.Tensor], batch: int, 
     return evaluate(model, TokenBatchLoader(tensors, batch, with_labels=True), None, device)["top1"]
 
 
-def _run_classifier(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None] | None,
-                    start: float) -> dict[str, Any]:  # fmt: skip
+def _run_classifier(
+    cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None] | None, start: float
+) -> dict[str, Any]:
     """A sequence classifier on labelled lines: the teacher run (labels, ``quant: null``) or a student run
     (label-free methods never get the labels); top-1 of teacher, RTN and student on the held-out lines."""
     tokenizer = load_hf_tokenizer(cfg.model.pretrained)
@@ -218,23 +239,47 @@ def _run_classifier(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str]
     rtn = _top1(student, test, bs, "cpu") if cfg.eval.rtn and cfg.quant is not None else None
     objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
     labels = objective.uses_labels
-    loader = TokenBatchLoader(train, cfg.data.batch_size, with_labels=labels, shuffle=True,
-                              drop_last=len(train["labels"]) > cfg.data.batch_size, seed=cfg.train.seed)  # fmt: skip
+    loader = TokenBatchLoader(
+        train,
+        cfg.data.batch_size,
+        with_labels=labels,
+        shuffle=True,
+        drop_last=len(train["labels"]) > cfg.data.batch_size,
+        seed=cfg.train.seed,
+    )
     val_loader = TokenBatchLoader(val, bs, with_labels=labels) if val is not None else None
     meta = {"config": cfg.to_dict(), "labels_used": labels, "num_classes": classes, "in_channels": None}
     trainer = Trainer(objective, loader, cfg.train, val_loader, out, meta)
     train_start = time.perf_counter()
     trainer.fit(resume=resume)
     train_seconds = time.perf_counter() - train_start
-    save_model(out, student, {"model": {"source": "hf", "task": task, "pretrained": cfg.model.pretrained},
-                              "quant": None if cfg.quant is None else cfg.quant.to_dict(), "labels_used": labels,
-                              "teacher": cfg.model.pretrained, "best_epoch": trainer.best["epoch"], "config": meta["config"]})  # fmt: skip
+    save_model(
+        out,
+        student,
+        {
+            "model": {"source": "hf", "task": task, "pretrained": cfg.model.pretrained},
+            "quant": None if cfg.quant is None else cfg.quant.to_dict(),
+            "labels_used": labels,
+            "teacher": cfg.model.pretrained,
+            "best_epoch": trainer.best["epoch"],
+            "config": meta["config"],
+        },
+    )
     top1, teacher_top1 = _top1(student, test, bs, trainer.device), _top1(teacher, test, bs, trainer.device)
-    results = {"best_epoch": trainer.best["epoch"], "labels_used": labels, "method": cfg.method.name,
-               "top1": top1, "teacher_top1": teacher_top1, "gap": top1 - teacher_top1, "rtn_top1": rtn,
-               "test_lines": len(test["labels"]), "classes": classes,
-               "tokens_seen": cfg.train.epochs * trainer.steps_per_epoch * cfg.data.batch_size * cfg.data.block_size,
-               "train_seconds": train_seconds, "threads": torch.get_num_threads(),
-               "wall_seconds": time.perf_counter() - start}  # fmt: skip
+    results = {
+        "best_epoch": trainer.best["epoch"],
+        "labels_used": labels,
+        "method": cfg.method.name,
+        "top1": top1,
+        "teacher_top1": teacher_top1,
+        "gap": top1 - teacher_top1,
+        "rtn_top1": rtn,
+        "test_lines": len(test["labels"]),
+        "classes": classes,
+        "tokens_seen": cfg.train.epochs * trainer.steps_per_epoch * cfg.data.batch_size * cfg.data.block_size,
+        "train_seconds": train_seconds,
+        "threads": torch.get_num_threads(),
+        "wall_seconds": time.perf_counter() - start,
+    }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results

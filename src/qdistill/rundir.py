@@ -31,8 +31,16 @@ __all__ = [
 
 MODEL_FORMAT = "qdistill-model"
 # what a run writes into its folder (model.pt: runs before model.safetensors); a fresh start removes them
-RUN_FILES = ("results.json", "model.safetensors", "model.json", "model.pt", "best.pt", "last.pt", "metrics.json",
-             "metrics.csv")  # fmt: skip
+RUN_FILES = (
+    "results.json",
+    "model.safetensors",
+    "model.json",
+    "model.pt",
+    "best.pt",
+    "last.pt",
+    "metrics.json",
+    "metrics.csv",
+)
 
 
 def ensure_writable(folder: str | Path, what: str = "out") -> Path:

@@ -66,7 +66,9 @@ def test_quantized_model_and_plot(tmp_path) -> None:
 
     matplotlib.use("Agg")
     teacher = _model().eval()
-    student = make_student(teacher, QuantConfig(method="lsq", weight_bits=2, act_bits=2, keep_first=False), _batches()[0][0])
+    student = make_student(
+        teacher, QuantConfig(method="lsq", weight_bits=2, act_bits=2, keep_first=False), _batches()[0][0]
+    )
     before = {k: v.clone() for k, v in student.state_dict().items()}
     s = loss_surface(student, _ce, _batches(), steps=3, dims=2)
     assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())

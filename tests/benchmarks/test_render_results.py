@@ -7,8 +7,10 @@ import math
 import pytest
 import render_results
 
-TEMPLATE = ("# R\n\n{{table:headline}}\n\nteacher {{value:fmnist:teacher}}, gap {{value:fmnist:qat-ewgs-2:gap}}, {{value:nope}}, "
-            "{{value:fmnist:steps}} x {{value:fmnist:train_images}}\n")
+TEMPLATE = (
+    "# R\n\n{{table:headline}}\n\nteacher {{value:fmnist:teacher}}, gap {{value:fmnist:qat-ewgs-2:gap}}, {{value:nope}}, "
+    "{{value:fmnist:steps}} x {{value:fmnist:train_images}}\n"
+)
 README = "# x\n\n## Results\n\nintro\n\n<!-- headline -->\nold\n<!-- /headline -->\n\n## Next\n"
 
 
@@ -17,8 +19,10 @@ def _repo(tmp_path):
     results.mkdir(parents=True)
     (tmp_path / "docs").mkdir()
     runs = [{"key": "teacher", "test_top1": 90.0}]
-    runs += [{"key": f"qat-ewgs-w2a2-s{s}", "method": "qat", "quantizer": "ewgs", "bits": 2, "seed": s, "test_top1": v}
-             for s, v in enumerate((86.0, 87.0, 88.0))]  # fmt: skip
+    runs += [
+        {"key": f"qat-ewgs-w2a2-s{s}", "method": "qat", "quantizer": "ewgs", "bits": 2, "seed": s, "test_top1": v}
+        for s, v in enumerate((86.0, 87.0, 88.0))
+    ]
     meta = {"budget": {"student": "60000 train images (10% held out), 2 epoch(s)", "test_images": 10000}}
     (results / "fmnist_table.json").write_text(json.dumps({"meta": meta, "results": runs}))
     (tmp_path / "benchmarks" / "RESULTS.md.in").write_text(TEMPLATE)
@@ -58,7 +62,10 @@ def test_render_then_check(tmp_path):
     assert render_results.main(["--repo", str(repo), "--outputs", "results", "readme"]) == 0
     text = (repo / "docs" / "RESULTS.md").read_text()
     assert "teacher 90.00, gap -3.00, n/a, 421 x 54,000" in text  # 54000 // 128 steps: the last short batch is dropped
-    assert "| ours, Fashion-MNIST SmallCNN (other dataset), EWGS (labels) | not run | -3.00 [-5.6, -0.4] (3) | not run |" in text
+    assert (
+        "| ours, Fashion-MNIST SmallCNN (other dataset), EWGS (labels) | not run | -3.00 [-5.6, -0.4] (3) | not run |"
+        in text
+    )
     readme = (repo / "README.md").read_text()
     assert readme.startswith("# x\n\n## Results\n\nintro\n\n<!-- headline -->\n| gap to FP teacher")
     assert "\nold\n" not in readme
@@ -79,17 +86,46 @@ def test_gpu_schedule_table_ignores_the_probe_and_unfinished_jobs(tmp_path):
     repo = _repo(tmp_path)
     results = repo / "benchmarks" / "results"
     (results / "fmnist_table.json").unlink()
-    runs = [{"key": "teacher_before", "test_top1": 70.0}, {"key": "teacher", "test_top1": 80.0},
-            {"key": "probe-sqakd-ewgs-w2a2", "method": "sqakd", "quantizer": "ewgs", "bits": 2, "probe": True, "test_top1": 50.0},
-            {"key": "sqakd-ewgs-w2a2", "method": "sqakd", "quantizer": "ewgs", "bits": 2, "probe": False, "test_top1": 60.0},
-            {"key": "qat-ewgs-w2a2", "method": "qat", "quantizer": "ewgs", "bits": 2, "probe": False, "history": [{"epoch": 1}]}]  # fmt: skip
+    runs = [
+        {"key": "teacher_before", "test_top1": 70.0},
+        {"key": "teacher", "test_top1": 80.0},
+        {
+            "key": "probe-sqakd-ewgs-w2a2",
+            "method": "sqakd",
+            "quantizer": "ewgs",
+            "bits": 2,
+            "probe": True,
+            "test_top1": 50.0,
+        },
+        {
+            "key": "sqakd-ewgs-w2a2",
+            "method": "sqakd",
+            "quantizer": "ewgs",
+            "bits": 2,
+            "probe": False,
+            "test_top1": 60.0,
+        },
+        {
+            "key": "qat-ewgs-w2a2",
+            "method": "qat",
+            "quantizer": "ewgs",
+            "bits": 2,
+            "probe": False,
+            "history": [{"epoch": 1}],
+        },
+    ]
     meta = {"budget": {"test_images": 10000}, "plan": {"jobs": ["sqakd-ewgs-w2a2", "qat-ewgs-w2a2"], "epochs": 7}}
     (results / "gpu_schedule.json").write_text(json.dumps({"meta": meta, "results": runs}))
-    (repo / "benchmarks" / "RESULTS.md.in").write_text("{{table:gpu}}\n\nplan {{table:gpu_plan}}\n\n{{table:headline}}\n")
+    (repo / "benchmarks" / "RESULTS.md.in").write_text(
+        "{{table:gpu}}\n\nplan {{table:gpu_plan}}\n\n{{table:headline}}\n"
+    )
     assert render_results.main(["--repo", str(repo), "--outputs", "results"]) == 0
     text = (repo / "docs" / "RESULTS.md").read_text()
     assert "| SQAKD + EWGS (label-free) | not run | 60.00 (1) [-20.00] | not run |" in text
     assert "standalone" not in text and "diverged" not in text  # the running job is neither a cell nor a failure
     assert "plan jobs: ['sqakd-ewgs-w2a2', 'qat-ewgs-w2a2'], epochs: 7" in text
     half = 1.96 * math.sqrt((60 * 40 + 80 * 20) / 10000)  # one seed: the test set only
-    assert f"| ours, CIFAR-10 JPEG ResNet-20, GPU schedule, SQAKD + EWGS (label-free) | not run | -20.00 [{-20 - half:+.1f}, {-20 + half:+.1f}] (1*) |" in text
+    assert (
+        f"| ours, CIFAR-10 JPEG ResNet-20, GPU schedule, SQAKD + EWGS (label-free) | not run | -20.00 [{-20 - half:+.1f}, {-20 + half:+.1f}] (1*) |"
+        in text
+    )

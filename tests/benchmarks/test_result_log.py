@@ -23,7 +23,10 @@ def test_rerun_with_the_same_budget_resumes(tmp_path):
 
 def test_rerun_with_another_budget_is_refused_naming_the_entry(tmp_path):
     ResultLog("t", {"budget": BUDGET}, root=tmp_path).add({"key": "a"})
-    with pytest.raises(ConfigError, match=r"^t\.json holds results for budget student='4000 train images, 1 epoch\(s\)', not '4000 train images, 5 epoch\(s\)'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^t\.json holds results for budget student='4000 train images, 1 epoch\(s\)', not '4000 train images, 5 epoch\(s\)'",
+    ):
         ResultLog("t", {"budget": {**BUDGET, "student": "4000 train images, 5 epoch(s)"}}, root=tmp_path)
 
 
@@ -67,8 +70,9 @@ def test_a_worker_of_another_budget_is_refused_by_the_log_and_by_rendering(tmp_p
 
 def test_read_family_merges_missing_keys_only(tmp_path):
     _write(tmp_path / "tab.json", BUDGET, ["a", "b"])
-    (tmp_path / "tab_b.json").write_text(json.dumps({"meta": {"budget": BUDGET},
-                                                     "results": [{"key": "b", "test_top1": 9.0}, {"key": "c"}]}))
+    (tmp_path / "tab_b.json").write_text(
+        json.dumps({"meta": {"budget": BUDGET}, "results": [{"key": "b", "test_top1": 9.0}, {"key": "c"}]})
+    )
     data = read_family(tmp_path, "tab")
     assert [(r["key"], r.get("test_top1")) for r in data["results"]] == [("a", 50.0), ("b", 50.0), ("c", None)]
     assert read_family(tmp_path, "none") is None

@@ -54,13 +54,16 @@ def _config(tmp_path, body: str):
 
 
 def test_train_from_config_with_overrides(tmp_path, demo_dir, capsys):
-    cfg = _config(tmp_path, f"""
-model: {{name: smallcnn, pretrained: {demo_dir / 'teacher'}}}
+    cfg = _config(
+        tmp_path,
+        f"""
+model: {{name: smallcnn, pretrained: {demo_dir / "teacher"}}}
 data: {{format: digits, batch_size: 64}}
 quant: {{method: lsq, weight_bits: 4, act_bits: 4}}
 train: {{epochs: 1, progress: false}}
-out: {tmp_path / 'run'}
-""")
+out: {tmp_path / "run"}
+""",
+    )
     assert main(["train", cfg, "--set", "quant.weight_bits=3", "--set", "train.lr=5e-4"]) == 0
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
     assert state["meta"]["config"]["quant"]["weight_bits"] == 3
@@ -81,7 +84,10 @@ out: {tmp_path / 'run'}
         ("quant: {method: ewgs, bits: 2}\n", "quant: unknown key 'bits'"),
         ("quant: {method: fancy}\n", "quant.method: unknown 'fancy'"),
         ("model: {name: resnet1000}\n", "unknown model 'resnet1000'"),
-        ("model: {random_teacher: true}\ndata: {format: idx, root: /nonexistent/fmnist}\n", "/nonexistent/fmnist does not exist"),
+        (
+            "model: {random_teacher: true}\ndata: {format: idx, root: /nonexistent/fmnist}\n",
+            "/nonexistent/fmnist does not exist",
+        ),
         ("method: {name: sqakd, params: {temprature: 2}}\n", "unknown parameter 'temprature'"),
         ("train: {epochs: -1}\n", "train.epochs"),
     ],
@@ -105,8 +111,10 @@ def test_corrupt_teacher_checkpoint(tmp_path, capsys):
 
 
 def test_wrong_number_of_classes(tmp_path, capsys, demo_dir):
-    cfg = _config(tmp_path, f"model: {{name: smallcnn, num_classes: 5, pretrained: {demo_dir / 'teacher'}}}\n"
-                            f"out: {tmp_path / 'x'}\n")  # fmt: skip
+    cfg = _config(
+        tmp_path,
+        f"model: {{name: smallcnn, num_classes: 5, pretrained: {demo_dir / 'teacher'}}}\nout: {tmp_path / 'x'}\n",
+    )
     assert main(["train", cfg]) == 2
     assert "checkpoint has 10 classes and the model 5" in _error_line(capsys)
 
@@ -126,9 +134,11 @@ def test_label_free_method_on_unlabelled_data_trains_and_supervised_refuses(tmp_
     rng = np.random.default_rng(0)
     for i in range(40):
         Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    base = (f"model: {{name: smallcnn, num_classes: 10, in_channels: 1, pretrained: {demo_dir / 'teacher'}}}\n"
-            f"data: {{format: unlabelled, root: {folder}, batch_size: 16, cache_dir: {tmp_path / 'cache'}}}\n"
-            f"train: {{epochs: 1, progress: false}}\n")  # fmt: skip
+    base = (
+        f"model: {{name: smallcnn, num_classes: 10, in_channels: 1, pretrained: {demo_dir / 'teacher'}}}\n"
+        f"data: {{format: unlabelled, root: {folder}, batch_size: 16, cache_dir: {tmp_path / 'cache'}}}\n"
+        f"train: {{epochs: 1, progress: false}}\n"
+    )
     assert main(["train", _config(tmp_path, base + f"out: {tmp_path / 'ok'}\n")]) == 0
     capsys.readouterr()
     bad = base + "method: {name: qat}\n" + f"out: {tmp_path / 'bad'}\n"

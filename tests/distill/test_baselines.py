@@ -12,8 +12,19 @@ from .helpers import student_of, train_steps
 
 # lambda of the SQAKD paper's Table 12 / its scripts; fsp's second stage is CE only (its code drops the 50),
 # cktf is 1.0 * CRD(penultimate) + stage_weight 0.8 * sum of the stage terms
-PAPER_LAMBDA = {"crd": 0.8, "at": 1000, "nst": 50, "sp": 3000, "rkd": 1.0, "fitnet": 100, "cc": 0.02, "vid": 1.0,
-                "fsp": 0.0, "ft": 200, "cktf": 1.0}  # fmt: skip
+PAPER_LAMBDA = {
+    "crd": 0.8,
+    "at": 1000,
+    "nst": 50,
+    "sp": 3000,
+    "rkd": 1.0,
+    "fitnet": 100,
+    "cc": 0.02,
+    "vid": 1.0,
+    "fsp": 0.0,
+    "ft": 200,
+    "cktf": 1.0,
+}
 WITH_MODULES = {"fitnet", "vid", "ft", "crd", "cktf"}
 
 
@@ -23,8 +34,13 @@ def test_all_eleven_baselines_are_registered_with_the_papers_lambda():
         cls = OBJECTIVES.get(name)
         assert issubclass(cls, FeatureBaseline) and cls.uses_labels
         assert cls.default_weight == lam
-    assert OBJECTIVES.get("cktf")(create_model("smallcnn", num_classes=10, in_channels=1),
-                                  create_model("smallcnn", num_classes=10, in_channels=1)).stage_weight == 0.8
+    assert (
+        OBJECTIVES.get("cktf")(
+            create_model("smallcnn", num_classes=10, in_channels=1),
+            create_model("smallcnn", num_classes=10, in_channels=1),
+        ).stage_weight
+        == 0.8
+    )
 
 
 @pytest.mark.parametrize("name", BASELINES)
@@ -63,8 +79,14 @@ def test_baselines_run_on_a_resnet_with_its_stage_taps(name):
 
 def test_baselines_need_labels_and_accept_tap_overrides(teacher, batch):
     images, _ = batch
-    objective = build_objective("at", student_of(teacher, images), teacher, weight=10.0,
-                                student_taps=["relu1", "relu3"], teacher_taps=["relu1", "relu3"])  # fmt: skip
+    objective = build_objective(
+        "at",
+        student_of(teacher, images),
+        teacher,
+        weight=10.0,
+        student_taps=["relu1", "relu3"],
+        teacher_taps=["relu1", "relu3"],
+    )
     assert objective.weight == 10.0 and objective._taps[0].names == ["relu1", "relu3"]
     with pytest.raises(ValueError, match="needs labels"):
         objective(images)

@@ -45,8 +45,11 @@ def test_bad_ensemble_settings_fail_clearly():
 def test_ekd_with_two_different_architectures_trains(combine):
     images, _ = torch.randn(8, 1, 8, 8), None
     r32, r56 = _resnets()
-    student = make_student(create_model("resnet20", num_classes=10, in_channels=1),
-                           QuantConfig(method="lsq", weight_bits=2, act_bits=2), images)  # fmt: skip
+    student = make_student(
+        create_model("resnet20", num_classes=10, in_channels=1),
+        QuantConfig(method="lsq", weight_bits=2, act_bits=2),
+        images,
+    )
     frozen = [p.detach().clone() for p in r56.parameters()]
     objective = build_objective("ekd", student, [r32, r56], combine=combine)
     losses = train_steps(objective, images, None, 6, lr=5e-3)

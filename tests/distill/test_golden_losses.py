@@ -60,8 +60,9 @@ def _with_fixture_modules(objective, name: str, case: dict):
         objective.embed_s = nn.ModuleList([_linear(p["ws"], p["bs"])])
         objective.embed_t = nn.ModuleList([_linear(p["wt"], p["bt"])])
     elif name == "vid":
-        objective.means = nn.ModuleList(nn.Sequential(_conv1x1(a), nn.ReLU(), _conv1x1(b), nn.ReLU(), _conv1x1(c))
-                                        for a, b, c in p["weights"])  # fmt: skip
+        objective.means = nn.ModuleList(
+            nn.Sequential(_conv1x1(a), nn.ReLU(), _conv1x1(b), nn.ReLU(), _conv1x1(c)) for a, b, c in p["weights"]
+        )
         objective.alphas = nn.ParameterList(nn.Parameter(_t(a)) for a in p["alphas"])
     elif name == "fitnet":
         reg = nn.Sequential(conv_bn(len(p["w"][0]), len(p["w"])), nn.ReLU())

@@ -36,15 +36,17 @@ def _save_teacher(path, name):
 def test_ensemble_run_from_yaml_keeps_teachers_out_of_checkpoints(tmp_path):
     config = {
         "model": {"name": "resnet20", "pretrained": _save_teacher(tmp_path / "r20.pt", "resnet20")},
-        "teachers": [{"name": "resnet32", "pretrained": _save_teacher(tmp_path / "r32.pt", "resnet32")},
-                     {"name": "resnet56", "pretrained": _save_teacher(tmp_path / "r56.pt", "resnet56")}],
+        "teachers": [
+            {"name": "resnet32", "pretrained": _save_teacher(tmp_path / "r32.pt", "resnet32")},
+            {"name": "resnet56", "pretrained": _save_teacher(tmp_path / "r56.pt", "resnet56")},
+        ],
         "data": {"subset": 96, "test_subset": 32, "batch_size": 32},
         "quant": {"method": "pact", "weight_bits": 2, "act_bits": 2},
         "method": {"name": "ekd", "params": {"combine": "confidence"}},
         "train": {"epochs": 1, "progress": False},
         "out": str(tmp_path / "run"),
         "calib_images": 32,
-    }  # fmt: skip
+    }
     path = tmp_path / "ekd.yaml"
     path.write_text(yaml.safe_dump(config))
     cfg = load_config(path)
@@ -54,7 +56,8 @@ def test_ensemble_run_from_yaml_keeps_teachers_out_of_checkpoints(tmp_path):
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert not any("members" in k for k in state["objective"])
     assert set(state["student"]) == set(create_model("resnet20", num_classes=10, in_channels=1).state_dict()) | {
-        k for k in state["student"] if "quant" in k}
+        k for k in state["student"] if "quant" in k
+    }
     model, loaded, _ = load_run(tmp_path / "run")
     assert loaded.teachers == cfg.teachers and model(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
 

@@ -21,8 +21,10 @@ def test_default_taps_of_registry_models():
 def test_stages_of_a_model_wrapped_in_one_sequential():
     net = nn.Sequential(
         nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.ReLU()),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2),
-    )  # fmt: skip
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    )
     assert default_taps(net, "stages") == ["0.1", "0.3"]
     assert default_taps(net, "penultimate") == ["3:input"]
 

@@ -17,15 +17,30 @@ MASK = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
 
 
 def _bert() -> torch.nn.Module:
-    cfg = transformers.BertConfig(vocab_size=12, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=24, max_position_embeddings=16, num_labels=3, hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0)  # fmt: skip
+    cfg = transformers.BertConfig(
+        vocab_size=12,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=16,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return transformers.BertForSequenceClassification(cfg).eval()
 
 
 def _llama() -> torch.nn.Module:
-    cfg = transformers.LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)  # fmt: skip
+    cfg = transformers.LlamaConfig(
+        vocab_size=12,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=16,
+    )
     return transformers.LlamaForCausalLM(cfg).eval()
 
 

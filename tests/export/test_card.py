@@ -21,12 +21,17 @@ def fitnet_run(tmp_path_factory):
     teacher = out / "teacher.pt"
     torch.manual_seed(0)
     torch.save(qdistill.create_model("smallcnn", num_classes=10, in_channels=1).state_dict(), teacher)
-    cfg = RunConfig.from_dict({
-        "model": {"name": "smallcnn", "pretrained": str(teacher)},
-        "data": {"format": "digits", "subset": 256, "test_subset": 100, "batch_size": 64},
-        "quant": {"method": "lsq", "weight_bits": 8, "act_bits": 8}, "method": {"name": "fitnet"},
-        "train": {"epochs": 1, "max_steps": 2}, "out": str(out / "run"), "calib_images": 64,
-    })  # fmt: skip
+    cfg = RunConfig.from_dict(
+        {
+            "model": {"name": "smallcnn", "pretrained": str(teacher)},
+            "data": {"format": "digits", "subset": 256, "test_subset": 100, "batch_size": 64},
+            "quant": {"method": "lsq", "weight_bits": 8, "act_bits": 8},
+            "method": {"name": "fitnet"},
+            "train": {"epochs": 1, "max_steps": 2},
+            "out": str(out / "run"),
+            "calib_images": 64,
+        }
+    )
     run_experiment(cfg)
     return out / "run", teacher
 

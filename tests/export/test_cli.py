@@ -15,11 +15,17 @@ from qdistill.experiment import RunConfig, run_experiment
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = RunConfig.from_dict({
-        "model": {"name": "smallcnn"}, "data": {"format": "digits", "subset": 256, "test_subset": 200, "batch_size": 64},
-        "quant": {"method": "lsq", "weight_bits": 4, "act_bits": 4}, "method": {"name": "qat"},
-        "train": {"epochs": 1, "max_steps": 3}, "out": str(out), "calib_images": 64,
-    })  # fmt: skip
+    cfg = RunConfig.from_dict(
+        {
+            "model": {"name": "smallcnn"},
+            "data": {"format": "digits", "subset": 256, "test_subset": 200, "batch_size": 64},
+            "quant": {"method": "lsq", "weight_bits": 4, "act_bits": 4},
+            "method": {"name": "qat"},
+            "train": {"epochs": 1, "max_steps": 3},
+            "out": str(out),
+            "calib_images": 64,
+        }
+    )
     run_experiment(cfg)
     return out
 
@@ -43,7 +49,9 @@ def test_onnx_metadata_and_card_facts(run_dir):
 
     cfg = load_run(run_dir)[1]
     splits = prepare_data(cfg.data)[0]
-    props = {p.key: json.loads(p.value) for p in onnx.load(run_dir / "model.onnx").metadata_props if p.key != "input_scale"}
+    props = {
+        p.key: json.loads(p.value) for p in onnx.load(run_dir / "model.onnx").metadata_props if p.key != "input_scale"
+    }
     assert props["input_size"] == [1, 8, 8] and props["mean"] == list(splits.mean) and props["std"] == list(splits.std)
     assert props.get("classes") == (list(splits.train.classes) if splits.train.classes is not None else None)
     card = (run_dir / "model.onnx.md").read_text()
@@ -54,9 +62,11 @@ def test_onnx_metadata_and_card_facts(run_dir):
 
 @pytest.mark.parametrize("what", ["checkpoint", "missing fp32", "wrong shape"])
 def test_bench_user_errors_are_one_line(run_dir, what, capsys):
-    args = {"checkpoint": ["bench", str(run_dir / "model.pt"), "--fp32", str(run_dir / "model.onnx.fp32.onnx")],
-            "missing fp32": ["bench", str(run_dir / "model.onnx"), "--fp32", str(run_dir / "missing.onnx")],
-            "wrong shape": ["bench", str(run_dir / "model.onnx"), "--shape", "3,32,32"]}[what]  # fmt: skip
+    args = {
+        "checkpoint": ["bench", str(run_dir / "model.pt"), "--fp32", str(run_dir / "model.onnx.fp32.onnx")],
+        "missing fp32": ["bench", str(run_dir / "model.onnx"), "--fp32", str(run_dir / "missing.onnx")],
+        "wrong shape": ["bench", str(run_dir / "model.onnx"), "--shape", "3,32,32"],
+    }[what]
     assert main([*args, "--seconds", "0.01"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

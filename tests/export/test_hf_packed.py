@@ -16,19 +16,38 @@ T = pytest.importorskip("transformers")
 
 
 def _llama():
-    return T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, vocab_size=100, max_position_embeddings=32)  # fmt: skip
+    return T.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=100,
+        max_position_embeddings=32,
+    )
 
 
 def _gpt2():
     return T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=16)
 
 
-@pytest.mark.parametrize(("cls", "config", "qcfg", "layer"), [
-    ("LlamaForCausalLM", _llama, QuantConfig(method="lsq", weight_bits=4, act_bits=8, group_size=16, act_granularity="token"),
-     "model.layers.0.self_attn.q_proj"),
-    ("GPT2LMHeadModel", _gpt2, QuantConfig(method="ewgs", weight_bits=2, act_bits=None, group_size=8), "transformer.h.0.attn.c_attn"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("cls", "config", "qcfg", "layer"),
+    [
+        (
+            "LlamaForCausalLM",
+            _llama,
+            QuantConfig(method="lsq", weight_bits=4, act_bits=8, group_size=16, act_granularity="token"),
+            "model.layers.0.self_attn.q_proj",
+        ),
+        (
+            "GPT2LMHeadModel",
+            _gpt2,
+            QuantConfig(method="ewgs", weight_bits=2, act_bits=None, group_size=8),
+            "transformer.h.0.attn.c_attn",
+        ),
+    ],
+)
 def test_reload_into_the_transformers_class_is_exact(cls, config, qcfg, layer, tmp_path):
     torch.manual_seed(0)
     model_cls = getattr(T, cls)

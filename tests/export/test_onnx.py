@@ -170,7 +170,9 @@ def test_gate_judges_the_model_as_trained(images, tmp_path):
     assert agreement < 100.0 and report["parity"]["top1_agreement"] == agreement
     assert report["parity"]["max_abs_logit_diff"] == float(np.abs(trained - exported).max())
     with pytest.raises(ExportError, match="parity check failed"):
-        export_onnx(student, images[:4], tmp_path / "b.onnx", calib=images, residual="float", min_agreement=agreement + 0.5)
+        export_onnx(
+            student, images[:4], tmp_path / "b.onnx", calib=images, residual="float", min_agreement=agreement + 0.5
+        )
     snap_biases(student, images[:4])
     snapped = export_onnx(student, images[:4], tmp_path / "c.onnx", calib=images, residual="float", min_agreement=99.9)
     scale = float(np.abs(trained).max())

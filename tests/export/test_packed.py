@@ -65,8 +65,16 @@ def test_model_card(tmp_path):
     art = tmp_path / "m.onnx"
     art.write_bytes(b"0" * 2048)
     parity = {"images": 10, "top1_agreement": 100.0, "max_abs_logit_diff": 1e-3, "threshold": 99.5}
-    card = write_model_card(art, {"architecture": "resnet20", "method": "lsq W4A4", "labels_used": False,
-                                  "parity": parity, "layers": [{"name": "layer1.0.conv1", "weight_bits": 4, "act_bits": 4}]})
+    card = write_model_card(
+        art,
+        {
+            "architecture": "resnet20",
+            "method": "lsq W4A4",
+            "labels_used": False,
+            "parity": parity,
+            "layers": [{"name": "layer1.0.conv1", "weight_bits": 4, "act_bits": 4}],
+        },
+    )
     text = card.read_text()
     assert "resnet20" in text and "| labels used in training | no |" in text and "100.00%" in text and "2.0 KiB" in text
 

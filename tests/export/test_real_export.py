@@ -13,7 +13,9 @@ TEACHER = SHARED / "teachers" / "resnet20-12fca82f.th"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (CIFAR.is_file() and TEACHER.is_file()), reason=f"CIFAR-10 JPEG and teacher not found in {SHARED}"),
+    pytest.mark.skipif(
+        not (CIFAR.is_file() and TEACHER.is_file()), reason=f"CIFAR-10 JPEG and teacher not found in {SHARED}"
+    ),
 ]
 
 
@@ -22,7 +24,9 @@ def test_images() -> torch.Tensor:
     import qdistill
 
     splits = qdistill.load_dataset("imagefolder", CIFAR, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    batch = next(iter(qdistill.BatchLoader(splits.test, 2000, mean=splits.mean, std=splits.std, shuffle=True, with_labels=False)))
+    batch = next(
+        iter(qdistill.BatchLoader(splits.test, 2000, mean=splits.mean, std=splits.std, shuffle=True, with_labels=False))
+    )
     return batch[0] if isinstance(batch, (list, tuple)) else batch
 
 
@@ -37,10 +41,14 @@ def test_resnet20_export_parity(bits, test_images, tmp_path):
     from qdistill.export import export_onnx, snap_biases
 
     teacher = qdistill.create_model("resnet20", pretrained=TEACHER).eval()
-    student = qdistill.make_student(teacher, QuantConfig(method="lsq", weight_bits=bits, act_bits=bits), test_images[:256])
+    student = qdistill.make_student(
+        teacher, QuantConfig(method="lsq", weight_bits=bits, act_bits=bits), test_images[:256]
+    )
     as_calibrated = export_onnx(student, test_images[:8], tmp_path / "m.onnx", calib=test_images, min_agreement=90.0)
     assert as_calibrated["parity"]["images"] == 2000
     snap_biases(student, test_images[:8])
-    snapped = export_onnx(student, test_images[:8], tmp_path / "s.onnx", calib=test_images, min_agreement=99.9)["parity"]
+    snapped = export_onnx(student, test_images[:8], tmp_path / "s.onnx", calib=test_images, min_agreement=99.9)[
+        "parity"
+    ]
     print(bits, as_calibrated["parity"], snapped)
     assert snapped["top1_agreement"] >= 99.9

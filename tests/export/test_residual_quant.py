@@ -47,8 +47,15 @@ def test_slots_hold_trainable_quantizers(images):
     student = tiny_student("ewgs", 2, images, residual_bits=8)
     slots = {n for n, m in student.named_modules() if isinstance(m, Quantizer) and ".quant_" in n}
     # identity (block1) and option-A (block2) shortcuts pass quant_in's levels on; block3 projects
-    assert slots == {"block1.quant_in", "block1.quant_branch", "block2.quant_in", "block2.quant_branch",
-                     "block3.quant_in", "block3.quant_branch", "block3.quant_shortcut"}  # fmt: skip
+    assert slots == {
+        "block1.quant_in",
+        "block1.quant_branch",
+        "block2.quant_in",
+        "block2.quant_branch",
+        "block3.quant_in",
+        "block3.quant_branch",
+        "block3.quant_shortcut",
+    }
     assert student.block1.conv1.act_quant is not student.block1.quant_in  # 2-bit input, 8-bit stream
     student.train()
     student(images[:8]).square().mean().backward()

@@ -36,8 +36,12 @@ class TinyResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def tiny_student(method: str, bits: int, images: torch.Tensor, per_channel: bool = False, residual_bits: int | None = None) -> nn.Module:
+def tiny_student(
+    method: str, bits: int, images: torch.Tensor, per_channel: bool = False, residual_bits: int | None = None
+) -> nn.Module:
     torch.manual_seed(0)
     teacher = TinyResNet().eval()
-    cfg = QuantConfig(method=method, weight_bits=bits, act_bits=bits, per_channel=per_channel, residual_bits=residual_bits)
+    cfg = QuantConfig(
+        method=method, weight_bits=bits, act_bits=bits, per_channel=per_channel, residual_bits=residual_bits
+    )
     return make_student(teacher, cfg, images[:64]).eval()

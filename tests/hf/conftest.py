@@ -18,8 +18,9 @@ def _tokenizer(vocab_size: int = 300) -> transformers.PreTrainedTokenizerFast:
     tok = tokenizers.Tokenizer(tokenizers.models.BPE())
     tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = tokenizers.decoders.ByteLevel()
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<eos>"],
-                                             initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<eos>"], initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train([str(SAMPLE)], trainer)
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>")
 
@@ -27,11 +28,18 @@ def _tokenizer(vocab_size: int = 300) -> transformers.PreTrainedTokenizerFast:
 def _configs(vocab: int) -> dict[str, object]:
     small = {"vocab_size": vocab, "num_hidden_layers": 2, "num_attention_heads": 2}
     return {
-        "llama": transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_key_value_heads=2,
-                                          max_position_embeddings=128, tie_word_embeddings=True, **small),
+        "llama": transformers.LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            tie_word_embeddings=True,
+            **small,
+        ),
         "gpt2": transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128),
-        "bert": transformers.BertConfig(hidden_size=32, intermediate_size=64, max_position_embeddings=128,
-                                        num_labels=3, **small),
+        "bert": transformers.BertConfig(
+            hidden_size=32, intermediate_size=64, max_position_embeddings=128, num_labels=3, **small
+        ),
     }
 
 

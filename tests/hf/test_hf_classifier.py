@@ -23,14 +23,25 @@ def test_prefix_is_the_label_and_is_stripped() -> None:
 
 
 def _config(pretrained, out, method: str, quant) -> RunConfig:
-    return RunConfig.from_dict({
-        "model": {"source": "hf", "pretrained": str(pretrained), "task": "sequence_classification"},
-        "data": {"format": "text", "root": str(SAMPLE), "block_size": 24, "test_fraction": 0.25, "val_fraction": 0.1,
-                 "batch_size": 8, "eval_batch_size": 16},
-        "quant": quant, "method": {"name": method},
-        "train": {"epochs": 2, "lr": 1e-3, "progress": False, "device": "cpu"},
-        "calib_images": 8, "out": str(out),
-    })  # fmt: skip
+    return RunConfig.from_dict(
+        {
+            "model": {"source": "hf", "pretrained": str(pretrained), "task": "sequence_classification"},
+            "data": {
+                "format": "text",
+                "root": str(SAMPLE),
+                "block_size": 24,
+                "test_fraction": 0.25,
+                "val_fraction": 0.1,
+                "batch_size": 8,
+                "eval_batch_size": 16,
+            },
+            "quant": quant,
+            "method": {"name": method},
+            "train": {"epochs": 2, "lr": 1e-3, "progress": False, "device": "cpu"},
+            "calib_images": 8,
+            "out": str(out),
+        }
+    )
 
 
 def test_teacher_with_labels_then_label_free_student_never_sees_labels(tiny_bert, tmp_path, monkeypatch) -> None:
@@ -47,7 +58,9 @@ def test_teacher_with_labels_then_label_free_student_never_sees_labels(tiny_bert
 
     monkeypatch.setattr(TokenBatchLoader, "_batch", spy)
     quant = {"method": "lsq", "weight_bits": 4, "act_bits": 8, "act_granularity": "token"}
-    res = run_experiment(_config(tmp_path / "teacher", tmp_path / "student", "sqakd", quant))  # the run folder is the teacher
+    res = run_experiment(
+        _config(tmp_path / "teacher", tmp_path / "student", "sqakd", quant)
+    )  # the run folder is the teacher
     assert res["labels_used"] is False
     assert res["gap"] == pytest.approx(res["top1"] - res["teacher_top1"])
     assert res["teacher_top1"] == pytest.approx(teacher["top1"])  # the fine-tuned teacher, reloaded from its run

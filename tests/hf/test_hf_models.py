@@ -9,9 +9,14 @@ from qdistill.experiment import RunConfig
 from qdistill.models.hf import load_hf_model
 
 
-@pytest.mark.parametrize(("fixture", "task", "cls"), [("tiny_llama", "causal_lm", "LlamaForCausalLM"),
-                                                      ("tiny_gpt2", "causal_lm", "GPT2LMHeadModel"),
-                                                      ("tiny_bert", "sequence_classification", "BertForSequenceClassification")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fixture", "task", "cls"),
+    [
+        ("tiny_llama", "causal_lm", "LlamaForCausalLM"),
+        ("tiny_gpt2", "causal_lm", "GPT2LMHeadModel"),
+        ("tiny_bert", "sequence_classification", "BertForSequenceClassification"),
+    ],
+)
 def test_task_is_read_from_the_config(fixture, task, cls, request) -> None:
     model, got = load_hf_model(str(request.getfixturevalue(fixture)))
     assert got == task and type(model).__name__ == cls and not model.training

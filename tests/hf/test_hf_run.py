@@ -22,16 +22,26 @@ SAMPLE = Path(__file__).with_name("sample.txt")
 
 
 def _config(pretrained, out, **quant) -> RunConfig:
-    return RunConfig.from_dict({
-        "model": {"source": "hf", "pretrained": str(pretrained)},
-        "data": {"format": "text", "root": str(SAMPLE), "block_size": 16, "test_lines": [41, 60], "batch_size": 4,
-                 "eval_batch_size": 4, "cache_dir": False},
-        "quant": {"method": "lsq", "weight_bits": 4, "act_bits": None, "per_channel": True, **quant},
-        "method": {"name": "sqakd", "params": {"temperature": 1.0}},
-        "train": {"epochs": 1, "max_steps": 3, "lr": 1e-3, "progress": False, "device": "cpu"},
-        "eval": {"context": 32, "stride": 16},
-        "calib_images": 4, "out": str(out),
-    })  # fmt: skip
+    return RunConfig.from_dict(
+        {
+            "model": {"source": "hf", "pretrained": str(pretrained)},
+            "data": {
+                "format": "text",
+                "root": str(SAMPLE),
+                "block_size": 16,
+                "test_lines": [41, 60],
+                "batch_size": 4,
+                "eval_batch_size": 4,
+                "cache_dir": False,
+            },
+            "quant": {"method": "lsq", "weight_bits": 4, "act_bits": None, "per_channel": True, **quant},
+            "method": {"name": "sqakd", "params": {"temperature": 1.0}},
+            "train": {"epochs": 1, "max_steps": 3, "lr": 1e-3, "progress": False, "device": "cpu"},
+            "eval": {"context": 32, "stride": 16},
+            "calib_images": 4,
+            "out": str(out),
+        }
+    )
 
 
 def _test_ids(pretrained) -> torch.Tensor:

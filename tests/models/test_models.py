@@ -11,10 +11,23 @@ from qdistill.models import create_model, list_models, register_model
 from qdistill.models.resnet_cifar import ResNetCifar
 
 EXPECTED = {
-    "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "vgg8", "vgg11", "vgg13", "alexnet",
-    "resnet18", "vgg11_64", "mobilenetv2", "shufflenetv2", "squeezenet", "smallcnn",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "vgg8",
+    "vgg11",
+    "vgg13",
+    "alexnet",
+    "resnet18",
+    "vgg11_64",
+    "mobilenetv2",
+    "shufflenetv2",
+    "squeezenet",
+    "smallcnn",
     "smallcnn28",
-}  # fmt: skip
+}
 NATURAL_SIZE = {"resnet18": 64, "vgg11_64": 64, "mobilenetv2": 64, "shufflenetv2": 64, "squeezenet": 64}
 
 
@@ -79,7 +92,9 @@ def test_every_conv_is_followed_by_its_batchnorm(name: str) -> None:
             assert conv.bias is None
 
 
-@pytest.mark.parametrize(("name", "size", "channels"), [("smallcnn", 8, 1), ("smallcnn", 28, 1), ("smallcnn", 28, 3), ("smallcnn28", 28, 1)])
+@pytest.mark.parametrize(
+    ("name", "size", "channels"), [("smallcnn", 8, 1), ("smallcnn", 28, 1), ("smallcnn", 28, 3), ("smallcnn28", 28, 1)]
+)
 def test_smallcnn_sizes(name: str, size: int, channels: int) -> None:
     model = create_model(name, num_classes=10, in_channels=channels)
     assert model(torch.randn(2, channels, size, size)).shape == (2, 10)
@@ -110,8 +125,15 @@ def test_resnet_cifar_layout_and_option_a_shortcut() -> None:
 
 def test_resnet18_matches_torchvision_layout() -> None:
     keys = set(create_model("resnet18", num_classes=200).state_dict())
-    for key in ("conv1.weight", "bn1.running_var", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.bias",
-                "layer4.1.conv2.weight", "fc.weight", "fc.bias"):  # fmt: skip
+    for key in (
+        "conv1.weight",
+        "bn1.running_var",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.bias",
+        "layer4.1.conv2.weight",
+        "fc.weight",
+        "fc.bias",
+    ):
         assert key in keys
     assert "layer1.0.downsample.0.weight" not in keys
 

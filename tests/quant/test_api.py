@@ -7,10 +7,18 @@ from qdistill.quant import QConv2d, QLinear, QuantConfig, calibrate, named_quant
 
 def tiny_net() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3),
-    )  # fmt: skip
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
 
 
 def test_first_and_last_layers_stay_full_precision():
@@ -173,11 +181,19 @@ def _trained_like_cnn() -> torch.nn.Module:
     """A small conv net whose BatchNorm statistics match its float weights (as a pretrained one's do)."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4),
-    )  # fmt: skip
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 4),
+    )
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, torch.nn.Conv2d):
@@ -200,11 +216,15 @@ def test_scale_free_weights_get_fresh_batchnorm_statistics():
     with torch.no_grad():
         features = teacher[:-1](x)
     for method, refreshed in (("pact", True), ("dorefa", True), ("lsq", False), ("ewgs", False)):
-        student = make_student(teacher, QuantConfig(method=method, weight_bits=4, act_bits=4, keep_first=False), x).eval()
+        student = make_student(
+            teacher, QuantConfig(method=method, weight_bits=4, act_bits=4, keep_first=False), x
+        ).eval()
         assert torch.equal(student[1].running_var, teacher[1].running_var) != refreshed
         with torch.no_grad():
             ours = student[:-1](x)
-        similarity = torch.nn.functional.cosine_similarity(ours - ours.mean(0), features - features.mean(0), dim=1).mean()
+        similarity = torch.nn.functional.cosine_similarity(
+            ours - ours.mean(0), features - features.mean(0), dim=1
+        ).mean()
         assert similarity > 0.3  # PACT 0.21, DoReFa 0.09 with the teacher's statistics
         if method == "pact":
             assert float(student[3].act_quant.alpha) < 5.0  # 2.9 (22.7 before)
@@ -216,7 +236,9 @@ def test_full_precision_layers_of_a_student_are_its_teachers():
     from qdistill.quant import full_precision_layers
 
     teacher = qdistill.create_model("smallcnn28", in_channels=1)
-    student = quantize(qdistill.create_model("smallcnn28", in_channels=1), QuantConfig(keep_first=False, keep_last=False))
+    student = quantize(
+        qdistill.create_model("smallcnn28", in_channels=1), QuantConfig(keep_first=False, keep_last=False)
+    )
     assert full_precision_layers(student) == full_precision_layers(teacher) == ("conv1", "fc")
     net = quantize(tiny_net(), QuantConfig(keep_first=False))
     assert full_precision_layers(net) == ("0", "10")

@@ -66,9 +66,19 @@ def test_conv1d_embedding_groups_and_tokens():
             return self.head(torch.relu(self.mid(h)))
 
     ids = torch.randint(0, 20, (3, 7), generator=torch.Generator().manual_seed(0))
-    for cfg in (QuantConfig(method="lsq", weight_bits=4, act_bits=4, group_size=4, quantize_embeddings=True, keep_first=False),
-                QuantConfig(method="ewgs", weight_bits=3, act_bits=8, group_size=2, quantize_embeddings=True, keep_first=False,
-                            exclude=["conv"], act_granularity="token")):  # fmt: skip
+    for cfg in (
+        QuantConfig(method="lsq", weight_bits=4, act_bits=4, group_size=4, quantize_embeddings=True, keep_first=False),
+        QuantConfig(
+            method="ewgs",
+            weight_bits=3,
+            act_bits=8,
+            group_size=2,
+            quantize_embeddings=True,
+            keep_first=False,
+            exclude=["conv"],
+            act_granularity="token",
+        ),
+    ):
         torch.manual_seed(0)
         converted = _same_after_convert(quantize(Net(), cfg, calib_data=ids), ids)
         assert isinstance(converted.emb, IntEmbedding) and converted.emb.input_grid.kind == "float"
@@ -82,7 +92,10 @@ def test_conv1d_embedding_groups_and_tokens():
 def test_levels_scales_and_grid_by_hand():
     """LSQ 2-bit weights on the signed int8 grid, EWGS 2-bit weights as uint8 with zero 1.5."""
     lin = nn.Linear(4, 1, bias=False)
-    q = quantize(nn.Sequential(lin, nn.ReLU(), nn.Linear(1, 1)), QuantConfig(method="lsq", weight_bits=2, act_bits=2, keep_first=False, keep_last=False))
+    q = quantize(
+        nn.Sequential(lin, nn.ReLU(), nn.Linear(1, 1)),
+        QuantConfig(method="lsq", weight_bits=2, act_bits=2, keep_first=False, keep_last=False),
+    )
     layer = q[0]
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[-0.5, 0.05, 0.17, 0.9]]))
@@ -96,7 +109,10 @@ def test_levels_scales_and_grid_by_hand():
     assert (g.kind, float(g.lo), float(g.hi), float(g.step), float(g.zero)) == ("tensor", 0.0, 1.5, 0.5, 0.0)
     assert g(torch.tensor([-1.0, 0.3, 0.8, 9.0])).tolist() == [0.0, 0.5, 1.0, 1.5]
 
-    e = quantize(nn.Sequential(nn.Linear(4, 1, bias=False), nn.Linear(1, 1)), QuantConfig(method="ewgs", weight_bits=2, act_bits=None, keep_first=False, keep_last=False))
+    e = quantize(
+        nn.Sequential(nn.Linear(4, 1, bias=False), nn.Linear(1, 1)),
+        QuantConfig(method="ewgs", weight_bits=2, act_bits=None, keep_first=False, keep_last=False),
+    )
     layer = e[0]
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[-0.9, -0.2, 0.3, 2.0]]))
@@ -112,8 +128,11 @@ def test_levels_scales_and_grid_by_hand():
 def test_to_float_is_a_plain_layer_with_the_quantized_weight():
     torch.manual_seed(0)
     x = torch.randn(4, 3, 8, 8)
-    net = quantize(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(64, 2)),
-                   QuantConfig(method="ewgs", weight_bits=2, act_bits=None, keep_first=False, keep_last=False), calib_data=x)  # fmt: skip
+    net = quantize(
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(64, 2)),
+        QuantConfig(method="ewgs", weight_bits=2, act_bits=None, keep_first=False, keep_last=False),
+        calib_data=x,
+    )
     for m in (net[0], net[2], net[4]):
         plain = m.to_float()
         assert type(plain) in (nn.Conv2d, nn.Linear) and torch.equal(plain.weight, m.quant_weight())
@@ -124,7 +143,10 @@ def test_to_float_is_a_plain_layer_with_the_quantized_weight():
 def test_convert_errors_are_one_line_config_errors():
     with pytest.raises(ConfigError, match="no quantized layer"):
         convert(nn.Sequential(nn.Linear(2, 2)))
-    net = quantize(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), QuantConfig(method="lsq", weight_bits=4, act_bits=4, keep_first=False, keep_last=False))
+    net = quantize(
+        nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)),
+        QuantConfig(method="lsq", weight_bits=4, act_bits=4, keep_first=False, keep_last=False),
+    )
     with pytest.raises(ConfigError, match=r"layer '0'.*not calibrated"):
         convert(net)
     calibrate(net, torch.randn(4, 2))
@@ -138,22 +160,36 @@ T = pytest.importorskip("transformers")
 
 def test_tiny_bert_converts_bit_exact():
     torch.manual_seed(0)
-    cfg = T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100, num_labels=3)
+    cfg = T.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100, num_labels=3
+    )
     batch = {"input_ids": torch.randint(0, 100, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
-    for qcfg in (QuantConfig(method="ewgs", weight_bits=4, act_bits=4, group_size=16),
-                 QuantConfig(method="lsq", weight_bits=2, act_bits=8, per_channel=True, act_granularity="token")):  # fmt: skip
+    for qcfg in (
+        QuantConfig(method="ewgs", weight_bits=4, act_bits=4, group_size=16),
+        QuantConfig(method="lsq", weight_bits=2, act_bits=8, per_channel=True, act_granularity="token"),
+    ):
         model = quantize(T.BertForSequenceClassification(cfg), qcfg, calib_data=batch)
         converted = _same_after_convert(model, **batch)
-        assert sum(isinstance(m, IntLinear) for m in converted.modules()) == 13  # 6 Linears per layer and the pooler (classifier float)
+        assert (
+            sum(isinstance(m, IntLinear) for m in converted.modules()) == 13
+        )  # 6 Linears per layer and the pooler (classifier float)
 
 
 def test_tiny_gpt2_conv1d_converts_bit_exact_and_stays_tied():
     torch.manual_seed(0)
     cfg = T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=16, use_cache=False)
     ids = torch.randint(0, 100, (2, 5))
-    for qcfg in (QuantConfig(method="lsq", weight_bits=4, act_bits=8, group_size=16, act_granularity="token"),
-                 QuantConfig(method="ewgs", weight_bits=2, act_bits=2, per_channel=True, quantize_embeddings=True,
-                             include=["lm_head", "transformer.wte"])):  # fmt: skip
+    for qcfg in (
+        QuantConfig(method="lsq", weight_bits=4, act_bits=8, group_size=16, act_granularity="token"),
+        QuantConfig(
+            method="ewgs",
+            weight_bits=2,
+            act_bits=2,
+            per_channel=True,
+            quantize_embeddings=True,
+            include=["lm_head", "transformer.wte"],
+        ),
+    ):
         model = quantize(T.GPT2LMHeadModel(cfg), qcfg, calib_data=ids)
         converted = _same_after_convert(model, ids)
         assert sum(isinstance(m, IntLinear) for m in converted.modules()) >= 8  # the 8 Conv1D layers

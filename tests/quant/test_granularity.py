@@ -15,7 +15,9 @@ def _three(first: nn.Module) -> nn.Sequential:
 
 def _only(layer: nn.Module, **kw) -> nn.Module:
     """``layer`` quantized (weights only unless act_bits is given), no layer kept float."""
-    cfg = QuantConfig(**{"method": "lsq", "weight_bits": 3, "act_bits": None, "keep_first": False, "keep_last": False, **kw})
+    cfg = QuantConfig(
+        **{"method": "lsq", "weight_bits": 3, "act_bits": None, "keep_first": False, "keep_last": False, **kw}
+    )
     return quantize(nn.Sequential(layer), cfg)[0]
 
 
@@ -123,10 +125,14 @@ def test_token_activations_in_a_linear_and_refused_for_convs():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"group_size": 0}, "quant.group_size"), ({"group_size": "8"}, "quant.group_size"),
-     ({"act_granularity": "channel"}, "quant.act_granularity"), ({"per_channel": "yes"}, "quant.per_channel"),
-     ({"quantize_embeddings": 1}, "quant.quantize_embeddings")],
-)  # fmt: skip
+    [
+        ({"group_size": 0}, "quant.group_size"),
+        ({"group_size": "8"}, "quant.group_size"),
+        ({"act_granularity": "channel"}, "quant.act_granularity"),
+        ({"per_channel": "yes"}, "quant.per_channel"),
+        ({"quantize_embeddings": 1}, "quant.quantize_embeddings"),
+    ],
+)
 def test_config_rejects_bad_granularity(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         QuantConfig(**kwargs)

@@ -165,7 +165,11 @@ def test_per_channel_weight_ranges():
         ("pact", lambda q: q.alpha.data.fill_(2.0), [0.0, 2 / 3, 2.0]),  # {0, 2/3, 4/3, 2}
         ("lsq", lambda q: q.step.data.fill_(0.5), [0.0, 1.0, 1.5]),  # {0, .5, 1, 1.5}
         ("dorefa", lambda q: None, [0.0, 1.0, 1.0]),  # {0, 1/3, 2/3, 1}
-        ("ewgs", lambda q: (q.lower.data.fill_(0.0), q.upper.data.fill_(2.0), q.out_scale.data.fill_(3.0)), [0.0, 1.0, 3.0]),
+        (
+            "ewgs",
+            lambda q: (q.lower.data.fill_(0.0), q.upper.data.fill_(2.0), q.out_scale.data.fill_(3.0)),
+            [0.0, 1.0, 3.0],
+        ),
     ],
 )
 def test_projection_lands_on_hand_computed_levels_and_is_detached(method, setup, expected):
@@ -193,7 +197,13 @@ def _ewgs(lo, hi, s):
     "method, bits, setup, x, expected",
     [
         # LSQ: (k - 2^(b-1)) * s
-        ("lsq", 2, lambda q: q.step.data.fill_(0.5), [0, -5, 5, 0.2, 0.3, -0.74, -0.76], [0, -1, 0.5, 0, 0.5, -0.5, -1]),
+        (
+            "lsq",
+            2,
+            lambda q: q.step.data.fill_(0.5),
+            [0, -5, 5, 0.2, 0.3, -0.74, -0.76],
+            [0, -1, 0.5, 0, 0.5, -0.5, -1],
+        ),
         ("lsq", 8, lambda q: q.step.data.fill_(0.1), [0, -100, 100, 0.26, -0.04], [0, -12.8, 12.7, 0.3, 0]),
         ("lsq", 1, lambda q: q.step.data.fill_(0.5), [0.01, -0.01, 3, -3], [0.5, -0.5, 0.5, -0.5]),
         # PACT: clip to [-a, a], levels (k - 2^(b-1)) * a / 2^(b-1)
@@ -208,13 +218,15 @@ def _ewgs(lo, hi, s):
         ("ewgs", 2, _ewgs(-0.8, 2.2, 3.0), [0, -0.9, 2.1, 0.4, 0.6, -3, 5], [0, -1, 2, 0, 1, -1, 2]),
         ("ewgs", 2, _ewgs(-0.8, 2.2, 6.0), [0, -0.9, 2.1, 0.6], [0, -2, 4, 2]),  # output scale doubles
         (
-            "ewgs", 8, _ewgs(-0.28, 5.7, 5.98),
+            "ewgs",
+            8,
+            _ewgs(-0.28, 5.7, 5.98),
             [0, -0.28, 5.7, 1.0, -1, 10],
             [0, -12 * _EWGS_8, 243 * _EWGS_8, 43 * _EWGS_8, -12 * _EWGS_8, 243 * _EWGS_8],
         ),
         ("ewgs", 1, _ewgs(-1.0, 3.0, 2.0), [0.1, -0.1, 5, -5], [1, -1, 1, -1]),  # {-s/2, s/2}, split at 0
     ],
-)  # fmt: skip
+)
 def test_signed_activation_levels_hand_computed(method, bits, setup, x, expected):
     q = _act(QUANTIZERS.get(method), bits, torch.randn(100))
     assert q.signed
@@ -262,7 +274,12 @@ def test_bf16_input_is_quantized_in_fp32(method):
 def test_default_backward_comes_from_the_quantizer_class():
     from qdistill.quant import QuantConfig
 
-    assert [QuantConfig(method=m).resolved_backward for m in ("ewgs", "lsq", "pact", "dorefa")] == ["ewgs", "ste", "ste", "ste"]
+    assert [QuantConfig(method=m).resolved_backward for m in ("ewgs", "lsq", "pact", "dorefa")] == [
+        "ewgs",
+        "ste",
+        "ste",
+        "ste",
+    ]
     assert QuantConfig(method="ewgs", backward="ste").resolved_backward == "ste"
 
 
@@ -273,7 +290,12 @@ def test_state_dict_keeps_calibration_state_and_reads_old_buffers(tmp_path):
     b = LSQQuantizer(4, is_weight=False)
     b.load_state_dict(torch.load(tmp_path / "q.pt", weights_only=True))
     assert b.initialized and b.signed
-    old = {"coef": torch.tensor(1e-3), "step": torch.tensor(0.3), "signed": torch.tensor(True), "initialized": torch.tensor(True)}
+    old = {
+        "coef": torch.tensor(1e-3),
+        "step": torch.tensor(0.3),
+        "signed": torch.tensor(True),
+        "initialized": torch.tensor(True),
+    }
     c = LSQQuantizer(4, is_weight=False)
     c.load_state_dict(old)  # strict: the old buffers are consumed, no missing _extra_state
     assert c.initialized and c.signed and c.step.item() == pytest.approx(0.3)
@@ -297,9 +319,14 @@ def test_custom_quantizer_registered_by_name_is_used_by_quantize():
 
     QUANTIZERS.register("halves_test")(Halves)
     try:
-        net = quantize(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)), QuantConfig(method="halves_test", weight_bits=3, act_bits=3))
+        net = quantize(
+            nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)),
+            QuantConfig(method="halves_test", weight_bits=3, act_bits=3),
+        )
         assert isinstance(net[1].weight_quant, Halves) and net[1].weight_quant.backward_mode == "ste"
-        assert torch.allclose(net[1].act_quant(torch.tensor([-3.0, -0.2, 0.3, 0.8, 9.0])), torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.5]))
+        assert torch.allclose(
+            net[1].act_quant(torch.tensor([-3.0, -0.2, 0.3, 0.8, 9.0])), torch.tensor([-1.0, 0.0, 0.5, 1.0, 2.5])
+        )
     finally:
         QUANTIZERS._items.pop("halves_test")
 

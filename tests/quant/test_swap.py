@@ -25,13 +25,17 @@ T = pytest.importorskip("transformers")
 
 def tiny_bert():
     torch.manual_seed(0)
-    cfg = T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100, num_labels=3)
+    cfg = T.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100, num_labels=3
+    )
     return T.BertForSequenceClassification(cfg)
 
 
 def tiny_gpt2():
     torch.manual_seed(0)
-    return T.GPT2LMHeadModel(T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=16, use_cache=False))
+    return T.GPT2LMHeadModel(
+        T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=16, use_cache=False)
+    )
 
 
 def text_batch():
@@ -52,8 +56,20 @@ def test_bert_classifier_stays_float_and_the_encoder_is_quantized_from_a_dict_ba
 
 def test_vit_patch_projection_and_classifier_stay_float():
     torch.manual_seed(0)
-    cfg = T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16, patch_size=8, num_labels=3)
-    vit = quantize(T.ViTForImageClassification(cfg), QuantConfig(method="ewgs", weight_bits=4, act_bits=4), calib_data=torch.randn(2, 3, 16, 16))
+    cfg = T.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=8,
+        num_labels=3,
+    )
+    vit = quantize(
+        T.ViTForImageClassification(cfg),
+        QuantConfig(method="ewgs", weight_bits=4, act_bits=4),
+        calib_data=torch.randn(2, 3, 16, 16),
+    )
     assert type(vit.classifier) is nn.Linear
     assert type(vit.vit.embeddings.patch_embeddings.projection) is nn.Conv2d
     assert sum(isinstance(m, QLinear) for m in vit.modules()) == 12
@@ -62,14 +78,20 @@ def test_vit_patch_projection_and_classifier_stay_float():
 def test_gpt2_conv1d_layers_are_quantized_and_the_tied_head_stays_float():
     from qdistill.quant.hf import QHFConv1D
 
-    gpt = quantize(tiny_gpt2(), QuantConfig(method="lsq", weight_bits=4, act_bits=8, keep_last=False), calib_data=text_batch()["input_ids"])
+    gpt = quantize(
+        tiny_gpt2(),
+        QuantConfig(method="lsq", weight_bits=4, act_bits=8, keep_last=False),
+        calib_data=text_batch()["input_ids"],
+    )
     assert sum(isinstance(m, QHFConv1D) for m in gpt.modules()) == 8  # c_attn, attn c_proj, c_fc, mlp c_proj x 2
     assert type(gpt.lm_head) is nn.Linear and gpt.lm_head.weight is gpt.transformer.wte.weight
     assert ("lm_head", "Linear", "weight tied to transformer.wte, which stays float") in gpt.qdistill_summary.kept
 
 
 def test_tied_embedding_and_head_quantized_together_stay_one_parameter():
-    cfg = QuantConfig(method="lsq", weight_bits=4, act_bits=8, keep_first=False, keep_last=False, quantize_embeddings=True)
+    cfg = QuantConfig(
+        method="lsq", weight_bits=4, act_bits=8, keep_first=False, keep_last=False, quantize_embeddings=True
+    )
     gpt = quantize(tiny_gpt2(), cfg)
     assert isinstance(gpt.lm_head, QLinear) and isinstance(gpt.transformer.wte, QEmbedding)
     assert gpt.lm_head.weight is gpt.transformer.wte.weight
@@ -82,8 +104,10 @@ def test_hf_conv1d_twin_quantizes_per_output_feature_of_the_transposed_weight():
     steps = torch.tensor([0.1, 1.0, 10.0])
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([[1, -2, 3], [4, 5, -6], [-7, 0, 7], [2, 2, -8]]) * steps)
-    q = quantize(nn.Sequential(conv, nn.Linear(3, 3), nn.Linear(3, 3)),
-                 QuantConfig(method="lsq", weight_bits=4, act_bits=None, per_channel=True, keep_first=False))[0]  # fmt: skip
+    q = quantize(
+        nn.Sequential(conv, nn.Linear(3, 3), nn.Linear(3, 3)),
+        QuantConfig(method="lsq", weight_bits=4, act_bits=None, per_channel=True, keep_first=False),
+    )[0]
     q.weight_quant.step.data.copy_(steps.view(3, 1))  # one step per output feature
     x = torch.randn(5, 4)
     assert torch.allclose(q(x), x @ conv.weight + conv.bias)  # every weight on its grid: nothing rounds
@@ -138,7 +162,9 @@ def test_register_quant_module_teaches_a_new_layer_type():
         register_quant_module(Scale, nn.Linear)
     register_quant_module(Scale, QScale)
     try:
-        net = quantize(nn.Sequential(Scale()), QuantConfig(method="lsq", weight_bits=3, keep_first=False, keep_last=False))
+        net = quantize(
+            nn.Sequential(Scale()), QuantConfig(method="lsq", weight_bits=3, keep_first=False, keep_last=False)
+        )
         assert isinstance(net[0], QScale)
         assert torch.equal(net(torch.ones(3)), torch.tensor([0.5, -0.5, 1.5]))
     finally:
@@ -172,7 +198,10 @@ def test_embedding_table_lands_on_the_weight_grid():
     emb = nn.Embedding(3, 2)
     with torch.no_grad():
         emb.weight.copy_(torch.tensor([[0.1, 0.2], [-3.0, 1.0], [0.7, 0.9]]))
-    q = quantize(nn.Sequential(emb), QuantConfig(method="lsq", weight_bits=3, keep_first=False, keep_last=False, quantize_embeddings=True))[0]
+    q = quantize(
+        nn.Sequential(emb),
+        QuantConfig(method="lsq", weight_bits=3, keep_first=False, keep_last=False, quantize_embeddings=True),
+    )[0]
     assert isinstance(q, QEmbedding) and q.act_quant is None
     q.weight_quant.step.data.fill_(0.5)  # (-4..3) * 0.5
     assert torch.equal(q(torch.tensor([2, 1, 0])), torch.tensor([[0.5, 1.0], [-2.0, 1.0], [0.0, 0.0]]))
@@ -190,7 +219,9 @@ def test_nothing_quantized_is_a_config_error_naming_why():
 
 
 def test_summary_is_a_short_table():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4, 4), nn.Linear(4, 2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(4, 4), nn.Linear(4, 2)
+    )
     quantize(net, QuantConfig(method="lsq", weight_bits=4, act_bits=8, overrides={"4": {"act_bits": None}}))
     assert str(net.qdistill_summary) == (
         "quantized 2 layers, kept 2 in float\n"

@@ -13,15 +13,21 @@ T = pytest.importorskip("transformers")
 def resnet20():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)
-    model = quantize(qdistill.create_model("resnet20"), QuantConfig(method="ewgs", weight_bits=4, act_bits=4), calib_data=x)
+    model = quantize(
+        qdistill.create_model("resnet20"), QuantConfig(method="ewgs", weight_bits=4, act_bits=4), calib_data=x
+    )
     return model.eval(), (x,), {}
 
 
 def bert():
     torch.manual_seed(0)
-    cfg = T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100, num_labels=3)
+    cfg = T.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100, num_labels=3
+    )
     batch = {"input_ids": torch.randint(0, 100, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
-    qcfg = QuantConfig(method="ewgs", weight_bits=4, act_bits=4, group_size=16)  # signed EWGS inputs: a tensor zero point
+    qcfg = QuantConfig(
+        method="ewgs", weight_bits=4, act_bits=4, group_size=16
+    )  # signed EWGS inputs: a tensor zero point
     return quantize(T.BertForSequenceClassification(cfg), qcfg, calib_data=batch).eval(), (), batch
 
 
@@ -58,8 +64,11 @@ def test_compile_fullgraph_has_no_graph_break(build):
 def test_compiled_training_step_gives_the_eager_gradients():
     torch.manual_seed(0)
     x = torch.randn(8, 6)
-    net = quantize(nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Linear(6, 2)),
-                   QuantConfig(method="ewgs", weight_bits=3, act_bits=3), calib_data=x)  # fmt: skip
+    net = quantize(
+        nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Linear(6, 2)),
+        QuantConfig(method="ewgs", weight_bits=3, act_bits=3),
+        calib_data=x,
+    )
 
     def grads(model):
         net.zero_grad()

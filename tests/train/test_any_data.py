@@ -32,8 +32,9 @@ def _images(n=48):
 def test_plain_dataloader_trains_and_resumes_exactly_at_the_epoch_boundary(teacher, tmp_path):
     def run(out, epochs, resume=False):
         loader = DataLoader(TensorDataset(_images()), batch_size=16, shuffle=True)
-        trainer = Trainer(build_objective("sqakd", _student(teacher), teacher), loader,
-                          TrainConfig(epochs=3, **FAST), loader, out)  # fmt: skip
+        trainer = Trainer(
+            build_objective("sqakd", _student(teacher), teacher), loader, TrainConfig(epochs=3, **FAST), loader, out
+        )
         trainer.cfg = TrainConfig(epochs=epochs, **FAST)  # stop early, as a kill at the epoch end would
         trainer.fit(resume=resume)
         return trainer
@@ -53,7 +54,9 @@ def test_dataloader_gets_no_mid_epoch_checkpoint_and_refuses_a_mid_epoch_one(tea
     loader = DataLoader(TensorDataset(_images()), batch_size=16)
     writes = []
     real = trainer_mod.save_checkpoint
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", lambda s, p: (writes.append((p.name, s.get("step"))), real(s, p)))
+    monkeypatch.setattr(
+        trainer_mod, "save_checkpoint", lambda s, p: (writes.append((p.name, s.get("step"))), real(s, p))
+    )
     cfg = TrainConfig(epochs=1, checkpoint_every=1, **FAST)
     with pytest.warns(UserWarning, match="not a qdistill BatchLoader"):
         Trainer(build_objective("sqakd", _student(teacher), teacher), loader, cfg, out_dir=tmp_path).fit()
@@ -85,7 +88,9 @@ class EpochRecorder(list):
 
 def test_set_epoch_is_called_when_present(teacher):
     loader = EpochRecorder(_images().split(16))
-    Trainer(build_objective("sqakd", _student(teacher), teacher), loader, TrainConfig(epochs=2, ewgs_every=0, **FAST)).fit()
+    Trainer(
+        build_objective("sqakd", _student(teacher), teacher), loader, TrainConfig(epochs=2, ewgs_every=0, **FAST)
+    ).fit()
     assert loader.epochs == [0, 1]
 
 
@@ -131,8 +136,9 @@ def _token_batches(with_labels=False):
 def test_dict_batches_train_a_token_model_and_validate_on_its_logits():
     torch.manual_seed(0)
     teacher, student = TinyLM(), TinyLM()
-    hist = Trainer(TokenMSE(student, teacher), _token_batches(), TrainConfig(epochs=3, lr=0.05, **FAST),
-                   _token_batches()).fit()  # fmt: skip
+    hist = Trainer(
+        TokenMSE(student, teacher), _token_batches(), TrainConfig(epochs=3, lr=0.05, **FAST), _token_batches()
+    ).fit()
     assert hist[-1]["train_loss"] < hist[0]["train_loss"] and "val_agreement" in hist[-1]
 
 
@@ -163,8 +169,11 @@ def _one_hot_logits(argmax, vocab=4):
 def test_evaluate_token_logits_ignores_padding_and_minus_100():
     student = Fixed(_one_hot_logits([[0, 1, 2], [3, 3, 0]]))
     teacher = Fixed(_one_hot_logits([[0, 0, 2], [3, 1, 0]]))
-    batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
-             "labels": torch.tensor([[0, 2, -100], [3, 3, 1]])}  # fmt: skip
+    batch = {
+        "input_ids": torch.zeros(2, 3, dtype=torch.long),
+        "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+        "labels": torch.tensor([[0, 2, -100], [3, 3, 1]]),
+    }
     # counted positions: (0,0) (0,1) (1,0) (1,1); right: (0,0) (1,0) (1,1); teacher agrees at (0,0) (1,0)
     assert evaluate(student, [batch], teacher) == {"images": 2.0, "top1": 75.0, "top5": 100.0, "agreement": 50.0}
 

@@ -50,11 +50,22 @@ class Recorder(Callback):
 def test_events_arrive_in_order_with_the_metrics(teacher, tmp_path):
     rec = Recorder()
     cfg = TrainConfig(epochs=2, ewgs_every=0, **FAST)
-    trainer = Trainer(build_objective("sqakd", _student(teacher), teacher), _batches(), cfg, _batches(1), tmp_path,
-                      callbacks=[rec])  # fmt: skip
+    trainer = Trainer(
+        build_objective("sqakd", _student(teacher), teacher), _batches(), cfg, _batches(1), tmp_path, callbacks=[rec]
+    )
     trainer.fit()
-    assert rec.events == ["fit_start", "epoch_start 1", "step 1 loss=True", "step 2 loss=True", "epoch_end 1 val=True",
-                          "epoch_start 2", "step 1 loss=True", "step 2 loss=True", "epoch_end 2 val=True", "fit_end"]  # fmt: skip
+    assert rec.events == [
+        "fit_start",
+        "epoch_start 1",
+        "step 1 loss=True",
+        "step 2 loss=True",
+        "epoch_end 1 val=True",
+        "epoch_start 2",
+        "step 1 loss=True",
+        "step 2 loss=True",
+        "epoch_end 2 val=True",
+        "fit_end",
+    ]
     assert '"mine": 1.5' in (tmp_path / "metrics.json").read_text()
 
 
@@ -133,13 +144,17 @@ def test_ewgs_delta_estimate_leaves_student_and_objective_buffers_untouched(teac
     objective.train()
     objective(_batches()[0])  # control: a training forward does change them
     changed = _buffers(objective.student, objective)
-    assert not torch.equal(changed["1.queue"], before["1.queue"]) and not torch.equal(changed["1.bn.running_mean"],
-                                                                                        before["1.bn.running_mean"])  # fmt: skip
+    assert not torch.equal(changed["1.queue"], before["1.queue"]) and not torch.equal(
+        changed["1.bn.running_mean"], before["1.bn.running_mean"]
+    )
 
 
 def test_ewgs_update_runs_every_n_epochs_only(teacher):
-    hist = Trainer(build_objective("sqakd", _student(teacher), teacher), _batches(),
-                   TrainConfig(epochs=3, ewgs_every=2, **FAST)).fit()  # fmt: skip
+    hist = Trainer(
+        build_objective("sqakd", _student(teacher), teacher), _batches(), TrainConfig(epochs=3, ewgs_every=2, **FAST)
+    ).fit()
     assert ["ewgs_delta_mean" in r for r in hist] == [True, False, True]
-    lsq = Trainer(build_objective("sqakd", _student(teacher, "lsq"), teacher), _batches(), TrainConfig(epochs=1, **FAST))
+    lsq = Trainer(
+        build_objective("sqakd", _student(teacher, "lsq"), teacher), _batches(), TrainConfig(epochs=1, **FAST)
+    )
     assert "ewgs_delta_mean" not in lsq.fit()[0]  # no EWGS-backward quantizer: nothing to update

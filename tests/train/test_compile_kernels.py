@@ -10,10 +10,23 @@ from qdistill.quant.fake_quant import compiled_kernels_enabled, use_compiled_ker
 
 def _net():
     torch.manual_seed(0)
-    layers = [nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 12, 1), nn.ReLU(),
-              nn.Flatten(), nn.Linear(12 * 4 * 4, 16), nn.Tanh(), nn.Linear(16, 5)]  # fmt: skip
-    return quantize(nn.Sequential(*layers), QuantConfig(method="ewgs", weight_bits=2, act_bits=2, keep_first=False,
-                                                           keep_last=False), calib_data=torch.randn(4, 3, 8, 8))  # fmt: skip
+    layers = [
+        nn.Conv2d(3, 8, 3),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3),
+        nn.ReLU(),
+        nn.Conv2d(16, 12, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(12 * 4 * 4, 16),
+        nn.Tanh(),
+        nn.Linear(16, 5),
+    ]
+    return quantize(
+        nn.Sequential(*layers),
+        QuantConfig(method="ewgs", weight_bits=2, act_bits=2, keep_first=False, keep_last=False),
+        calib_data=torch.randn(4, 3, 8, 8),
+    )
 
 
 def _grads(net, batch):

@@ -63,8 +63,9 @@ class Snapshots(Callback):
 
 def test_fit_ends_with_the_best_epoch_weights_not_the_last(teacher, tiny_images, make_loader, tmp_path):
     data = tiny_images.without_labels()
-    trainer = _trainer(teacher, make_loader(data, labels=False), tmp_path, epochs=3,
-                       val=make_loader(data, labels=False, shuffle=False))  # fmt: skip
+    trainer = _trainer(
+        teacher, make_loader(data, labels=False), tmp_path, epochs=3, val=make_loader(data, labels=False, shuffle=False)
+    )
     scores = iter([80.0, 95.0, 90.0])  # epoch 2 is the best
     trainer.validate = lambda: {"val_agreement": next(scores)}
     snapshots = Snapshots()

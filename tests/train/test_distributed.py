@@ -78,20 +78,40 @@ def _case(root: Path, mode: str, world: int, method: str, quantizer: str, params
     rng = np.random.default_rng(0)
     data = ImageSet((rng.random((24, 8, 8, 1)) * 255).astype(np.uint8), None)
     norm = {"mean": (0.5,), "std": (0.25,)}
-    loader = BatchLoader(data, 8, **norm, augment="crop_flip", shuffle=True, drop_last=True, seed=3,
-                         with_labels=False, num_shards=world, shard=rank)  # fmt: skip
+    loader = BatchLoader(
+        data,
+        8,
+        **norm,
+        augment="crop_flip",
+        shuffle=True,
+        drop_last=True,
+        seed=3,
+        with_labels=False,
+        num_shards=world,
+        shard=rank,
+    )
     val = BatchLoader(data.subset(np.arange(8)), 8, **norm, with_labels=False)
     torch.manual_seed(0)
     teachers = [_net(w).eval() for w in (6, 8)]
     calib = next(iter(BatchLoader(data, 16, **norm, with_labels=False)))
     fixed = quantizer == "ewgs-fixed"
-    qcfg = qdistill.QuantConfig(method="ewgs" if fixed else quantizer, weight_bits=2, act_bits=2,
-                                **({"backward_coef": 0.5} if fixed else {}))  # fmt: skip
+    qcfg = qdistill.QuantConfig(
+        method="ewgs" if fixed else quantizer, weight_bits=2, act_bits=2, **({"backward_coef": 0.5} if fixed else {})
+    )
     student = qdistill.make_student(teachers[0], qcfg, calib)
     teacher = TeacherEnsemble(teachers) if method == "ekd" else teachers[0]
     objective = qdistill.build_objective(method, student, teacher, **params)
-    cfg = qdistill.TrainConfig(epochs=2, optimizer="sgd", lr=0.05, progress=False, checkpoint_every=1, ewgs_every=0 if fixed else 1,
-                               hessian_probes=1, device="cpu", amp="off")  # fmt: skip
+    cfg = qdistill.TrainConfig(
+        epochs=2,
+        optimizer="sgd",
+        lr=0.05,
+        progress=False,
+        checkpoint_every=1,
+        ewgs_every=0 if fixed else 1,
+        hessian_probes=1,
+        device="cpu",
+        amp="off",
+    )
     losses: list[float] = []
 
     class Record:

@@ -24,18 +24,22 @@ def test_two_process_run_then_resume_in_one(tmp_path):
     teacher = tmp_path / "teacher.pt"
     torch.save(create_model("smallcnn", num_classes=10, in_channels=1).state_dict(), teacher)
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": {"name": "smallcnn", "pretrained": str(teacher)},
-        "data": {"format": "digits", "subset": 96, "test_subset": 32, "batch_size": 16, "val_fraction": 0.25},
-        "quant": {"method": "ewgs", "weight_bits": 2, "act_bits": 2},
-        "train": {"epochs": 1, "max_steps": 3, "progress": False, "device": "cpu"},
-        "calib_images": 16,
-        "out": str(tmp_path / "run"),
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": "smallcnn", "pretrained": str(teacher)},
+                "data": {"format": "digits", "subset": 96, "test_subset": 32, "batch_size": 16, "val_fraction": 0.25},
+                "quant": {"method": "ewgs", "weight_bits": 2, "act_bits": 2},
+                "train": {"epochs": 1, "max_steps": 3, "progress": False, "device": "cpu"},
+                "calib_images": 16,
+                "out": str(tmp_path / "run"),
+            }
+        )
+    )
 
     two = _train(config, "--nproc", "2")
     assert two.returncode == 0, two.stderr
-    results = json.loads(two.stdout[two.stdout.index("{"):])  # printed once, by rank 0
+    results = json.loads(two.stdout[two.stdout.index("{") :])  # printed once, by rank 0
     assert two.stdout.count('"best_epoch"') == 1 and results["best_epoch"] == 1
     out = Path(tmp_path / "run")
     rows = list(csv.DictReader((out / "metrics.csv").open()))

@@ -15,8 +15,9 @@ from qdistill.train.distributed import SyncBatchNorm, convert_sync_batchnorm
 
 
 def _loader(data: ImageSet, **kw) -> BatchLoader:
-    return BatchLoader(data, 8, mean=(0.5,), std=(0.25,), augment="crop_flip", shuffle=True, drop_last=True,
-                       seed=1, **kw)  # fmt: skip
+    return BatchLoader(
+        data, 8, mean=(0.5,), std=(0.25,), augment="crop_flip", shuffle=True, drop_last=True, seed=1, **kw
+    )
 
 
 @pytest.mark.parametrize("shards", [2, 4])

@@ -27,8 +27,8 @@ def _train(cfg: Path, out: Path, *extra: str) -> subprocess.Popen:
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"""
-model: {{name: resnet20, pretrained: {SHARED / 'teachers' / 'resnet20-12fca82f.th'}}}
-data: {{format: imagefolder, root: {SHARED / 'data' / 'cifar10-jpeg.tar.gz'}, subset: 640, test_subset: 100,
+model: {{name: resnet20, pretrained: {SHARED / "teachers" / "resnet20-12fca82f.th"}}}
+data: {{format: imagefolder, root: {SHARED / "data" / "cifar10-jpeg.tar.gz"}, subset: 640, test_subset: 100,
         batch_size: 64, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}}
 quant: {{method: ewgs, weight_bits: 2, act_bits: 2}}
 train: {{epochs: 1, lr: 0.0005, checkpoint_every: 2, progress: false, hessian_probes: 1}}

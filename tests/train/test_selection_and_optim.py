@@ -20,16 +20,25 @@ def _student(teacher, method="ewgs"):
     return make_student(teacher, QuantConfig(method=method, weight_bits=2, act_bits=2), torch.randn(16, 1, 8, 8))
 
 
-VAL = [{"val_top1": 50.0, "val_agreement": 90.0}, {"val_top1": 70.0, "val_agreement": 80.0},
-       {"val_top1": 60.0, "val_agreement": 85.0}]  # fmt: skip
+VAL = [
+    {"val_top1": 50.0, "val_agreement": 90.0},
+    {"val_top1": 70.0, "val_agreement": 80.0},
+    {"val_top1": 60.0, "val_agreement": 85.0},
+]
 
 
 @pytest.mark.parametrize("method, best", [("sqakd", 1), ("ce_kd", 2)])
-def test_best_epoch_is_agreement_for_label_free_and_top1_otherwise(teacher, tiny_images, make_loader, tmp_path, method,
-                                                                   best):  # fmt: skip
+def test_best_epoch_is_agreement_for_label_free_and_top1_otherwise(
+    teacher, tiny_images, make_loader, tmp_path, method, best
+):
     labels = method != "sqakd"
-    trainer = Trainer(build_objective(method, _student(teacher), teacher), make_loader(tiny_images, labels=labels),
-                      TrainConfig(epochs=3, **FAST), make_loader(tiny_images, labels=labels), tmp_path)  # fmt: skip
+    trainer = Trainer(
+        build_objective(method, _student(teacher), teacher),
+        make_loader(tiny_images, labels=labels),
+        TrainConfig(epochs=3, **FAST),
+        make_loader(tiny_images, labels=labels),
+        tmp_path,
+    )
     scripted = iter(VAL)
     trainer.validate = lambda: dict(next(scripted))
     trainer.fit()
@@ -38,8 +47,12 @@ def test_best_epoch_is_agreement_for_label_free_and_top1_otherwise(teacher, tiny
 
 
 def test_labelled_method_without_validation_labels_falls_back_to_agreement(teacher, tiny_images, make_loader):
-    trainer = Trainer(build_objective("ce_kd", _student(teacher), teacher), make_loader(tiny_images, labels=True),
-                      TrainConfig(epochs=3, **FAST), make_loader(tiny_images, labels=False))  # fmt: skip
+    trainer = Trainer(
+        build_objective("ce_kd", _student(teacher), teacher),
+        make_loader(tiny_images, labels=True),
+        TrainConfig(epochs=3, **FAST),
+        make_loader(tiny_images, labels=False),
+    )
     scripted = iter([{"val_agreement": a["val_agreement"]} for a in VAL])
     trainer.validate = lambda: next(scripted)
     trainer.fit()

@@ -62,7 +62,9 @@ def test_label_free_method_refuses_labelled_batches(teacher, tiny_images, make_l
 def test_teacher_is_frozen_and_not_in_optimizer_or_checkpoint(teacher, tiny_images, make_loader, tmp_path):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     objective = build_objective("sqakd", _student(teacher, tiny_images), teacher)
-    trainer = Trainer(objective, make_loader(tiny_images, labels=False), TrainConfig(epochs=1, **FAST), out_dir=tmp_path)
+    trainer = Trainer(
+        objective, make_loader(tiny_images, labels=False), TrainConfig(epochs=1, **FAST), out_dir=tmp_path
+    )
     trainer.fit()
     assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
@@ -94,8 +96,12 @@ def test_ewgs_delta_changes_during_training(teacher, tiny_images, make_loader):
 def test_supervised_baselines_train(teacher, tiny_images, make_loader):
     for name in ("qat", "ce_kd"):
         objective = build_objective(name, _student(teacher, tiny_images, "lsq"), teacher)
-        hist = Trainer(objective, make_loader(tiny_images, labels=True), TrainConfig(epochs=2, lr=1e-2, **FAST),
-                       make_loader(tiny_images, labels=True, shuffle=False)).fit()  # fmt: skip
+        hist = Trainer(
+            objective,
+            make_loader(tiny_images, labels=True),
+            TrainConfig(epochs=2, lr=1e-2, **FAST),
+            make_loader(tiny_images, labels=True, shuffle=False),
+        ).fit()
         assert "val_top1" in hist[-1] and "train_ce" in hist[-1]
 
 
@@ -155,8 +161,15 @@ def test_checkpoint_is_atomic_and_corrupt_files_are_reported(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
-@pytest.mark.parametrize("kwargs, msg", [({"epochs": 0}, "epochs"), ({"optimizer": "rmsprop"}, "optimizer"),
-                                         ({"amp": "fp8"}, "amp"), ({"warmup_epochs": 5, "epochs": 2}, "warmup")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, msg",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"amp": "fp8"}, "amp"),
+        ({"warmup_epochs": 5, "epochs": 2}, "warmup"),
+    ],
+)
 def test_train_config_validation(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         TrainConfig(**kwargs)

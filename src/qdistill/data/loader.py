@@ -41,9 +41,16 @@ class EpochLoader:
     """
 
     def __init__(
-        self, num_samples: int, batch_size: int, *, shuffle: bool, drop_last: bool, seed: int,
-        num_shards: int = 1, shard: int = 0,
-    ) -> None:  # fmt: skip
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int,
+        num_shards: int = 1,
+        shard: int = 0,
+    ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if seed < 0:
@@ -53,8 +60,10 @@ class EpochLoader:
         if batch_size % num_shards:
             raise ConfigError(f"the batch size {batch_size} does not split evenly over {num_shards} processes")
         if num_shards > 1 and not drop_last and num_samples % batch_size:
-            raise ConfigError(f"{num_samples} samples leave a short last batch that {num_shards} processes cannot "
-                              "share evenly: use drop_last=True or a batch size that divides the data")  # fmt: skip
+            raise ConfigError(
+                f"{num_samples} samples leave a short last batch that {num_shards} processes cannot "
+                "share evenly: use drop_last=True or a batch size that divides the data"
+            )
         self.num_shards, self.shard = num_shards, shard
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -155,8 +164,9 @@ class BatchLoader(EpochLoader):
         shard: int = 0,
     ) -> None:
         n, height, width, channels = data.images.shape
-        super().__init__(n, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, num_shards=num_shards,
-                         shard=shard)  # fmt: skip
+        super().__init__(
+            n, batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed, num_shards=num_shards, shard=shard
+        )
         if augment not in AUGMENTS:
             raise ConfigError(f"augment must be one of {AUGMENTS}, got {augment!r}")
         if len(mean) != channels or len(std) != channels:

@@ -47,8 +47,16 @@ class TokenBatchLoader(EpochLoader):
     """Dict batches of padded token rows (``input_ids``, ``attention_mask``; ``labels`` only when
     ``with_labels``), in an order fixed by ``(seed, epoch)``."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], batch_size: int, *, with_labels: bool, shuffle: bool = False,
-                 drop_last: bool = False, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        tensors: dict[str, torch.Tensor],
+        batch_size: int,
+        *,
+        with_labels: bool,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+    ) -> None:
         keys = [k for k in tensors if with_labels or k != "labels"]
         self._tensors = {k: tensors[k] for k in keys}
         super().__init__(len(tensors["input_ids"]), batch_size, shuffle=shuffle, drop_last=drop_last, seed=seed)

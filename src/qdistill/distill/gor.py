@@ -91,8 +91,9 @@ class GoR(Objective):
         self.balance = LossBalance(2, bound)
         self.features = None
         if not self.uses_labels:
-            self.features = StudentAwareFeatureLoss(student, teacher_members(self.teacher), student_tap, teacher_tap,
-                                                    quantizer, distance, adaptor)  # fmt: skip
+            self.features = StudentAwareFeatureLoss(
+                student, teacher_members(self.teacher), student_tap, teacher_tap, quantizer, distance, adaptor
+            )
 
     def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         logits = self.student_logits(inputs)

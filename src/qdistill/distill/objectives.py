@@ -29,7 +29,7 @@ __all__ = [
     "freeze",
     "mask_of",
     "objective_params",
-]  # fmt: skip
+]
 
 OBJECTIVES: Registry[type[Objective]] = Registry("method")
 
@@ -45,8 +45,13 @@ def mask_of(inputs: Inputs, per_position: Tensor) -> Tensor | None:
     """A dict batch's ``attention_mask`` when it fits ``per_position`` (``[batch, tokens, ...]``: token
     logits or features), else None (image batches; one logit row per sequence, as a classifier's)."""
     mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
-    return mask if mask is not None and tuple(mask.shape) == tuple(per_position.shape[: mask.dim()]) and (
-        per_position.dim() > mask.dim()) else None
+    return (
+        mask
+        if mask is not None
+        and tuple(mask.shape) == tuple(per_position.shape[: mask.dim()])
+        and (per_position.dim() > mask.dim())
+        else None
+    )
 
 
 class Objective(nn.Module):
@@ -137,7 +142,9 @@ class SupervisedQAT(Objective):
 
     def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
         if labels is None:
-            raise DataError("method 'qat' trains on labels but the data has none; use a label-free method such as sqakd")
+            raise DataError(
+                "method 'qat' trains on labels but the data has none; use a label-free method such as sqakd"
+            )
         logits = self.student_logits(inputs)
         loss = ce_loss(logits, labels, mask_of(inputs, logits))
         return loss, {"ce": float(loss.detach())}
@@ -173,8 +180,11 @@ def objective_params(cls: type[Objective]) -> list[str]:
         if "__init__" not in vars(klass):
             continue
         params = inspect.signature(klass.__init__).parameters.values()
-        names += [p.name for p in params if p.name not in ("self", "student", "teacher", *names)
-                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]  # fmt: skip
+        names += [
+            p.name
+            for p in params
+            if p.name not in ("self", "student", "teacher", *names) and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             break
     return names

@@ -91,8 +91,10 @@ class StudentAwareFeatureLoss(nn.Module):
         if not isinstance(q, Quantizer):
             raise ConfigError(f"squat quantizer {quantizer!r} is a {type(q).__name__}, not a quantizer")
         if teacher_taps is None:
-            teacher_taps = [f"{conv}:input" if conv in dict(t.named_modules()) else default_taps(t, "last_conv")[0]
-                            for t in teachers]  # fmt: skip
+            teacher_taps = [
+                f"{conv}:input" if conv in dict(t.named_modules()) else default_taps(t, "last_conv")[0]
+                for t in teachers
+            ]
         if len(teacher_taps) != len(teachers):
             raise ConfigError(f"squat: got {len(teacher_taps)} teacher taps for {len(teachers)} teachers")
         self.distance = FEATURE_DISTANCES.get(distance)
@@ -100,8 +102,7 @@ class StudentAwareFeatureLoss(nn.Module):
         t_channels = [_width(probe_shapes(t, [k])[k]) for t, k in zip(teachers, teacher_taps)]
         s_width = _width(s_shape)
         self.adaptors = nn.ModuleList(
-            _adaptor(s_width, c, len(s_shape)) if adaptor or c != s_width else nn.Identity()
-            for c in t_channels
+            _adaptor(s_width, c, len(s_shape)) if adaptor or c != s_width else nn.Identity() for c in t_channels
         )
         self._quantizer = (q,)  # a tuple: the student's quantizer must not become our submodule
         teacher_hooks = (FeatureTaps(t, [k]) for t, k in zip(teachers, teacher_taps))
@@ -159,8 +160,9 @@ class SQuaT(Objective):
         teacher = at_temperature(teacher, temperature) if teacher is not None else None
         super().__init__(student, teacher)
         self.temperature, self.kd_weight, self.feature_weight = temperature, kd_weight, feature_weight
-        self.features = StudentAwareFeatureLoss(student, teacher_members(self.teacher), student_tap, teacher_tap,
-                                                quantizer, distance, adaptor)  # fmt: skip
+        self.features = StudentAwareFeatureLoss(
+            student, teacher_members(self.teacher), student_tap, teacher_tap, quantizer, distance, adaptor
+        )
 
     def close(self) -> None:
         self.features.close()

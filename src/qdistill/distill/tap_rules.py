@@ -58,8 +58,11 @@ def last_conv(model: nn.Module) -> str:
 
 def last_quantized_conv(model: nn.Module) -> str:
     """Name of the last conv whose input is quantized (SQuaT's default student tap)."""
-    names = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Conv2d) and isinstance(m, QuantModule) and m.act_quant is not None]  # fmt: skip
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and isinstance(m, QuantModule) and m.act_quant is not None
+    ]
     if not names:
         raise ConfigError("the student has no conv with an activation quantizer: quantize it with act_bits set")
     return names[-1]
@@ -67,8 +70,11 @@ def last_quantized_conv(model: nn.Module) -> str:
 
 def squat_layer(model: nn.Module) -> str:
     """SQuaT's default layer: the last quantized FFN layer of a transformer (`FFN_LAYERS`), else the last quantized conv."""
-    ffn = [n for n, m in model.named_modules()
-           if n.endswith(FFN_LAYERS) and isinstance(m, QuantModule) and m.act_quant is not None]  # fmt: skip
+    ffn = [
+        n
+        for n, m in model.named_modules()
+        if n.endswith(FFN_LAYERS) and isinstance(m, QuantModule) and m.act_quant is not None
+    ]
     return ffn[-1] if ffn else last_quantized_conv(model)
 
 

@@ -42,7 +42,9 @@ def open_onnx(path: str | Path, threads: int = 2, what: str = "model") -> Any:
     try:
         return ort_session(path, threads)
     except (ort_state.InvalidProtobuf, ort_state.InvalidArgument, ort_state.InvalidGraph, ort_state.Fail) as e:
-        raise ExportError(f"{path} is not an ONNX model ONNX Runtime can load: {str(e).splitlines()[0][:200]}") from None
+        raise ExportError(
+            f"{path} is not an ONNX model ONNX Runtime can load: {str(e).splitlines()[0][:200]}"
+        ) from None
 
 
 def input_shape_of(session: Any) -> tuple[int, ...]:
@@ -50,7 +52,9 @@ def input_shape_of(session: Any) -> tuple[int, ...]:
     inp = session.get_inputs()[0]
     dims = inp.shape[1:]
     if not all(isinstance(d, int) and d > 0 for d in dims):
-        raise ExportError(f"the ONNX model's input {inp.name} has no fixed shape {inp.shape}: pass the shape explicitly")
+        raise ExportError(
+            f"the ONNX model's input {inp.name} has no fixed shape {inp.shape}: pass the shape explicitly"
+        )
     return tuple(dims)
 
 
@@ -71,8 +75,12 @@ def measure(session: Any, shape: tuple[int, ...], seconds: float = 1.0, warmup: 
 
 
 def compare(
-    fp32: str | Path, quantized: str | Path, input_shape: tuple[int, ...] | None = None,
-    batches: tuple[int, ...] = (1, 64), threads: int = 2, seconds: float = 1.0,
+    fp32: str | Path,
+    quantized: str | Path,
+    input_shape: tuple[int, ...] | None = None,
+    batches: tuple[int, ...] = (1, 64),
+    threads: int = 2,
+    seconds: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Measure an FP32 and a quantized ONNX file alternately; rows carry the ratio to FP32.
 
@@ -83,8 +91,10 @@ def compare(
     sessions = {"fp32": open_onnx(fp32, threads, "FP32 reference"), "int8": open_onnx(quantized, threads)}
     shape = input_shape_of(sessions["int8"])
     if input_shape is not None and tuple(input_shape) != shape:
-        raise ExportError(f"input shape {','.join(map(str, input_shape))} differs from the model's "
-                          f"{','.join(map(str, shape))}: pass that shape, or none")  # fmt: skip
+        raise ExportError(
+            f"input shape {','.join(map(str, input_shape))} differs from the model's "
+            f"{','.join(map(str, shape))}: pass that shape, or none"
+        )
     sizes = {"fp32": os.path.getsize(fp32), "int8": os.path.getsize(quantized)}
     rows: list[dict[str, Any]] = []
     for batch in batches:
@@ -92,8 +102,15 @@ def compare(
         for fmt, sess in sessions.items():
             r = measure(sess, (batch, *shape), seconds)
             base = base or r["images_per_s"]
-            rows.append({"format": fmt, **r, "ratio_vs_fp32": r["images_per_s"] / base, "file_bytes": sizes[fmt],
-                         "threads": threads})  # fmt: skip
+            rows.append(
+                {
+                    "format": fmt,
+                    **r,
+                    "ratio_vs_fp32": r["images_per_s"] / base,
+                    "file_bytes": sizes[fmt],
+                    "threads": threads,
+                }
+            )
     return rows
 
 
@@ -102,5 +119,7 @@ def print_rows(rows: list[dict[str, Any]], title: str) -> None:
     print(f"{title} (ONNX Runtime, {rows[0]['threads']} intra-op threads)")
     print(f"{'format':<6} {'batch':>5} {'latency ms':>11} {'img/s':>9} {'vs FP32':>8} {'file':>10}")
     for r in rows:
-        print(f"{r['format']:<6} {r['batch']:>5} {r['latency_ms']:>11.2f} {r['images_per_s']:>9.0f} "
-              f"{r['ratio_vs_fp32']:>7.2f}x {r['file_bytes'] / 1024:>7.0f} KiB")  # fmt: skip
+        print(
+            f"{r['format']:<6} {r['batch']:>5} {r['latency_ms']:>11.2f} {r['images_per_s']:>9.0f} "
+            f"{r['ratio_vs_fp32']:>7.2f}x {r['file_bytes'] / 1024:>7.0f} KiB"
+        )

@@ -46,31 +46,50 @@ def write_model_card(artefact: str | Path, info: dict[str, Any]) -> Path:
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts] + [""]
     parity = info.get("parity")
     if parity:
-        settled = (f"{parity['top1_agreement_decisive']:.2f}% on the {parity['decisive_images']} images whose top-1 "
-                   "the trained model's float arithmetic settles (the gate's figure), "
-                   if "decisive_images" in parity else "")  # fmt: skip
-        lines += ["## Parity with the trained (fake-quant) PyTorch model", "",
-                  f"{parity['images']} images: top-1 agreement {settled}{parity['top1_agreement']:.2f}% on all; "
-                  f"max |logit difference| {parity['max_abs_logit_diff']:.4g}"
-                  + (f" (threshold {parity['threshold']}%)." if "threshold" in parity else "."), ""]  # fmt: skip
+        settled = (
+            f"{parity['top1_agreement_decisive']:.2f}% on the {parity['decisive_images']} images whose top-1 "
+            "the trained model's float arithmetic settles (the gate's figure), "
+            if "decisive_images" in parity
+            else ""
+        )
+        lines += [
+            "## Parity with the trained (fake-quant) PyTorch model",
+            "",
+            f"{parity['images']} images: top-1 agreement {settled}{parity['top1_agreement']:.2f}% on all; "
+            f"max |logit difference| {parity['max_abs_logit_diff']:.4g}"
+            + (f" (threshold {parity['threshold']}%)." if "threshold" in parity else "."),
+            "",
+        ]
         if "top1_exported" in parity:
-            lines += [f"Top-1 accuracy on these labelled images: trained model {parity['top1_trained']:.2f}%, "
-                      f"exported model {parity['top1_exported']:.2f}%.", ""]  # fmt: skip
+            lines += [
+                f"Top-1 accuracy on these labelled images: trained model {parity['top1_trained']:.2f}%, "
+                f"exported model {parity['top1_exported']:.2f}%.",
+                "",
+            ]
     ort = info.get("ort_build")
     if ort:
-        lines += ["## ONNX Runtime build", "",
-                  f"`{Path(ort['path']).name}`: ONNX Runtime's fused graph with the residual stream kept channels-last "
-                  f"(runs in ONNX Runtime only). Top-1 agreement {ort['parity']['top1_agreement']:.2f}% on all images; logits identical "
-                  f"to the QDQ file: {'yes' if ort['identical_to_qdq'] else 'no'}; latency at batch 1: "
-                  f"{ort['latency'][0]['latency_ms']:.2f} ms.", ""]  # fmt: skip
+        lines += [
+            "## ONNX Runtime build",
+            "",
+            f"`{Path(ort['path']).name}`: ONNX Runtime's fused graph with the residual stream kept channels-last "
+            f"(runs in ONNX Runtime only). Top-1 agreement {ort['parity']['top1_agreement']:.2f}% on all images; logits identical "
+            f"to the QDQ file: {'yes' if ort['identical_to_qdq'] else 'no'}; latency at batch 1: "
+            f"{ort['latency'][0]['latency_ms']:.2f} ms.",
+            "",
+        ]
     latency = info.get("latency")
     if latency:
         lines += ["## Measured latency", "", "| batch | latency (ms) | images/s | threads |", "|---|---|---|---|"]
-        lines += [f"| {r['batch']} | {r['latency_ms']:.2f} | {r['images_per_s']:.0f} | {r.get('threads', '')} |" for r in latency]
+        lines += [
+            f"| {r['batch']} | {r['latency_ms']:.2f} | {r['images_per_s']:.0f} | {r.get('threads', '')} |"
+            for r in latency
+        ]
         lines += ["", "Measured on the exporting machine; other processes may have been running.", ""]
     lines += ["## Layers", "", "| layer | weight bits | activation bits | stored as |", "|---|---|---|---|"]
     for layer in info.get("layers", []):
-        lines.append(f"| {layer['name']} | {layer.get('weight_bits') or 32} | {layer.get('act_bits') or 32} | {layer.get('weight', '')} |")
+        lines.append(
+            f"| {layer['name']} | {layer.get('weight_bits') or 32} | {layer.get('act_bits') or 32} | {layer.get('weight', '')} |"
+        )
     if info.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in info["notes"]]
     path = artefact.with_name(artefact.name + ".md")

@@ -73,7 +73,9 @@ class _Builder:
         self.count = 0
         self.act_cache: dict[tuple[str, int], str] = {}
         self.act_source: dict[str, int] = {}  # output of an activation quantizer -> id of that quantizer
-        self.levels: dict[str, tuple[str, list[str]]] = {}  # dequantized tensor -> (its uint8 levels, DQ scale and zero)
+        self.levels: dict[
+            str, tuple[str, list[str]]
+        ] = {}  # dequantized tensor -> (its uint8 levels, DQ scale and zero)
         self.shapes: dict[str, tuple[int, ...]] = {}  # tensor -> its shape on the example batch (dim 0 is dynamic)
         self.layers: list[dict[str, Any]] = []
 
@@ -89,7 +91,9 @@ class _Builder:
     def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs: Any) -> str:
         return self.multi_op(op_type, inputs, 1, hint, **attrs)[0]
 
-    def multi_op(self, op_type: str, inputs: list[str], outputs: int, hint: str | None = None, **attrs: Any) -> list[str]:
+    def multi_op(
+        self, op_type: str, inputs: list[str], outputs: int, hint: str | None = None, **attrs: Any
+    ) -> list[str]:
         name = self.name(hint or op_type.lower())
         outs = [name] if outputs == 1 else [f"{name}.{i}" for i in range(outputs)]
         self.nodes.append(self.h.make_node(op_type, inputs, outs, name=name, **attrs))
@@ -174,11 +178,17 @@ class _Builder:
         ints = torch.where(dead.view(shape), 0, iw.ints * (sign * m).view(shape))
         scale = torch.where(dead, torch.ones_like(scale), scale)
         info.update(weight="int8 per-channel")
-        unit = None if in_step is None else np.float32(in_step) * scale.numpy().astype(np.float32)  # as the runtime computes it
+        unit = (
+            None if in_step is None else np.float32(in_step) * scale.numpy().astype(np.float32)
+        )  # as the runtime computes it
         q = self.const(ints.numpy(), f"{hint}.weight_int8", np.int8)
         zero = self.const(np.zeros(out_ch), f"{hint}.weight_zero", np.int8)
-        dq = self.op("DequantizeLinear", [q, self.const(scale.numpy(), f"{hint}.weight_scale"), zero],
-                     f"{hint}.weight_dq", axis=0)  # fmt: skip
+        dq = self.op(
+            "DequantizeLinear",
+            [q, self.const(scale.numpy(), f"{hint}.weight_scale"), zero],
+            f"{hint}.weight_dq",
+            axis=0,
+        )
         return _Weight(dq, bias, info, q, unit)
 
     def finish(self) -> None:
@@ -210,9 +220,16 @@ class _Builder:
             src = producer.get(x)
             relu = src if src is not None and src.op_type == "Relu" else None
             conv = producer.get(relu.input[0]) if relu is not None else src
-            if (len(q) != 1 or q[0].op_type != "QuantizeLinear" or conv is None or conv.op_type not in ("Conv", "Gemm")
-                    or len(conv.input) < 3 or conv.input[2] not in self.bias_sites or len(users[conv.output[0]]) != 1
-                    or (relu is not None and len(users[relu.output[0]]) != 1)):  # fmt: skip
+            if (
+                len(q) != 1
+                or q[0].op_type != "QuantizeLinear"
+                or conv is None
+                or conv.op_type not in ("Conv", "Gemm")
+                or len(conv.input) < 3
+                or conv.input[2] not in self.bias_sites
+                or len(users[conv.output[0]]) != 1
+                or (relu is not None and len(users[relu.output[0]]) != 1)
+            ):
                 continue
             c = float(self.nh.to_array(values[c_name]))
             if relu is not None and not c < float(self.nh.to_array(values[q[0].input[1]])) / 2:
@@ -307,8 +324,12 @@ class _Converter:
             if node.op != "call_module" or not isinstance(self.modules[node.target], _BN):
                 continue
             src = node.args[0]
-            if (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
-                    and self._kind(src.target) is not None):  # fmt: skip
+            if (
+                isinstance(src, fx.Node)
+                and src.op == "call_module"
+                and len(src.users) == 1
+                and self._kind(src.target) is not None
+            ):
                 self.folded[src] = self.modules[node.target]
                 self.bn_skip.add(node)
 
@@ -379,10 +400,17 @@ class _Converter:
         attrs: dict[str, Any] = {}
         if conv:
             if form.padding_mode != "zeros" or isinstance(form.padding, str):
-                raise ExportError(f"export: {hint} uses padding {form.padding!r}/{form.padding_mode}; only numeric zero padding is supported")
+                raise ExportError(
+                    f"export: {hint} uses padding {form.padding!r}/{form.padding_mode}; only numeric zero padding is supported"
+                )
             ph, pw = form.padding
-            attrs = {"kernel_shape": list(form.kernel_size), "strides": list(form.stride), "pads": [ph, pw, ph, pw],
-                     "dilations": list(form.dilation), "group": form.groups}  # fmt: skip
+            attrs = {
+                "kernel_shape": list(form.kernel_size),
+                "strides": list(form.stride),
+                "pads": [ph, pw, ph, pw],
+                "dilations": list(form.dilation),
+                "group": form.groups,
+            }
         info["kernel"] = "QDQ" if w.int8 is not None or aq is not None else "float"
         self.b.layers.append(info)
         bias = self.b.const(w.bias.numpy(), f"{hint}.bias")
@@ -401,9 +429,15 @@ class _Converter:
         return "linear" if isinstance(form, (nn.Linear, IntLinear)) else None
 
     def _batchnorm(self, m: nn.Module, x: str, hint: str) -> str:
-        c = lambda t, s: self.b.const(t.detach().float().numpy(), f"{hint}.{s}")
-        return self.b.op("BatchNormalization", [x, c(m.weight, "w"), c(m.bias, "b"), c(m.running_mean, "m"),
-                                                c(m.running_var, "v")], hint, epsilon=float(m.eps))  # fmt: skip
+        def c(t, s):
+            return self.b.const(t.detach().float().numpy(), f"{hint}.{s}")
+
+        return self.b.op(
+            "BatchNormalization",
+            [x, c(m.weight, "w"), c(m.bias, "b"), c(m.running_mean, "m"), c(m.running_var, "v")],
+            hint,
+            epsilon=float(m.eps),
+        )
 
     # -- functions and methods ------------------------------------------------------------------
     def _call_function(self, node: fx.Node) -> Any:
@@ -414,7 +448,9 @@ class _Converter:
             return node.target(*args, **kwargs)
         fn = _FUNCTIONS.get(node.target)
         if fn is None:
-            raise ExportError(f"export: unsupported function {getattr(node.target, '__name__', node.target)} at {node.name}")
+            raise ExportError(
+                f"export: unsupported function {getattr(node.target, '__name__', node.target)} at {node.name}"
+            )
         return fn(self.b, *args, **kwargs)
 
     def _call_method(self, node: fx.Node) -> Any:
@@ -433,7 +469,9 @@ class _Converter:
 
 def _int_form(name: str, m: QuantModule) -> nn.Module:
     if not hasattr(m, "to_int"):
-        raise ExportError(f"export: {name} ({type(m).__name__}) has no to_int(): its layer type does not implement the integer form")
+        raise ExportError(
+            f"export: {name} ({type(m).__name__}) has no to_int(): its layer type does not implement the integer form"
+        )
     try:
         return m.to_int()
     except ConfigError as e:
@@ -509,7 +547,10 @@ def _getitem(b: _Builder, x: Any, idx: Any) -> Any:
         steps.append(s.step or 1)
     if not axes:
         return x
-    c = lambda v, n: b.const(np.array(v), n, np.int64)
+
+    def c(v, n):
+        return b.const(np.array(v), n, np.int64)
+
     return b.on_levels(x, "Slice", [c(starts, "starts"), c(ends, "ends"), c(axes, "axes"), c(steps, "steps")])
 
 
@@ -537,7 +578,9 @@ def _adaptive_avg(b: _Builder, x: str, output_size: Any) -> str:
         return b.op("GlobalAveragePool", [x])
     (h, w), (oh, ow) = b.shapes[x][2:], _pair(output_size)
     if h % oh or w % ow:
-        raise ExportError(f"export: adaptive average pool from {h}x{w} to {oh}x{ow} needs unequal windows (not supported)")
+        raise ExportError(
+            f"export: adaptive average pool from {h}x{w} to {oh}x{ow} needs unequal windows (not supported)"
+        )
     if (h, w) == (oh, ow):
         return x
     k = [h // oh, w // ow]
@@ -556,8 +599,9 @@ def _pool(op_type: str) -> Callable[..., str]:
         p = _pair(m.padding)
         if getattr(m, "dilation", 1) not in (1, (1, 1)):
             raise ExportError(f"export: dilated pooling at {hint} is not supported")
-        kw: dict[str, Any] = dict(kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], p[0], p[1]],
-                                  ceil_mode=int(m.ceil_mode))  # fmt: skip
+        kw: dict[str, Any] = dict(
+            kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], p[0], p[1]], ceil_mode=int(m.ceil_mode)
+        )
         if op_type == "AveragePool":
             kw["count_include_pad"] = int(m.count_include_pad)
         return b.op(op_type, [x], hint, **kw)

@@ -58,7 +58,12 @@ def export_hf_packed(model: nn.Module, path: str | Path) -> dict[str, Any]:
         tensors[key] = value.detach().contiguous()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": HF_FORMAT, "quant": json.dumps(cfg.to_dict()), "layers": json.dumps(layers), "tied": json.dumps(tied)}
+    meta = {
+        "format": HF_FORMAT,
+        "quant": json.dumps(cfg.to_dict()),
+        "layers": json.dumps(layers),
+        "tied": json.dumps(tied),
+    }
     save_file(tensors, str(path), metadata=meta)
     return layers
 

@@ -31,8 +31,10 @@ from qdistill.quant.modules import QuantModule
 __all__ = ["RESIDUAL_MODES", "export_onnx", "float_twin", "require_writable", "snap_biases"]
 
 RESIDUAL_MODES = ("int8", "float")
-BIAS_HINT = ("; integer kernels round each folded bias to int32 units: train with snap_biases: true in the run "
-             "config, or call qdistill.export.snap_biases on the model, to move its biases onto that grid (docs/export.md)")  # fmt: skip
+BIAS_HINT = (
+    "; integer kernels round each folded bias to int32 units: train with snap_biases: true in the run "
+    "config, or call qdistill.export.snap_biases on the model, to move its biases onto that grid (docs/export.md)"
+)
 
 
 @torch.no_grad()
@@ -47,7 +49,9 @@ def float_twin(model: nn.Module) -> nn.Module:
         if not isinstance(m, QuantModule):
             continue
         if not hasattr(m, "to_float"):
-            raise ExportError(f"float_twin: {name} ({type(m).__name__}) has no to_float(): its layer type does not implement the protocol")
+            raise ExportError(
+                f"float_twin: {name} ({type(m).__name__}) has no to_float(): its layer type does not implement the protocol"
+            )
         twin.set_submodule(name, m.to_float())
     for name, m in list(twin.named_modules()):  # what is left: quantizers of residual sums
         if isinstance(m, Quantizer):
@@ -110,8 +114,10 @@ def export_onnx(
     require_writable(path.parent)
     model = model.eval()
     if residual == "int8" and getattr(getattr(model, "qdistill_config", None), "residual_bits", None):
-        raise ConfigError("export: this model quantizes its residual sums itself (quant.residual_bits); "
-                          "export it with residual='float', which is then already all-integer")  # fmt: skip
+        raise ConfigError(
+            "export: this model quantizes its residual sums itself (quant.residual_bits); "
+            "export it with residual='float', which is then already all-integer"
+        )
     calib = example if calib is None else calib
     build = build_onnx(model, example, opset)
     notes: list[str] = []
@@ -141,19 +147,31 @@ def export_onnx(
         onnx.helper.set_model_props(ort_model, {p.key: p.value for p in build.model.metadata_props})
         ort_blob = ort_model.SerializeToString()
         ort_logits = onnx_logits(ort_session(ort_blob, threads), calib)
-        ort_report = {"path": str(ort_path), "parity": compare_logits(trained, ort_logits, tolerance),
-                      "identical_to_qdq": bool((ort_logits == exported).all())}  # fmt: skip
+        ort_report = {
+            "path": str(ort_path),
+            "parity": compare_logits(trained, ort_logits, tolerance),
+            "identical_to_qdq": bool((ort_logits == exported).all()),
+        }
         require_parity(ort_report["parity"], min_agreement, str(ort_path), BIAS_HINT)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)
     if ort_report is not None:
         Path(ort_report["path"]).write_bytes(ort_blob)
     latency = [dict(measure(ort_session(blob, threads), (1, *example.shape[1:]), 0.5), threads=threads)]
-    report = {"format": f"onnx (QDQ, opset {opset}, residual {residual})", "parity": parity, "latency": latency,
-              "layers": build.layers, "metadata": meta, "file_bytes": path.stat().st_size, "notes": notes,
-              **(card or {})}  # fmt: skip
+    report = {
+        "format": f"onnx (QDQ, opset {opset}, residual {residual})",
+        "parity": parity,
+        "latency": latency,
+        "layers": build.layers,
+        "metadata": meta,
+        "file_bytes": path.stat().st_size,
+        "notes": notes,
+        **(card or {}),
+    }
     if ort_report is not None:
-        ort_report["latency"] = [dict(measure(ort_session(ort_blob, threads), (1, *example.shape[1:]), 0.5), threads=threads)]
+        ort_report["latency"] = [
+            dict(measure(ort_session(ort_blob, threads), (1, *example.shape[1:]), 0.5), threads=threads)
+        ]
         report["ort_build"] = ort_report
     if fp32_reference:
         fp = build_onnx(float_twin(model), example, opset).model

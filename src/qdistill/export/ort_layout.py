@@ -23,7 +23,14 @@ __all__ = ["channels_last_stream", "ort_optimized"]
 TO_NHWC, TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 _NCHW_TO_NHWC_AXIS = {0: 0, 1: 3, 2: 1, 3: 2}
 # op -> indices of its data inputs (all other inputs are per-tensor constants)
-_LAYOUT_FREE = {"QLinearAdd": (0, 3), "DequantizeLinear": (0,), "QuantizeLinear": (0,), "Relu": (0,), "Clip": (0,), "Add": (0, 1)}
+_LAYOUT_FREE = {
+    "QLinearAdd": (0, 3),
+    "DequantizeLinear": (0,),
+    "QuantizeLinear": (0,),
+    "Relu": (0,),
+    "Clip": (0,),
+    "Add": (0, 1),
+}
 
 
 def ort_optimized(onnx_bytes: bytes, path: str) -> Any:
@@ -104,11 +111,18 @@ def _channels_last_twin(node: Any, nhwc: dict[str, str], inits: dict[str, Any], 
     if node.op_type == "Slice" and node.input[0] in nhwc and len(node.input) >= 4 and node.input[3] in inits:
         axes = numpy_helper.to_array(inits[node.input[3]])
         moved = const(np.array([_NCHW_TO_NHWC_AXIS[int(a) % 4] for a in axes], dtype=np.int64), out + "_axes")
-        return helper.make_node("Slice", [nhwc[node.input[0]], node.input[1], node.input[2], moved, *node.input[4:]], [out], name=out)
+        return helper.make_node(
+            "Slice", [nhwc[node.input[0]], node.input[1], node.input[2], moved, *node.input[4:]], [out], name=out
+        )
     if node.op_type == "Pad" and node.input[0] in nhwc and node.input[1] in inits and len(node.input) < 4:
         pads = numpy_helper.to_array(inits[node.input[1]]).reshape(2, 4)[:, [0, 2, 3, 1]].reshape(-1)
-        return helper.make_node("Pad", [nhwc[node.input[0]], const(pads.astype(np.int64), out + "_pads"), *node.input[2:]],
-                                [out], name=out, **_attrs(node))  # fmt: skip
+        return helper.make_node(
+            "Pad",
+            [nhwc[node.input[0]], const(pads.astype(np.int64), out + "_pads"), *node.input[2:]],
+            [out],
+            name=out,
+            **_attrs(node),
+        )
     return None
 
 

@@ -28,7 +28,15 @@ from qdistill.quant.convert import convert
 from qdistill.quant.intform import IntModule
 from qdistill.quant.modules import QuantModule
 
-__all__ = ["export_packed", "fill_integer_model", "load_packed", "pack_bits", "pack_levels", "unpack_bits", "unpack_levels"]
+__all__ = [
+    "export_packed",
+    "fill_integer_model",
+    "load_packed",
+    "pack_bits",
+    "pack_levels",
+    "unpack_bits",
+    "unpack_levels",
+]
 
 FORMAT = "qdistill.packed/2"
 
@@ -61,8 +69,9 @@ def _arch(model: nn.Module, arch: dict[str, Any] | None) -> dict[str, Any] | Non
 
 
 @torch.no_grad()
-def export_packed(model: nn.Module, path: str | Path, arch: dict[str, Any] | None = None,
-                  meta: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def export_packed(
+    model: nn.Module, path: str | Path, arch: dict[str, Any] | None = None, meta: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write ``model`` (fake-quant or converted) to ``path``: integer weight levels bit-packed,
     everything else float32.
 
@@ -96,8 +105,15 @@ def export_packed(model: nn.Module, path: str | Path, arch: dict[str, Any] | Non
             small[key] = [str(value.dtype).removeprefix("torch."), value.tolist()]
     tensors["state"] = torch.cat(floats).numpy() if floats else np.zeros(0, np.float32)
     cfg = getattr(model, "qdistill_config", None)
-    header = {"format": FORMAT, "arch": _arch(model, arch), "quant": cfg.to_dict() if cfg is not None else None,
-              "layers": layers, "state": index, "small": small, "meta": meta or {}}  # fmt: skip
+    header = {
+        "format": FORMAT,
+        "arch": _arch(model, arch),
+        "quant": cfg.to_dict() if cfg is not None else None,
+        "layers": layers,
+        "state": index,
+        "small": small,
+        "meta": meta or {},
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # zlib'd JSON: the per-tensor names repeat and would otherwise outweigh a 2-bit ResNet's weights
@@ -112,7 +128,9 @@ def _skeleton(header: dict[str, Any]) -> nn.Module:
 
     arch = header.get("arch")
     if not arch:
-        raise CheckpointError("packed file has no architecture record: pass model= (a quantized model of the same structure)")
+        raise CheckpointError(
+            "packed file has no architecture record: pass model= (a quantized model of the same structure)"
+        )
     model = create_model(arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"])
     if header.get("quant"):
         quantize(model, QuantConfig.from_dict(header["quant"]))
@@ -132,7 +150,9 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     except SafetensorError as e:
         raise CheckpointError(f"{path} is not a safetensors file: {str(e).splitlines()[0][:200]}") from None
     if meta.get("format", "").startswith("qdistill.packed/") and meta["format"] != FORMAT:
-        raise CheckpointError(f"{path} was written by another qdistill version ({meta['format']}, this one reads {FORMAT}): export it again")
+        raise CheckpointError(
+            f"{path} was written by another qdistill version ({meta['format']}, this one reads {FORMAT}): export it again"
+        )
     if meta.get("format") != FORMAT or "qdistill" not in meta:
         raise CheckpointError(f"{path} is not a qdistill packed model (no qdistill header)")
     try:
@@ -166,8 +186,13 @@ def pack_levels(layer: IntModule) -> tuple[np.ndarray, dict[str, Any]]:
     """An integer layer's weight levels packed at its bit width, and what `unpack_levels` needs."""
     kind = str(layer.weight_levels.dtype).removeprefix("torch.")
     unsigned = layer.weight_levels.to(torch.int16) + _offset(kind, layer.bits)
-    spec = {"bits": layer.bits, "levels": kind, "shape": list(layer.weight_levels.shape),
-            "input": layer.input_grid.kind, "act_bits": layer.input_grid.bits}  # fmt: skip
+    spec = {
+        "bits": layer.bits,
+        "levels": kind,
+        "shape": list(layer.weight_levels.shape),
+        "input": layer.input_grid.kind,
+        "act_bits": layer.input_grid.bits,
+    }
     return pack_bits(unsigned.to(torch.uint8).numpy(), layer.bits), spec
 
 
@@ -179,7 +204,9 @@ def unpack_levels(packed: np.ndarray, spec: dict[str, Any]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fill_integer_model(model: nn.Module, state: dict[str, torch.Tensor], layers: dict[str, Any], path: Path) -> nn.Module:
+def fill_integer_model(
+    model: nn.Module, state: dict[str, torch.Tensor], layers: dict[str, Any], path: Path
+) -> nn.Module:
     """Convert ``model`` (when still fake-quant) and load ``state`` into it; the file's levels,
     scales and zero points replace each integer layer's (the file decides bits and granularity)."""
     if _is_fake_quant(model):
@@ -197,5 +224,7 @@ def fill_integer_model(model: nn.Module, state: dict[str, torch.Tensor], layers:
     try:
         model.load_state_dict(state)  # copies into the model's tensors: tied weights stay tied
     except RuntimeError as e:
-        raise CheckpointError(f"{path} does not fit the model: {str(e).splitlines()[1 if chr(10) in str(e) else 0].strip()[:300]}") from None
+        raise CheckpointError(
+            f"{path} does not fit the model: {str(e).splitlines()[1 if chr(10) in str(e) else 0].strip()[:300]}"
+        ) from None
     return model.eval()

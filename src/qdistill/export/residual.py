@@ -79,11 +79,15 @@ def quantize_float_tensors(model: Any, calib: np.ndarray, share: bool = True, ba
             low, high = min(ranges[n][0], 0.0), max(ranges[n][1], 0.0)
             scale = (high - low) / 255 or 1.0
             s_name, z_name, q_name = f"{n}.res_scale", f"{n}.res_zero", f"{n}.res_q"
-            inits += [numpy_helper.from_array(np.array(scale, np.float32), s_name),
-                      numpy_helper.from_array(np.array(round(-low / scale), np.uint8), z_name)]  # fmt: skip
+            inits += [
+                numpy_helper.from_array(np.array(scale, np.float32), s_name),
+                numpy_helper.from_array(np.array(round(-low / scale), np.uint8), z_name),
+            ]
             new_nodes.append((n, helper.make_node("QuantizeLinear", [n, s_name, z_name], [q_name], name=q_name)))
         dq_name = f"{n}.res_dq"
-        new_nodes.append((q_name, helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=dq_name)))
+        new_nodes.append(
+            (q_name, helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [dq_name], name=dq_name))
+        )
         for user in users[n]:
             if user.op_type != "QuantizeLinear" or (n in shared and user is not shared[n]):
                 for j, inp in enumerate(user.input):

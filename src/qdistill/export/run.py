@@ -30,7 +30,11 @@ def _calibration_images(cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tenso
     data = next(d for d in (test, val, train) if d is not None)
     batch = next(iter(BatchLoader(data, count, mean=splits.mean, std=splits.std, with_labels=data.labels is not None)))
     images, labels = (batch[0], batch[1]) if isinstance(batch, (list, tuple)) and len(batch) == 2 else (batch, None)
-    meta: dict[str, Any] = {"mean": list(splits.mean), "std": list(splits.std), "input_scale": "[0, 1] before (x - mean) / std"}
+    meta: dict[str, Any] = {
+        "mean": list(splits.mean),
+        "std": list(splits.std),
+        "input_scale": "[0, 1] before (x - mean) / std",
+    }
     if data.classes is not None:
         meta["classes"] = list(data.classes)
     return images, labels, meta
@@ -62,7 +66,9 @@ def _teacher(cfg: Any) -> str:
 def _card_facts(run_dir: Path, cfg: Any, state: dict[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "architecture": cfg.model.name,
-        "method": f"{cfg.quant.method} W{cfg.quant.weight_bits}A{cfg.quant.act_bits or 32}" if cfg.quant else "none (FP32)",
+        "method": f"{cfg.quant.method} W{cfg.quant.weight_bits}A{cfg.quant.act_bits or 32}"
+        if cfg.quant
+        else "none (FP32)",
         "objective": cfg.method.name,
         "teacher": _teacher(cfg),
         "labels_used": _recorded(run_dir, state, "labels_used"),
@@ -70,14 +76,23 @@ def _card_facts(run_dir: Path, cfg: Any, state: dict[str, Any]) -> dict[str, Any
     results = run_dir / "results.json"
     if results.is_file():
         r = json.loads(results.read_text())
-        test = {k.removeprefix("test_"): v for k, v in r.items() if k.startswith("test_") and isinstance(v, (int, float))}
-        facts["accuracy"] = ", ".join(f"test {k} {v:.2f}%" for k, v in test.items()) or "no test metrics in results.json"
+        test = {
+            k.removeprefix("test_"): v for k, v in r.items() if k.startswith("test_") and isinstance(v, (int, float))
+        }
+        facts["accuracy"] = (
+            ", ".join(f"test {k} {v:.2f}%" for k, v in test.items()) or "no test metrics in results.json"
+        )
     return facts
 
 
 def export_run(
-    run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, min_agreement: float = 99.5,
-    residual: str = "float", images: int = 1000, threads: int = 2,
+    run_dir: str | Path,
+    fmt: str = "onnx",
+    out: str | Path | None = None,
+    min_agreement: float = 99.5,
+    residual: str = "float",
+    images: int = 1000,
+    threads: int = 2,
 ) -> dict[str, Any]:
     """Export the best student of ``run_dir`` as ``onnx`` or ``packed``; return the report."""
     from qdistill.experiment import load_run
@@ -92,11 +107,26 @@ def export_run(
     calib, labels, metadata = _calibration_images(cfg, images)
     card = _card_facts(run_dir, cfg, state)
     if fmt == "onnx":
-        return export_onnx(model, calib[:8], out, calib=calib, labels=labels, residual=residual, min_agreement=min_agreement,
-                           threads=threads, card=card, metadata=metadata, fp32_reference=True, ort_build=True)  # fmt: skip
+        return export_onnx(
+            model,
+            calib[:8],
+            out,
+            calib=calib,
+            labels=labels,
+            residual=residual,
+            min_agreement=min_agreement,
+            threads=threads,
+            card=card,
+            metadata=metadata,
+            fp32_reference=True,
+            ort_build=True,
+        )
     meta = state.get("meta", {})
-    arch = {"name": cfg.model.name, "num_classes": meta.get("num_classes") or cfg.model.num_classes,
-            "in_channels": meta.get("in_channels", calib.shape[1])}  # fmt: skip
+    arch = {
+        "name": cfg.model.name,
+        "num_classes": meta.get("num_classes") or cfg.model.num_classes,
+        "in_channels": meta.get("in_channels", calib.shape[1]),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     header = export_packed(model, tmp, arch=arch, meta={"run": str(run_dir)})
@@ -110,9 +140,16 @@ def export_run(
         tmp.unlink()
         raise
     tmp.replace(out)
-    report = {"format": "packed safetensors", "parity": parity, "file_bytes": out.stat().st_size, **card,
-              "layers": [{"name": n, "weight_bits": lq["bits"], "act_bits": lq["act_bits"], "weight": f"{lq['bits']}-bit packed"}
-                         for n, lq in header["layers"].items()]}  # fmt: skip
+    report = {
+        "format": "packed safetensors",
+        "parity": parity,
+        "file_bytes": out.stat().st_size,
+        **card,
+        "layers": [
+            {"name": n, "weight_bits": lq["bits"], "act_bits": lq["act_bits"], "weight": f"{lq['bits']}-bit packed"}
+            for n, lq in header["layers"].items()
+        ],
+    }
     Path(str(out) + ".json").write_text(json.dumps(report, indent=1))
     write_model_card(out, report)
     return report

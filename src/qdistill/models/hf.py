@@ -58,8 +58,10 @@ def infer_task(config: Any, task: str | None, gguf: bool = False) -> str:
             return "sequence_classification"
     if gguf:
         return "causal_lm"
-    raise ConfigError(f"model.task: cannot infer it from architectures {getattr(config, 'architectures', None)}; "
-                      f"set model.task to one of {', '.join(HF_TASKS)}")  # fmt: skip
+    raise ConfigError(
+        f"model.task: cannot infer it from architectures {getattr(config, 'architectures', None)}; "
+        f"set model.task to one of {', '.join(HF_TASKS)}"
+    )
 
 
 def load_hf_model(pretrained: str, task: str | None = None, num_labels: int | None = None) -> tuple[nn.Module, str]:
@@ -80,9 +82,13 @@ def load_hf_model(pretrained: str, task: str | None = None, num_labels: int | No
     except QdistillError:
         raise
     except OSError as e:  # missing weights, unreadable files
-        raise MissingFileError(f"model.pretrained: cannot load {pretrained} ({' '.join(str(e).split())[:200]})") from None
+        raise MissingFileError(
+            f"model.pretrained: cannot load {pretrained} ({' '.join(str(e).split())[:200]})"
+        ) from None
     except (ValueError, KeyError) as e:  # an architecture transformers does not know, a corrupt GGUF
-        raise CheckpointError(f"model.pretrained: cannot load {pretrained} ({' '.join(str(e).split())[:200]})") from None
+        raise CheckpointError(
+            f"model.pretrained: cannot load {pretrained} ({' '.join(str(e).split())[:200]})"
+        ) from None
     return model.to(torch.float32).eval(), task  # GGUF models refuse .float(); they are dequantized already
 
 
@@ -93,7 +99,9 @@ def load_hf_tokenizer(pretrained: str) -> Any:
     try:
         return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, **extra)
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise MissingFileError(f"model.pretrained: no usable tokenizer at {pretrained} ({' '.join(str(e).split())[:160]})") from None
+        raise MissingFileError(
+            f"model.pretrained: no usable tokenizer at {pretrained} ({' '.join(str(e).split())[:160]})"
+        ) from None
 
 
 def save_hf_config(model: nn.Module, folder: Path) -> None:
@@ -112,6 +120,8 @@ def build_hf_model(folder: Path, task: str) -> nn.Module:
     """An untrained model of the architecture in ``folder/config.json`` (weights are loaded after)."""
     transformers = _transformers()
     if not (folder / "config.json").is_file():
-        raise MissingFileError(f"{folder / 'config.json'} not found: the run's Hugging Face architecture is not recorded")
+        raise MissingFileError(
+            f"{folder / 'config.json'} not found: the run's Hugging Face architecture is not recorded"
+        )
     config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
     return getattr(transformers, _AUTO_CLASSES[infer_task(config, task)]).from_config(config).float()

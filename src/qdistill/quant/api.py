@@ -136,7 +136,9 @@ def _execution_order(model: nn.Module, data: CalibData, eligible: Callable[[nn.M
     return list(order.values())
 
 
-def _ends(model: nn.Module, config: QuantConfig, calib_data: CalibData | None) -> tuple[list[nn.Module], list[nn.Module]]:
+def _ends(
+    model: nn.Module, config: QuantConfig, calib_data: CalibData | None
+) -> tuple[list[nn.Module], list[nn.Module]]:
     """The quantizable modules of the input layer and of the output head (by identity).
 
     The model's hints when it has them (a hinted input Embedding that is not quantized leaves
@@ -212,8 +214,13 @@ def _tied_groups(model: nn.Module) -> list[list[str]]:
     return [names for names in holders.values() if len(names) > 1]
 
 
-def _why_float(name: str, module: nn.Module, config: QuantConfig, ends: dict[int, str],
-               filter_fn: Callable[[nn.Module, str], bool] | None) -> str | None:  # fmt: skip
+def _why_float(
+    name: str,
+    module: nn.Module,
+    config: QuantConfig,
+    ends: dict[int, str],
+    filter_fn: Callable[[nn.Module, str], bool] | None,
+) -> str | None:
     """Why a quantizable layer stays float, or None to swap it."""
     if isinstance(module, nn.Embedding) and not config.quantize_embeddings:
         return "embedding (quant.quantize_embeddings is off)"
@@ -304,7 +311,9 @@ def _nothing_quantized(model: nn.Module, summary: QuantSummary) -> str:
     kind = type(model).__name__
     if summary.kept:
         why = Counter(w for _, _, w in summary.kept)
-        return f"quantize: no layer of {kind} was quantized; kept float: " + "; ".join(f"{n} x {w}" for w, n in why.items())
+        return f"quantize: no layer of {kind} was quantized; kept float: " + "; ".join(
+            f"{n} x {w}" for w, n in why.items()
+        )
     if any(isinstance(m, QuantModule) for m in model.modules()):
         return f"quantize: {kind} is already quantized"
     types = ", ".join(c.__name__ for c in QUANT_MODULE_MAP)

@@ -65,7 +65,13 @@ class Quantizer(nn.Module):
     weight_granularities: tuple[str, ...] = ("tensor", "channel", "group")  # weight ranges it defines
 
     def __init__(
-        self, bits: int, *, is_weight: bool, channel_shape: tuple[int, ...] = (), backward: str = "ste", coef: float = 1e-3
+        self,
+        bits: int,
+        *,
+        is_weight: bool,
+        channel_shape: tuple[int, ...] = (),
+        backward: str = "ste",
+        coef: float = 1e-3,
     ):
         super().__init__()
         if not 1 <= int(bits) <= 8:

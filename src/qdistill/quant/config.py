@@ -13,7 +13,16 @@ from qdistill.quant.fake_quant import BACKWARDS
 
 __all__ = ["QuantConfig"]
 
-_LAYER_KEYS = ("method", "weight_bits", "act_bits", "backward", "backward_coef", "per_channel", "group_size", "act_granularity")
+_LAYER_KEYS = (
+    "method",
+    "weight_bits",
+    "act_bits",
+    "backward",
+    "backward_coef",
+    "per_channel",
+    "group_size",
+    "act_granularity",
+)
 ACT_GRANULARITIES = ("tensor", "token")
 
 
@@ -79,7 +88,9 @@ class QuantConfig:
         if g is not None and (not isinstance(g, int) or isinstance(g, bool) or g < 1):
             raise ConfigError(f"quant.group_size: must be None or a positive integer, got {g!r}")
         if self.act_granularity not in ACT_GRANULARITIES:
-            raise ConfigError(f"quant.act_granularity: unknown {self.act_granularity!r}; choose one of {', '.join(ACT_GRANULARITIES)}")
+            raise ConfigError(
+                f"quant.act_granularity: unknown {self.act_granularity!r}; choose one of {', '.join(ACT_GRANULARITIES)}"
+            )
         r = self.residual_bits
         if r is not None and (not isinstance(r, int) or isinstance(r, bool) or not 2 <= r <= 8):
             raise ConfigError(f"quant.residual_bits: must be None or an integer in 2..8, got {r!r}")
@@ -90,7 +101,9 @@ class QuantConfig:
         for pattern, over in self.overrides.items():
             bad = set(over) - set(_LAYER_KEYS)
             if bad:
-                raise ConfigError(f"quant.overrides[{pattern!r}]: unknown key {min(bad)!r}; allowed: {', '.join(_LAYER_KEYS)}")
+                raise ConfigError(
+                    f"quant.overrides[{pattern!r}]: unknown key {min(bad)!r}; allowed: {', '.join(_LAYER_KEYS)}"
+                )
             replace(self, overrides={}, **over)  # validates the values
 
     @property

@@ -38,7 +38,9 @@ def convert(model: nn.Module) -> nn.Module:
             twin = done[id(m)]
         elif isinstance(m, QuantModule):
             if not hasattr(m, "to_int"):
-                raise ConfigError(f"convert: {name} ({type(m).__name__}) has no to_int(): its layer type does not implement the integer form")
+                raise ConfigError(
+                    f"convert: {name} ({type(m).__name__}) has no to_int(): its layer type does not implement the integer form"
+                )
             try:
                 twin = m.to_int()
             except ConfigError as e:

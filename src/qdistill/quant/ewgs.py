@@ -38,7 +38,11 @@ class EWGSQuantizer(Quantizer):
         if self.is_weight:
             dims = self.reduce_dims(x)
             correction = 1 if x.numel() // self.channels > 1 else 0  # a single weight has no spread
-            std = x.float().std(dim=dims, correction=correction, keepdim=bool(self.channel_shape)).view(self.param_shape())
+            std = (
+                x.float()
+                .std(dim=dims, correction=correction, keepdim=bool(self.channel_shape))
+                .view(self.param_shape())
+            )
             self.upper.copy_(3 * std)
             self.lower.copy_(-3 * std)
             self.out_scale.copy_(3 * std)

@@ -52,9 +52,18 @@ def _forward(x: Tensor, lo: Tensor, hi: Tensor, step: Tensor, n: int, zero: Tens
 
 
 def _backward(
-    g: Tensor, x: Tensor, lo: Tensor, hi: Tensor, step: Tensor, coef: Tensor,
-    n: int, zero: Tensor | float, mode: str, full_range: bool, range_grads: bool,
-) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:  # fmt: skip
+    g: Tensor,
+    x: Tensor,
+    lo: Tensor,
+    hi: Tensor,
+    step: Tensor,
+    coef: Tensor,
+    n: int,
+    zero: Tensor | float,
+    mode: str,
+    full_range: bool,
+    range_grads: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """dL/dx, and unreduced terms for the range: sum(g_in * t), sum(g_in) and dL/dstep.
 
     With t the normalised input and g_in the gradient reaching the clip for in-range elements:

@@ -74,7 +74,9 @@ class InputGrid(nn.Module):
         probe = torch.zeros(())
         iv = q.interval(probe)
         if iv.x is not probe or iv.lo.numel() != 1 or iv.step.numel() != 1:
-            raise ConfigError(f"{type(q).__name__}: only activation grids with one fixed range per tensor have an integer form")
+            raise ConfigError(
+                f"{type(q).__name__}: only activation grids with one fixed range per tensor have an integer form"
+            )
         grid = cls("tensor", q.bits)
         _, step, zero = q.integer_levels(probe)
         for name, value in (("lo", iv.lo), ("hi", iv.hi), ("step", step), ("zero", zero)):
@@ -152,7 +154,9 @@ class IntConv(IntModule):
         conv = F.conv2d if self.dims == 2 else F.conv1d
         x, w = self.input_grid(x), self.dequantized_weight()
         if self.padding_mode != "zeros":
-            return conv(F.pad(x, self.pad, mode=self.padding_mode), w, self.bias, self.stride, 0, self.dilation, self.groups)
+            return conv(
+                F.pad(x, self.pad, mode=self.padding_mode), w, self.bias, self.stride, 0, self.dilation, self.groups
+            )
         return conv(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
@@ -166,4 +170,6 @@ class IntEmbedding(IntModule):
 
     def forward(self, ids: Tensor) -> Tensor:
         w = self.dequantized_weight()
-        return F.embedding(ids, w, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
+        return F.embedding(
+            ids, w, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse
+        )

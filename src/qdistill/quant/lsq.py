@@ -45,7 +45,9 @@ class LSQQuantizer(Quantizer):
 
     def init_from(self, x: Tensor) -> None:
         qp = self.bounds()[1]
-        mean_abs = x.float().abs().mean(dim=self.reduce_dims(x), keepdim=bool(self.channel_shape)).view(self.param_shape())
+        mean_abs = (
+            x.float().abs().mean(dim=self.reduce_dims(x), keepdim=bool(self.channel_shape)).view(self.param_shape())
+        )
         self.step.copy_((2 * mean_abs / math.sqrt(qp)).clamp_min(1e-8))
 
     def interval(self, x: Tensor) -> Interval:

@@ -47,7 +47,9 @@ class QuantModule:
         cls = QUANTIZERS.get(cfg.method)
         granularity = "group" if cfg.group_size else "channel" if cfg.per_channel else "tensor"
         if granularity not in cls.weight_granularities:
-            raise ConfigError(f"quant.method {cfg.method!r} defines weight ranges per {', '.join(cls.weight_granularities)}, not per {granularity}")
+            raise ConfigError(
+                f"quant.method {cfg.method!r} defines weight ranges per {', '.join(cls.weight_granularities)}, not per {granularity}"
+            )
         self.group_size = cfg.group_size
         view = self.weight_quant_input().detach()
         channels = (view.shape[0],) + (1,) * (view.dim() - 1) if granularity != "tensor" else ()
@@ -57,9 +59,13 @@ class QuantModule:
         self.act_quant = None
         if cfg.act_bits is not None and self.quantizes_input:
             if cfg.act_granularity == "token" and not self.features_last:
-                raise ConfigError(f"quant.act_granularity 'token' needs features on the last dimension (Linear, Conv1D), not {type(self).__name__}")
+                raise ConfigError(
+                    f"quant.act_granularity 'token' needs features on the last dimension (Linear, Conv1D), not {type(self).__name__}"
+                )
             token = cfg.act_granularity == "token"
-            self.act_quant = TokenQuantizer(cfg.act_bits, **common) if token else cls(cfg.act_bits, is_weight=False, **common)
+            self.act_quant = (
+                TokenQuantizer(cfg.act_bits, **common) if token else cls(cfg.act_bits, is_weight=False, **common)
+            )
 
     def oriented_weight(self) -> Tensor:
         """The weight with the output channel first (transformers' Conv1D stores it transposed)."""
@@ -76,7 +82,9 @@ class QuantModule:
         if g is None:
             return w
         if w.shape[1] % g:
-            raise ConfigError(f"quant.group_size {g} does not divide the {w.shape[1]} inputs of {type(self).__name__} weight {tuple(w.shape)}")
+            raise ConfigError(
+                f"quant.group_size {g} does not divide the {w.shape[1]} inputs of {type(self).__name__} weight {tuple(w.shape)}"
+            )
         return w.reshape(w.shape[0] * (w.shape[1] // g), -1)
 
     def quant_weight(self) -> Tensor:
@@ -102,20 +110,39 @@ class _QConv(QuantModule):
     @classmethod
     def from_float(cls, conv: nn.Conv1d | nn.Conv2d, cfg: QuantConfig) -> _QConv:
         q = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-            conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
-            device=conv.weight.device, dtype=conv.weight.dtype,
-        )  # fmt: skip
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            conv.bias is not None,
+            conv.padding_mode,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
         q.weight, q.bias = conv.weight, conv.bias
         q.attach_quantizers(cfg)
         return q
 
     def to_float(self) -> nn.Module:
         float_cls = nn.Conv2d if isinstance(self, nn.Conv2d) else nn.Conv1d
-        return self.float_copy(float_cls(
-            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
-            self.groups, self.bias is not None, self.padding_mode, device=self.weight.device, dtype=self.weight.dtype,
-        ))  # fmt: skip
+        return self.float_copy(
+            float_cls(
+                self.in_channels,
+                self.out_channels,
+                self.kernel_size,
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.groups,
+                self.bias is not None,
+                self.padding_mode,
+                device=self.weight.device,
+                dtype=self.weight.dtype,
+            )
+        )
 
     def to_int(self) -> IntConv:
         return IntConv(self)
@@ -139,15 +166,27 @@ class QLinear(QuantModule, nn.Linear):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, cfg: QuantConfig) -> QLinear:
-        q = cls(linear.in_features, linear.out_features, linear.bias is not None,
-                device=linear.weight.device, dtype=linear.weight.dtype)  # fmt: skip
+        q = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         q.weight, q.bias = linear.weight, linear.bias
         q.attach_quantizers(cfg)
         return q
 
     def to_float(self) -> nn.Linear:
-        return self.float_copy(nn.Linear(self.in_features, self.out_features, self.bias is not None,
-                                         device=self.weight.device, dtype=self.weight.dtype))  # fmt: skip
+        return self.float_copy(
+            nn.Linear(
+                self.in_features,
+                self.out_features,
+                self.bias is not None,
+                device=self.weight.device,
+                dtype=self.weight.dtype,
+            )
+        )
 
     def to_int(self) -> IntLinear:
         return IntLinear(self)
@@ -166,20 +205,46 @@ class QEmbedding(QuantModule, nn.Embedding):
 
     @classmethod
     def from_float(cls, emb: nn.Embedding, cfg: QuantConfig) -> QEmbedding:
-        q = cls(emb.num_embeddings, emb.embedding_dim, emb.padding_idx, emb.max_norm, emb.norm_type,
-                emb.scale_grad_by_freq, emb.sparse, device=emb.weight.device, dtype=emb.weight.dtype)  # fmt: skip
+        q = cls(
+            emb.num_embeddings,
+            emb.embedding_dim,
+            emb.padding_idx,
+            emb.max_norm,
+            emb.norm_type,
+            emb.scale_grad_by_freq,
+            emb.sparse,
+            device=emb.weight.device,
+            dtype=emb.weight.dtype,
+        )
         q.weight = emb.weight
         q.attach_quantizers(cfg)
         return q
 
     def to_float(self) -> nn.Embedding:
-        return self.float_copy(nn.Embedding(
-            self.num_embeddings, self.embedding_dim, self.padding_idx, self.max_norm, self.norm_type,
-            self.scale_grad_by_freq, self.sparse, device=self.weight.device, dtype=self.weight.dtype,
-        ))  # fmt: skip
+        return self.float_copy(
+            nn.Embedding(
+                self.num_embeddings,
+                self.embedding_dim,
+                self.padding_idx,
+                self.max_norm,
+                self.norm_type,
+                self.scale_grad_by_freq,
+                self.sparse,
+                device=self.weight.device,
+                dtype=self.weight.dtype,
+            )
+        )
 
     def to_int(self) -> IntEmbedding:
         return IntEmbedding(self)
 
     def forward(self, ids: Tensor) -> Tensor:
-        return F.embedding(ids, self.quant_weight(), self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse)
+        return F.embedding(
+            ids,
+            self.quant_weight(),
+            self.padding_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )

@@ -32,7 +32,9 @@ def _check(obj: Any, path: Path, where: str = "state") -> None:
         for i, v in enumerate(obj):
             _check(v, path, f"{where}[{i}]")
     elif not isinstance(obj, PLAIN):
-        raise TypeError(f"not writing {path}: {where} is a {type(obj).__name__}; checkpoints hold tensors and plain types")
+        raise TypeError(
+            f"not writing {path}: {where} is a {type(obj).__name__}; checkpoints hold tensors and plain types"
+        )
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:

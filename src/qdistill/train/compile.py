@@ -44,8 +44,9 @@ class FastStep:
         channels_last: NHWC weights and 4-D inputs.
     """
 
-    def __init__(self, compile: bool = True, mode: str = "default", backend: str = "inductor",
-                 channels_last: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, compile: bool = True, mode: str = "default", backend: str = "inductor", channels_last: bool = False
+    ) -> None:
         self.compile, self.mode, self.backend, self.channels_last = compile, mode, backend, channels_last
         self._objective: nn.Module | None = None
 

@@ -94,8 +94,14 @@ class TrainConfig:
             (self.checkpoint_every is None or self.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
             (self.diverge_factor is None or self.diverge_factor > 1, "train.diverge_factor must be > 1 (or null: off)"),
             (self.diverge_min_loss >= 0, "train.diverge_min_loss must be >= 0"),
-            (self.compile_mode in COMPILE_MODES, f"train.compile_mode: unknown {self.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}"),
-            (self.distributed in ("ddp", "fsdp"), f"train.distributed: unknown {self.distributed!r}; choose ddp or fsdp"),
+            (
+                self.compile_mode in COMPILE_MODES,
+                f"train.compile_mode: unknown {self.compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}",
+            ),
+            (
+                self.distributed in ("ddp", "fsdp"),
+                f"train.distributed: unknown {self.distributed!r}; choose ddp or fsdp",
+            ),
             (self.dist_timeout > 0, "train.dist_timeout must be > 0 (seconds)"),
         ]
         for ok, msg in checks:

@@ -33,7 +33,18 @@ from torch import Tensor, nn
 
 from qdistill.errors import ConfigError, QdistillError
 
-__all__ = ["PeerFailedError", "SyncBatchNorm", "active", "all_reduce_mean", "barrier", "is_main", "launch", "process_group", "rank_and_world", "wrap"]
+__all__ = [
+    "PeerFailedError",
+    "SyncBatchNorm",
+    "active",
+    "all_reduce_mean",
+    "barrier",
+    "is_main",
+    "launch",
+    "process_group",
+    "rank_and_world",
+    "wrap",
+]
 
 
 def active() -> bool:
@@ -104,7 +115,9 @@ def process_group(timeout_s: float = 600.0, device: str = "auto") -> Iterator[bo
             raise
         time.sleep(PEER_GRACE_S)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PeerFailedError(f"rank {rank} stopped: another process of the run failed or hung ({first[:160]})") from None
+        raise PeerFailedError(
+            f"rank {rank} stopped: another process of the run failed or hung ({first[:160]})"
+        ) from None
     finally:
         dist.destroy_process_group()
 
@@ -175,7 +188,9 @@ def convert_sync_batchnorm(module: nn.Module, cuda: bool) -> int:
     replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
-            if not isinstance(child, nn.modules.batchnorm._BatchNorm) or isinstance(child, (SyncBatchNorm, nn.SyncBatchNorm)):
+            if not isinstance(child, nn.modules.batchnorm._BatchNorm) or isinstance(
+                child, (SyncBatchNorm, nn.SyncBatchNorm)
+            ):
                 continue
             cls = nn.SyncBatchNorm if cuda else SyncBatchNorm
             new = cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
@@ -231,13 +246,17 @@ def wrap(objective: nn.Module, device: torch.device, mode: str = "ddp") -> nn.Mo
     from qdistill.quant.base import Quantizer
 
     if mode != "ddp":
-        raise ConfigError("train.distributed: fsdp is not supported yet: FSDP2 (fully_shard) runs on gloo in torch "
-                          "2.13, but qdistill's checkpoints, best-epoch copies and EWGS Hessian estimate need whole "
-                          "(unsharded) parameters; use ddp")  # fmt: skip
+        raise ConfigError(
+            "train.distributed: fsdp is not supported yet: FSDP2 (fully_shard) runs on gloo in torch "
+            "2.13, but qdistill's checkpoints, best-epoch copies and EWGS Hessian estimate need whole "
+            "(unsharded) parameters; use ddp"
+        )
     raw = [n for n, m in objective.student.named_modules() if isinstance(m, Quantizer) and not bool(m.initialized)]
     if raw:
-        raise ConfigError(f"quantizer {raw[0]} is not initialized: calibrate the student (make_student(teacher, "
-                          "config, calib_batch)) before data parallel training, so every rank starts alike")  # fmt: skip
+        raise ConfigError(
+            f"quantizer {raw[0]} is not initialized: calibrate the student (make_student(teacher, "
+            "config, calib_batch)) before data parallel training, so every rank starts alike"
+        )
     joint = _Joint(objective)
     convert_sync_batchnorm(joint, device.type == "cuda")
     if rank_and_world()[1] > 1:
@@ -279,13 +298,21 @@ def launch(argv: Sequence[str], nproc: int, poll_s: float = 0.05) -> int:
     with ExitStack() as stack:
         procs, logs = [], []
         for rank in range(nproc):
-            env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
-                   "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
+            env = {
+                **os.environ,
+                "RANK": str(rank),
+                "LOCAL_RANK": str(rank),
+                "WORLD_SIZE": str(nproc),
+                "LOCAL_WORLD_SIZE": str(nproc),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+            }
             logs.append(subprocess.PIPE if rank == 0 else stack.enter_context(tempfile.TemporaryFile()))
             procs.append(subprocess.Popen([sys.executable, *argv], env=env, stderr=logs[-1]))
         logs[0], shown = io.BytesIO(), [0]
-        pump = threading.Thread(target=_pump, args=(procs[0].stderr, sys.stderr.buffer, logs[0], live, shown),
-                                daemon=True)  # fmt: skip
+        pump = threading.Thread(
+            target=_pump, args=(procs[0].stderr, sys.stderr.buffer, logs[0], live, shown), daemon=True
+        )
         pump.start()
         failed = None
         try:

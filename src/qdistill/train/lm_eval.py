@@ -63,7 +63,12 @@ def lm_metrics(
                 agree += int((log_p.argmax(-1) == log_t.argmax(-1)).sum())
     finally:
         model.train(was)
-    out = {"ppl": math.exp(nll / count), "eval_tokens": float(count), "context": float(context), "stride": float(stride)}
+    out = {
+        "ppl": math.exp(nll / count),
+        "eval_tokens": float(count),
+        "context": float(context),
+        "stride": float(stride),
+    }
     if teacher is not None:
         out.update(teacher_ppl=math.exp(t_nll / count), agreement=100.0 * agree / count, kl=kl / count)
     return out

@@ -33,8 +33,20 @@ from qdistill.train.metrics import MetricsLog, TensorBoardLog
 __all__ = ["Trainer", "pick_device", "seed_everything"]
 
 # what `Trainer.load_state_dict` reads: a last.pt without one of these is not a training checkpoint
-STATE_KEYS = ("epoch", "step", "sums", "row", "student", "objective", "optimizer", "scheduler", "rng", "best",
-              "history", "start_losses")  # fmt: skip
+STATE_KEYS = (
+    "epoch",
+    "step",
+    "sums",
+    "row",
+    "student",
+    "objective",
+    "optimizer",
+    "scheduler",
+    "rng",
+    "best",
+    "history",
+    "start_losses",
+)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -181,8 +193,10 @@ class Trainer:
         if distributed.active():
             _, world = distributed.rank_and_world()
             if isinstance(train_loader, BatchLoader) and train_loader.num_shards != world:
-                raise ConfigError(f"{world} processes train but the BatchLoader has {train_loader.num_shards} "
-                                  f"shard(s): build it with num_shards={world}, shard=rank")  # fmt: skip
+                raise ConfigError(
+                    f"{world} processes train but the BatchLoader has {train_loader.num_shards} "
+                    f"shard(s): build it with num_shards={world}, shard=rank"
+                )
             self.step_module = distributed.wrap(objective, self.device, cfg.distributed)
         self.optimizer = make_optimizer(param_groups(objective, cfg), cfg)
         total = cfg.epochs * self.steps_per_epoch
@@ -201,9 +215,7 @@ class Trainer:
             if cfg.tensorboard:
                 self.callbacks.append(TensorBoardLog(self.out_dir))
         use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and self.device.type == "cuda")
-        self.autocast = (
-            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-        )
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
 
     def _emit(self, event: str, *args: Any) -> None:
         assert event in EVENTS
@@ -257,8 +269,13 @@ class Trainer:
     def _write_best(self) -> None:
         """``best.pt``: a copy of the best epoch recorded in ``last.pt``, enough to rebuild the student."""
         if self.out_dir is not None and self.main and self.best:
-            best = {"epoch": self.best["epoch"], "score": self.best["score"], "student": self.best["student"],
-                    "train_config": self.cfg.to_dict(), "meta": self.meta}  # fmt: skip
+            best = {
+                "epoch": self.best["epoch"],
+                "score": self.best["score"],
+                "student": self.best["student"],
+                "train_config": self.cfg.to_dict(),
+                "meta": self.meta,
+            }
             save_checkpoint(best, self.out_dir / "best.pt")
 
     def _write_last(self) -> None:
@@ -295,8 +312,12 @@ class Trainer:
         if self.cfg.progress and self.main:
             from tqdm import tqdm
 
-            progress = tqdm(total=self.steps_per_epoch, initial=self.step, leave=False,
-                            desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}")  # fmt: skip
+            progress = tqdm(
+                total=self.steps_per_epoch,
+                initial=self.step,
+                leave=False,
+                desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}",
+            )
         every = self.cfg.checkpoint_every if self.exact_resume and self.out_dir is not None else None
         for batch in self.train_loader:
             if self.step == self.steps_per_epoch:

@@ -13,6 +13,18 @@ from qdistill.distill.baselines.relations import CC, RKD
 BASELINES = ("fitnet", "at", "sp", "cc", "vid", "rkd", "ft", "fsp", "nst", "crd", "cktf")
 
 __all__ = [
-    "AT", "BASELINES", "CC", "CKTF", "CRD", "FSP", "NST", "RKD", "SP", "VID",
-    "ContrastiveHead", "FactorTransfer", "FeatureBaseline", "FitNet",
-]  # fmt: skip
+    "AT",
+    "BASELINES",
+    "CC",
+    "CKTF",
+    "CRD",
+    "FSP",
+    "NST",
+    "RKD",
+    "SP",
+    "VID",
+    "ContrastiveHead",
+    "FactorTransfer",
+    "FeatureBaseline",
+    "FitNet",
+]

@@ -20,8 +20,9 @@ __all__ = ["FeatureBaseline", "TwoStageBaseline", "conv_bn"]
 
 def conv_bn(in_channels: int, out_channels: int, kernel: int = 1) -> nn.Sequential:
     """Conv + BN: the regressor / adaptor block several baselines put on the student side."""
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False),
-                         nn.BatchNorm2d(out_channels))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(out_channels)
+    )
 
 
 class FeatureBaseline(Objective):

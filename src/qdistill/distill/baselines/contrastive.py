@@ -66,11 +66,19 @@ class ContrastiveHead(nn.Module):
 class _Contrastive(FeatureBaseline):
     """One `ContrastiveHead` per tap pair; the loss is their sum."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, feat_dim: int = 128, queue: int = 4096,
-                 tau: float = 0.1, **common) -> None:  # fmt: skip
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        feat_dim: int = 128,
+        queue: int = 4096,
+        tau: float = 0.1,
+        **common,
+    ) -> None:
         super().__init__(student, teacher, **common)
-        self.heads = nn.ModuleList(ContrastiveHead(s[1], t[1], feat_dim, queue, tau)
-                                   for s, t in zip(self.s_shapes, self.t_shapes))  # fmt: skip
+        self.heads = nn.ModuleList(
+            ContrastiveHead(s[1], t[1], feat_dim, queue, tau) for s, t in zip(self.s_shapes, self.t_shapes)
+        )
 
     def head_losses(self, s: list[Tensor], t: list[Tensor]) -> list[Tensor]:
         return [head(fs, ft) for head, fs, ft in zip(self.heads, s, t)]

@@ -33,8 +33,9 @@ class FitNet(FeatureBaseline):
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, **common) -> None:
         super().__init__(student, teacher, **common)
-        self.regressors = nn.ModuleList(nn.Sequential(conv_bn(s[1], t[1]), nn.ReLU())
-                                        for s, t in zip(self.s_shapes, self.t_shapes))  # fmt: skip
+        self.regressors = nn.ModuleList(
+            nn.Sequential(conv_bn(s[1], t[1]), nn.ReLU()) for s, t in zip(self.s_shapes, self.t_shapes)
+        )
 
     def distill(self, s: list[Tensor], t: list[Tensor]) -> Tensor:
         return stage_sum([F.mse_loss(r(fs), match_spatial(ft, fs)) for r, fs, ft in zip(self.regressors, s, t)])
@@ -42,11 +43,17 @@ class FitNet(FeatureBaseline):
 
 def _mean_net(in_channels: int, out_channels: int) -> nn.Sequential:
     """VID's mean ``mu(f_S)``: three bias-free 1x1 convs with ReLUs in between."""
+
     def conv(i: int, o: int) -> nn.Conv2d:
         return nn.Conv2d(i, o, 1, bias=False)
 
-    return nn.Sequential(conv(in_channels, out_channels), nn.ReLU(), conv(out_channels, out_channels), nn.ReLU(),
-                         conv(out_channels, out_channels))  # fmt: skip
+    return nn.Sequential(
+        conv(in_channels, out_channels),
+        nn.ReLU(),
+        conv(out_channels, out_channels),
+        nn.ReLU(),
+        conv(out_channels, out_channels),
+    )
 
 
 def vid_nll(mu: Tensor, alpha: Tensor, target: Tensor, eps: float = 1e-5) -> Tensor:

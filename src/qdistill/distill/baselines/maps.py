@@ -37,15 +37,19 @@ class AT(FeatureBaseline):
     default_weight = 1000.0
 
     def distill(self, s: list[Tensor], t: list[Tensor]) -> Tensor:
-        return stage_sum([(attention_map(fs) - attention_map(match_spatial(ft, fs))).pow(2).mean()
-                          for fs, ft in zip(s, t)])  # fmt: skip
+        return stage_sum(
+            [(attention_map(fs) - attention_map(match_spatial(ft, fs))).pow(2).mean() for fs, ft in zip(s, t)]
+        )
 
 
 def _channel_mmd2(s: Tensor, t: Tensor) -> Tensor:
     """Squared MMD between the channel "neurons" of two maps, polynomial kernel ``(x.y)^2``."""
     s = F.normalize(s.flatten(2), dim=2)
     t = F.normalize(t.flatten(2), dim=2)
-    k = lambda a, b: torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
+
+    def k(a, b):
+        return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
+
     return k(s, s) + k(t, t) - 2 * k(s, t)
 
 

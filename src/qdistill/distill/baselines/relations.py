@@ -43,8 +43,14 @@ class RKD(FeatureBaseline):
     tap_rules = ("penultimate",)
     default_weight = 1.0
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, dist_weight: float = 25.0,
-                 angle_weight: float = 50.0, **common) -> None:  # fmt: skip
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        dist_weight: float = 25.0,
+        angle_weight: float = 50.0,
+        **common,
+    ) -> None:
         super().__init__(student, teacher, **common)
         self.dist_weight, self.angle_weight = dist_weight, angle_weight
 
@@ -52,8 +58,10 @@ class RKD(FeatureBaseline):
         losses = []
         for fs, ft in zip(s, t):
             fs, ft = fs.flatten(1), ft.flatten(1)
-            losses.append(self.dist_weight * F.smooth_l1_loss(rkd_distances(fs), rkd_distances(ft))
-                          + self.angle_weight * F.smooth_l1_loss(rkd_angles(fs), rkd_angles(ft)))  # fmt: skip
+            losses.append(
+                self.dist_weight * F.smooth_l1_loss(rkd_distances(fs), rkd_distances(ft))
+                + self.angle_weight * F.smooth_l1_loss(rkd_angles(fs), rkd_angles(ft))
+            )
         return stage_sum(losses)
 
 
@@ -85,5 +93,9 @@ class CC(FeatureBaseline):
         self.embed_t = nn.ModuleList(nn.Linear(math.prod(t[1:]), feat_dim) for t in self.t_shapes)
 
     def distill(self, s: list[Tensor], t: list[Tensor]) -> Tensor:
-        return stage_sum([correlation_loss(es(fs.flatten(1)), et(ft.flatten(1)))
-                          for es, et, fs, ft in zip(self.embed_s, self.embed_t, s, t)])  # fmt: skip
+        return stage_sum(
+            [
+                correlation_loss(es(fs.flatten(1)), et(ft.flatten(1)))
+                for es, et, fs, ft in zip(self.embed_s, self.embed_t, s, t)
+            ]
+        )
