@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from qdistill.errors import CheckpointError, ConfigError, MissingFileError
-from qdistill.export.packed import fill_integer_model, pack_levels, unpack_levels
+from qdistill.errors import CheckpointError, ConfigError
+from qdistill.export.packed import fill_integer_model, pack_levels, read_safetensors, unpack_levels
 from qdistill.quant.convert import convert
 from qdistill.quant.intform import IntModule
 
@@ -72,20 +72,10 @@ def export_hf_packed(model: nn.Module, path: str | Path) -> dict[str, Any]:
 def load_hf_packed(path: str | Path, model: nn.Module) -> nn.Module:
     """Fill ``model`` (a float model of the student's class and config) from ``path``: it is
     quantized with the stored config, converted and loaded, and returned in eval mode."""
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
-
     from qdistill.quant import QuantConfig, quantize
 
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"packed model not found: {path}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except SafetensorError as e:
-        raise CheckpointError(f"{path} is not a safetensors file: {str(e).splitlines()[0][:200]}") from None
+    meta, tensors = read_safetensors(path, "pt")
     if meta.get("format") != HF_FORMAT:
         raise CheckpointError(f"{path} is not a qdistill Hugging Face packed model (format {meta.get('format')!r})")
     layers = json.loads(meta["layers"])

@@ -137,18 +137,22 @@ def _skeleton(header: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The header and the tensors of a packed file (CheckpointError when it is not one)."""
+def read_safetensors(path: Path, framework: str = "np") -> tuple[dict[str, str], dict[str, Any]]:
+    """The metadata and tensors of a safetensors file, with one-line errors for a missing or foreign file."""
     from safetensors import SafetensorError, safe_open
 
     if not path.is_file():
         raise MissingFileError(f"packed model not found: {path}")
     try:
-        with safe_open(str(path), "np") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+        with safe_open(str(path), framework) as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except SafetensorError as e:
         raise CheckpointError(f"{path} is not a safetensors file: {str(e).splitlines()[0][:200]}") from None
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The header and the tensors of a packed file (CheckpointError when it is not one)."""
+    meta, tensors = read_safetensors(path)
     if meta.get("format", "").startswith("qdistill.packed/") and meta["format"] != FORMAT:
         raise CheckpointError(
             f"{path} was written by another qdistill version ({meta['format']}, this one reads {FORMAT}): export it again"
