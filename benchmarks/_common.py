@@ -169,10 +169,17 @@ class ResultLog:
 
 
 def timed_run(cfg: RunConfig) -> dict[str, Any]:
-    """`run_experiment` plus wall seconds and the per-epoch validation history (from OUT/metrics.json)."""
+    """`run_experiment` plus wall seconds and the per-epoch validation history (from OUT/metrics.json).
+
+    A run interrupted earlier (OUT/last.pt present) resumes from its checkpoint; its ``seconds``
+    then count this process only, and the row says ``resumed``.
+    """
+    resume = (Path(cfg.out) / "last.pt").is_file()
     start = time.perf_counter()
-    res = run_experiment(cfg)
+    res = run_experiment(cfg, resume=resume)
     res["seconds"] = round(time.perf_counter() - start, 1)
+    if resume:
+        res["resumed"] = True
     metrics = Path(cfg.out) / "metrics.json"
     if metrics.exists():
         res["history"] = json.loads(metrics.read_text())

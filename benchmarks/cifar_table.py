@@ -54,6 +54,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--compile", action="store_true", help="the fast path: whole-step torch.compile (train.compile)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between mid-epoch checkpoints")
     add_job_filters(p)
     p.add_argument(
         "--name",
@@ -68,7 +72,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     budget = {
         "teacher_finetune": f"{args.teacher_subset} JPEG train images, {args.teacher_epochs} epoch(s), SGD 0.01 cosine",
-        "student": f"{args.subset} train images (10% held out for model selection), {args.epochs} epoch(s), Adam 5e-4",
+        "student": f"{args.subset} train images (10% held out for model selection), {args.epochs} epoch(s), Adam 5e-4, "
+        f"batch {args.batch_size}" + (", train.compile" if args.compile else ""),
         "test_images": args.test_subset,
         "hardware": hardware(),
     }
@@ -108,7 +113,17 @@ def main() -> None:
     print("teacher", log.get("teacher_before")["test_top1"], "->", log.get("teacher")["test_top1"], flush=True)
     model = ModelConfig("resnet20", pretrained=teacher_run)
     data = replace(data, subset=args.subset)
-    student_train = TrainConfig(epochs=args.epochs, lr=5e-4, progress=False, device=args.device, hessian_probes=1)
+    data = replace(data, batch_size=args.batch_size)
+    student_train = TrainConfig(
+        epochs=args.epochs,
+        lr=5e-4,
+        progress=False,
+        device=args.device,
+        hessian_probes=1,
+        compile=args.compile,
+        channels_last=args.channels_last,
+        checkpoint_every=args.checkpoint_every,
+    )
     for method, quantizer, bits, seed in select_jobs(args, jobs(args.seeds)):
         key = f"{method}-{quantizer}-w{bits}a{bits}-s{seed}"
         if log.has(key):
