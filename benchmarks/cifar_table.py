@@ -37,6 +37,14 @@ def jobs(seeds: list[int]) -> list[tuple[str, str, int, int]]:
     return order + [(*g, s) for s in seeds for g in rest]
 
 
+def speed_options(args: argparse.Namespace) -> str:
+    """The budget line's note of the non-default batch / fast-path options (tables run without them
+    keep their original budget line, so they still resume)."""
+    if not (args.compile or args.channels_last or args.batch_size != 128):
+        return ""
+    return f", batch {args.batch_size}" + ", train.compile" * args.compile + ", channels_last" * args.channels_last
+
+
 def test_top1(data: DataConfig, weights: str) -> float:
     """Top-1 of a ResNet-20 state-dict file on the test images of ``data``."""
     splits, _, _, test = prepare_data(data)
@@ -72,8 +80,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     budget = {
         "teacher_finetune": f"{args.teacher_subset} JPEG train images, {args.teacher_epochs} epoch(s), SGD 0.01 cosine",
-        "student": f"{args.subset} train images (10% held out for model selection), {args.epochs} epoch(s), Adam 5e-4, "
-        f"batch {args.batch_size}" + (", train.compile" if args.compile else ""),
+        "student": f"{args.subset} train images (10% held out for model selection), {args.epochs} epoch(s), Adam 5e-4"
+        + speed_options(args),
         "test_images": args.test_subset,
         "hardware": hardware(),
     }

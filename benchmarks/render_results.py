@@ -11,6 +11,7 @@ README's "## Results" section gets the headline table too (between its ``<!-- he
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import re
 import sys
@@ -143,6 +144,7 @@ def headline(tables: dict[str, dict[str, Any]]) -> str:
         for tag, title in (
             ("cifar", "CIFAR-10 JPEG ResNet-20"),
             ("cifar_long", "CIFAR-10 JPEG ResNet-20, 10x budget"),
+            ("cifar_full", "CIFAR-10 JPEG ResNet-20, all 45k images, 4 epochs"),
             ("gpu", "CIFAR-10 JPEG ResNet-20, GPU schedule"),
             ("fmnist", "Fashion-MNIST SmallCNN (other dataset)"),
             ("fmnist_long", "Fashion-MNIST SmallCNN, 5 epochs (other dataset)"),
@@ -242,6 +244,46 @@ def speed_table(data: dict[str, Any]) -> str:
             f"| {r['model']} ({size}) | {step} | {r['batch']} | {r['img_per_s']:.3g} | {ratio} | {r['peak_mib']:.0f} |"
         )
     return "\n".join(lines)
+
+
+STEP_PATHS = {
+    "eager": "eager",
+    "kernels": "`train.compile_quantizers`",
+    "compile": "`train.compile`",
+    "channels_last": "`train.channels_last`",
+}
+
+
+def step_table(data: dict[str, Any], values: dict[str, str]) -> str:
+    """`benchmarks/train_step.py`: seconds per step of the FP KD and quantized steps on each path,
+    against the eager FP KD step of the same thread count, plus the targets' two ratios."""
+    lines = ["| threads | step | s/step | img/s | vs eager FP KD step |", "|---|---|---|---|---|"]
+    for r in data["results"]:
+        t, fp = r["threads"], r["fp_eager_step_s"]
+        label = f"W{r['bits']}A{r['bits']} {r['method'].upper()} SQAKD"
+        for kind, name in (("fp", "FP KD"), ("quant", label)):
+            for path, title in STEP_PATHS.items():
+                s = r.get(f"{kind}_{path}_step_s")
+                if s is not None:
+                    lines.append(f"| {t} | {name}, {title} | {s:.3f} | {r['batch'] / s:.1f} | {s / fp:.2f} |")
+        if "quant_compile_step_s" in r:
+            q = r["quant_compile_step_s"]
+            values[f"step:{t}:vs_fp"] = f"{q / fp:.2f}"
+            values[f"step:{t}:vs_fp_compiled"] = f"{q / r['fp_compile_step_s']:.2f}"
+            values[f"step:{t}:speedup"] = f"{r['quant_eager_step_s'] / q:.2f}"
+    load = data["meta"].get("loadavg_start")
+    values["step:load"] = f"{load[0]:.1f}" if load else "n/a"
+    return "\n".join(lines)
+
+
+def ddp_values(data: dict[str, Any], values: dict[str, str]) -> None:
+    """``ddp:RUN:steps`` (steps within 1e-6 of one process), ``:diff`` and ``:throughput`` of `ddp_scaling.py`."""
+    values["ddp:load"] = f"{data['load_average_1min'][0]:.1f}"
+    values["ddp:steps"] = str(data["steps"])
+    for run, v in data["vs_1x1"].items():
+        values[f"ddp:{run}:steps"] = str(v["steps_within_1e-6_rel"])
+        values[f"ddp:{run}:diff"] = f"{v['max_abs_loss_diff']:.2g}"
+        values[f"ddp:{run}:throughput"] = f"{v['throughput_ratio']:.2f}"
 
 
 def init_table(data: dict[str, Any], values: dict[str, str]) -> str:
@@ -411,6 +453,10 @@ def prose_values(tables: dict[str, dict[str, Any]], root: Path, values: dict[str
     """Numbers the prose quotes that are not a single cell: ranges, differences, the superseded tables."""
     for tag, data in tables.items():
         budget_values(data, values, tag)
+        seconds = [r["seconds"] for r in data["results"] if "seconds" in r and "quantizer" in r]
+        values[f"{tag}:student_seconds"] = (
+            f"{np.median(seconds):.0f} s (range {span(seconds, 0)} s)" if seconds else "n/a"
+        )
         for method, gaps in PAPER.items():
             for b, paper in zip(BITS, gaps):
                 if f"{tag}:{method}-ewgs-{b}:gap" in values:
@@ -420,10 +466,6 @@ def prose_values(tables: dict[str, dict[str, Any]], root: Path, values: dict[str
     if "fmnist" in tables:
         cells = groups(tables["fmnist"])
         values["fmnist:std_range"] = span([stats(v)[1] for v in cells.values() if len(v) > 1], 2)
-        seconds = [r["seconds"] for r in tables["fmnist"]["results"] if "seconds" in r and "quantizer" in r]
-        values["fmnist:student_seconds"] = (
-            f"{np.median(seconds):.0f} s (range {span(seconds, 0)} s)" if seconds else "n/a"
-        )
         pairs = [(q, b) for (m, q, b) in cells if m == "qat" and ("sqakd", q, b) in cells]
         diff = {(q, b): stats(cells[("qat", q, b)])[0] - stats(cells[("sqakd", q, b)])[0] for q, b in pairs}
         values["fmnist:max_label_gain"] = f"{max(abs(d) for d in diff.values()):.2f}" if diff else "n/a"
@@ -500,6 +542,7 @@ def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
         "fmnist_long": "fmnist_long",
         "cifar": "cifar_table",
         "cifar_long": "cifar_long",
+        "cifar_full": "cifar_full",
         "gpu": "gpu_schedule",
     }
     tables = {tag: d for tag, d in ((tag, load(name, root)) for tag, name in names.items()) if d}
@@ -519,6 +562,11 @@ def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
         if data and data["results"]:
             blocks[name] = render(data)
             blocks[f"{name}_budget"] = budget(data) or data["meta"].get("hardware", "")
+    if load("train_step", root):
+        blocks["train_step"] = step_table(load("train_step", root), values)
+    ddp = root / "ddp_scaling.json"
+    if ddp.exists():
+        ddp_values(json.loads(ddp.read_text()), values)
     if load("init_accuracy", root):
         blocks["init_accuracy"] = init_table(load("init_accuracy", root), values)
     if load("temperature_sweep", root):
