@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from qdistill.distill.student import make_student
 from qdistill.errors import ConfigError, DataError
 from qdistill.models.hf import load_hf_model, load_hf_tokenizer, save_hf_config
 from qdistill.rundir import save_model
+from qdistill.train.blockwise import blockwise_phase
 from qdistill.train.evaluate import evaluate
 from qdistill.train.lm_eval import block_metrics, lm_metrics
 from qdistill.train.trainer import Trainer, pick_device, seed_everything
@@ -167,6 +169,31 @@ def lm_evaluation(
     return out
 
 
+def _blockwise(
+    cfg: RunConfig,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    train: torch.Tensor,
+    out: Path,
+    resume: bool,
+    device: torch.device,
+    log: Callable[[str], None] | None,
+) -> list[dict[str, float]] | None:
+    """The block-wise phase (``train.blockwise_steps``) on the first ``blockwise_batches`` training batches;
+    finished blocks are kept in ``out/blockwise`` for a resume (a fresh start removes them)."""
+    if not cfg.train.blockwise_steps:
+        return None
+    folder = out / "blockwise"
+    if not resume:
+        shutil.rmtree(folder, ignore_errors=True)
+    size = cfg.data.batch_size
+    batches = [{"input_ids": b.to(device)} for b in train[: cfg.train.blockwise_batches * size].split(size)]
+    report = blockwise_phase(student, teacher, batches, cfg.train, folder, device)
+    if log is not None:
+        log("block-wise MSE: " + ", ".join(f"{r['mse_before']:.3g}->{r['mse_after']:.3g}" for r in report))
+    return report
+
+
 def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None] | None) -> dict[str, Any]:
     """The HF branch of `run_experiment` (``out`` already checked writable and cleared)."""
     start = time.perf_counter()
@@ -204,6 +231,7 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
     meta = {"config": cfg.to_dict(), "labels_used": False, "num_classes": None, "in_channels": None}
     trainer = Trainer(objective, loader, cfg.train, val_loader, out, meta)
     train_start = time.perf_counter()
+    blocks = _blockwise(cfg, student, teacher, train, out, resume, trainer.device, log)
     trainer.fit(resume=resume)
     train_seconds = time.perf_counter() - train_start
     info = {
@@ -225,6 +253,8 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
         "train_seconds": train_seconds,
         "threads": torch.get_num_threads(),
     }
+    if blocks is not None:
+        results["blockwise"] = blocks
     results.update(_lm_results(lm_evaluation(student, teacher, data, cfg, trainer.device), rtn))
     results["wall_seconds"] = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(results, indent=1))
