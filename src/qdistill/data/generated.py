@@ -154,12 +154,12 @@ def _prepare(folder: Path, record: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for tmp in folder.glob(".*.tmp"):
         tmp.unlink()
-    file = folder / SETTINGS
-    if file.is_file() and json.loads(file.read_text()) == record:
+    file, text = folder / SETTINGS, json.dumps(record, indent=1)
+    if file.is_file() and json.loads(file.read_text()) == json.loads(text):  # as JSON: tuples read back as lists
         return
     for old in folder.glob("chunk_*.npy"):
         old.unlink()
-    _write_atomic(file, lambda f: f.write(json.dumps(record, indent=1).encode()))
+    _write_atomic(file, lambda f: f.write(text.encode()))
 
 
 def _read_chunk(path: Path, rows: int, s: GenerationSettings) -> np.ndarray:
