@@ -179,7 +179,7 @@ def generate_blocks(
     ``input_ids`` and ``use_cache``), made or completed in `folder` and read back from it."""
     folder, device = Path(folder), torch.device(device)
     _prepare(folder, {**asdict(s), "teacher": teacher_fingerprint(teacher)})
-    was = teacher.training
+    was, home = teacher.training, next(teacher.parameters()).device
     teacher.eval().to(device)
     try:
         for chunk in range(s.chunks):
@@ -188,7 +188,7 @@ def generate_blocks(
                 tokens = _generate_chunk(teacher, s, chunk, device)
                 _write_atomic(path, lambda f, t=tokens: np.save(f, t))
     finally:
-        teacher.train(was)
+        teacher.train(was).to(home)  # where the caller had it (the student is copied from it next)
     rows = [min(s.batch_size, s.num_sequences - c * s.batch_size) for c in range(s.chunks)]
     tokens = np.concatenate([_read_chunk(_chunk_file(folder, c), r, s) for c, r in enumerate(rows)])
     return torch.from_numpy(tokens.astype(np.int64))
