@@ -232,6 +232,7 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
     trainer = Trainer(objective, loader, cfg.train, val_loader, out, meta)
     train_start = time.perf_counter()
     blocks = _blockwise(cfg, student, teacher, train, out, resume, trainer.device, log)
+    blockwise_seconds = time.perf_counter() - train_start
     trainer.fit(resume=resume)
     train_seconds = time.perf_counter() - train_start
     info = {
@@ -254,7 +255,7 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
         "threads": torch.get_num_threads(),
     }
     if blocks is not None:
-        results["blockwise"] = blocks
+        results.update(blockwise=blocks, blockwise_seconds=blockwise_seconds)
     results.update(_lm_results(lm_evaluation(student, teacher, data, cfg, trainer.device), rtn))
     results["wall_seconds"] = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -128,6 +128,7 @@ def test_run_experiment_reports_the_phase_and_a_resume_does_not_redo_it(tiny_lla
     res = run_experiment(cfg)
     assert [r["block"] for r in res["blockwise"]] == [0, 1]
     assert all(r["mse_after"] < r["mse_before"] for r in res["blockwise"])
+    assert 0 < res["blockwise_seconds"] < res["train_seconds"]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["blockwise"] == res["blockwise"]
     monkeypatch.setattr(blockwise, "_train_block", lambda *a: pytest.fail("a resume retrained a block"))
     more = RunConfig.from_dict({**d, "train": {**d["train"], "epochs": 2}})
