@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..batch import logits_of
 from ..errors import ConfigError, DataError
 
 __all__ = ["GenerationSettings", "generate_blocks", "start_prompts", "teacher_fingerprint"]
@@ -129,7 +130,7 @@ def _generate_chunk(teacher: nn.Module, s: GenerationSettings, chunk: int, devic
         name, cache = _cache_of(out)
         past = {name: cache}
         greedy = ids.shape[1] - len(prompt) < s.greedy_tokens
-        step_input = _next_token(out.logits[:, -1], greedy, s, gen)[:, None]
+        step_input = _next_token(logits_of(out)[:, -1], greedy, s, gen)[:, None]
         ids = torch.cat([ids, step_input], dim=1)
     return ids.numpy().astype(np.int32)
 
