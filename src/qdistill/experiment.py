@@ -79,6 +79,13 @@ class DataConfig:
     test_lines: list[int] | None = None  # text: held-out lines [first, last], 1-based inclusive
     test_fraction: float = 0.0  # text without test_lines: hold out this final share of the lines
     text_field: str = "text"  # text: the field of .jsonl records
+    num_sequences: int = 256  # generated: sequences sampled from the teacher (block_size tokens each)
+    gen_prompts: list[str] | None = None  # generated: start texts (None: the tokenizer's BOS)
+    gen_greedy_tokens: int = 3  # generated: first tokens after the prompt taken top-1
+    gen_temperature: float = 1.0  # generated: sampling temperature of the rest
+    gen_top_k: int | None = None  # generated: sample among the k most likely tokens (None: all)
+    gen_batch_size: int = 8  # generated: sequences per forward pass and per chunk file
+    gen_test_sequences: int = 16  # generated: the last sequences, held out for agreement / KL
 
     def __post_init__(self) -> None:
         if self.format not in TEXT_FORMATS:
@@ -90,7 +97,7 @@ class DataConfig:
             raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
 
 
-TEXT_FORMATS = ("text",)
+TEXT_FORMATS = ("text", "generated")
 
 
 def _check_text_keys(cfg: DataConfig) -> None:
@@ -100,6 +107,15 @@ def _check_text_keys(cfg: DataConfig) -> None:
         raise ConfigError(f"data.test_lines must be [first, last], got {cfg.test_lines}")
     if not 0.0 <= cfg.test_fraction < 1.0:
         raise ConfigError(f"data.test_fraction must be in [0, 1), got {cfg.test_fraction}")
+    if cfg.format == "generated" and not 0 <= cfg.gen_test_sequences < cfg.num_sequences:
+        raise ConfigError(
+            f"data.gen_test_sequences must be in [0, num_sequences = {cfg.num_sequences}), got {cfg.gen_test_sequences}"
+        )
+    if cfg.format == "generated" and cfg.root is not None and cfg.test_lines is None and not cfg.test_fraction:
+        raise ConfigError(
+            "data.root with data.format: generated is evaluation text only: "
+            "set data.test_lines or data.test_fraction to say which lines"
+        )
 
 
 @dataclass(frozen=True)
@@ -196,6 +212,8 @@ class RunConfig:
             raise ConfigError(f"calib_images must be >= 1, got {self.calib_images}")
         if self.snap_biases and importlib.util.find_spec("onnx") is None:
             raise ConfigError("snap_biases: needs the export extra (pip install 'qdistill[export]')")
+        if self.train.blockwise_steps and self.model.source != "hf":
+            raise ConfigError("train.blockwise_steps: the block-wise phase is for model.source: hf runs")
         if not OBJECTIVES.get(self.method.name).needs_teacher:
             return
         for where, m in self.teacher_sections():

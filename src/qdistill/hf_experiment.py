@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from qdistill.data.cache import cache_file, read_cache, resolve_cache_dir, write_cache
+from qdistill.data.generated import GenerationSettings, generate_blocks, start_prompts
 from qdistill.data.text import TextBlockLoader, TextSplits, load_text
 from qdistill.data.text_classes import TokenBatchLoader
 from qdistill.distill.objectives import build_objective
@@ -26,14 +29,15 @@ from qdistill.distill.student import make_student
 from qdistill.errors import ConfigError, DataError
 from qdistill.models.hf import load_hf_model, load_hf_tokenizer, save_hf_config
 from qdistill.rundir import save_model
+from qdistill.train.blockwise import blockwise_phase
 from qdistill.train.evaluate import evaluate
-from qdistill.train.lm_eval import lm_metrics
-from qdistill.train.trainer import Trainer, seed_everything
+from qdistill.train.lm_eval import block_metrics, lm_metrics
+from qdistill.train.trainer import Trainer, pick_device, seed_everything
 
 if TYPE_CHECKING:
     from qdistill.experiment import DataConfig, RunConfig
 
-__all__ = ["evaluate_hf_run", "lm_results", "load_text_blocks", "run_hf_experiment"]
+__all__ = ["LMData", "evaluate_hf_run", "lm_results", "load_lm_data", "load_text_blocks", "run_hf_experiment"]
 
 
 def _tokenize(tokenizer: Any) -> Callable[[str], list[int]]:
@@ -97,20 +101,115 @@ def lm_results(student_ppl: float, teacher_ppl: float, rtn_ppl: float | None) ->
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class LMData:
+    """Token blocks of an LM run: training and validation blocks, held-out real text (perplexity), and
+    held-out generated sequences (agreement and KL with the teacher); either held-out part may be None."""
+
+    train: torch.Tensor
+    val: torch.Tensor | None
+    test: torch.Tensor | None
+    generated_test: torch.Tensor | None
+
+
+def _test_blocks(text: TextSplits, cfg: DataConfig) -> torch.Tensor | None:
+    if text.test is None:
+        return None
+    return text.test[: cfg.test_subset] if cfg.test_subset else text.test
+
+
+def generation_settings(cfg: DataConfig, tokenizer: Any) -> GenerationSettings:
+    """The `data.format: generated` keys as `GenerationSettings` (prompts tokenized by the teacher's tokenizer)."""
+    return GenerationSettings(
+        num_sequences=cfg.num_sequences,
+        block_size=cfg.block_size,
+        prompts=start_prompts(tokenizer, cfg.gen_prompts),
+        seed=cfg.seed,
+        greedy_tokens=cfg.gen_greedy_tokens,
+        temperature=cfg.gen_temperature,
+        top_k=cfg.gen_top_k,
+        batch_size=cfg.gen_batch_size,
+    )
+
+
+def load_lm_data(cfg: RunConfig, teacher: torch.nn.Module, tokenizer: Any, out: Path) -> LMData:
+    """Text blocks (``data.format: text``), or sequences sampled from the teacher into ``out/generated``
+    (``generated``: made or completed there, the last ``gen_test_sequences`` held out; ``data.root``,
+    when given, adds its held-out lines as real text for perplexity)."""
+    if cfg.data.format == "text":
+        text = load_text_blocks(cfg.data, tokenizer)
+        return LMData(*_split(text.train, cfg.data), _test_blocks(text, cfg.data), None)
+    settings = generation_settings(cfg.data, tokenizer)
+    blocks = generate_blocks(teacher, settings, out / "generated", pick_device(cfg.train.device))
+    n_train = len(blocks) - cfg.data.gen_test_sequences
+    test = _test_blocks(load_text_blocks(cfg.data, tokenizer), cfg.data) if cfg.data.root is not None else None
+    return LMData(*_split(blocks[:n_train], cfg.data), test, blocks[n_train:] if n_train < len(blocks) else None)
+
+
+def lm_evaluation(
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    data: LMData,
+    cfg: RunConfig,
+    device: Any = "cpu",
+    teacher_on_text: bool = True,
+) -> dict[str, Any]:
+    """What `data` can measure: ``ppl`` (and with `teacher_on_text` ``teacher_ppl``, ``agreement``, ``kl``)
+    on real held-out text; ``gen_agreement`` / ``gen_kl`` against the teacher on held-out generated
+    sequences; ``eval_on`` names the held-out sets used."""
+    out: dict[str, Any] = {"eval_on": []}
+    if data.test is not None:
+        text_teacher = teacher if teacher_on_text else None
+        out.update(lm_metrics(student, data.test, cfg.eval.context, cfg.eval.stride, text_teacher, device))
+        out["eval_on"].append("text")
+    if data.generated_test is not None:
+        gen = block_metrics(student, teacher, data.generated_test, cfg.data.eval_batch_size, device)
+        out.update({f"gen_{k}": v for k, v in gen.items()})
+        out["eval_on"].append("generated")
+    return out
+
+
+def _blockwise(
+    cfg: RunConfig,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module,
+    train: torch.Tensor,
+    out: Path,
+    resume: bool,
+    device: torch.device,
+    log: Callable[[str], None] | None,
+) -> list[dict[str, float]] | None:
+    """The block-wise phase (``train.blockwise_steps``) on the first ``blockwise_batches`` training batches;
+    finished blocks are kept in ``out/blockwise`` for a resume (a fresh start removes them)."""
+    if not cfg.train.blockwise_steps:
+        return None
+    folder = out / "blockwise"
+    if not resume:
+        shutil.rmtree(folder, ignore_errors=True)
+    size = cfg.data.batch_size
+    batches = [{"input_ids": b.to(device)} for b in train[: cfg.train.blockwise_batches * size].split(size)]
+    report = blockwise_phase(student, teacher, batches, cfg.train, folder, device)
+    if log is not None:
+        log("block-wise MSE: " + ", ".join(f"{r['mse_before']:.3g}->{r['mse_after']:.3g}" for r in report))
+    return report
+
+
 def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None] | None) -> dict[str, Any]:
     """The HF branch of `run_experiment` (``out`` already checked writable and cleared)."""
     start = time.perf_counter()
     seed_everything(cfg.train.seed)
-    if cfg.data.format != "text":
-        raise ConfigError(f"model.source: hf trains on data.format: text, got {cfg.data.format!r}")
+    if cfg.data.format not in ("text", "generated"):
+        raise ConfigError(f"model.source: hf trains on data.format: text or generated, got {cfg.data.format!r}")
     if cfg.model.task == "sequence_classification":
+        if cfg.data.format != "text":
+            raise ConfigError("model.task: sequence_classification trains on labelled lines: data.format: text")
         return _run_classifier(cfg, out, resume, log, start)
     teacher, task = load_hf_model(cfg.model.pretrained, cfg.model.task)
     if task != "causal_lm":
         raise ConfigError(f"model.pretrained is a {task} model: set model.task: {task} to train it on labelled lines")
     tokenizer = load_hf_tokenizer(cfg.model.pretrained)
-    text = load_text_blocks(cfg.data, tokenizer)
-    train, val = _split(text.train, cfg.data)
+    data = load_lm_data(cfg, teacher, tokenizer, out)
+    train, val = data.train, data.val
     calib = {"input_ids": train[: cfg.calib_images]}
     student = make_student(teacher, cfg.quant, calib)
     summary = getattr(student, "qdistill_summary", None)
@@ -118,12 +217,10 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
         log(str(summary))
     save_hf_config(teacher, out)  # before training: best.pt / last.pt rebuild from it too
     tokenizer.save_pretrained(out)  # a finished run folder is itself a model folder
-    test_ids = None
-    if text.test is not None:
-        test_ids = text.test[: cfg.data.test_subset] if cfg.data.test_subset else text.test
-    rtn = None
-    if cfg.eval.rtn and cfg.quant is not None and test_ids is not None:
-        rtn = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride)["ppl"]  # calibrated, untrained
+    rtn = {}
+    if cfg.eval.rtn and cfg.quant is not None:  # calibrated, untrained
+        metrics = lm_evaluation(student, teacher, data, cfg, teacher_on_text=False)
+        rtn = {k: v for k, v in metrics.items() if k in _RTN_KEYS}
     objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
     if objective.uses_labels:
         raise DataError(f"method {cfg.method.name!r} needs labels; text data has none (use sqakd, squat or gor)")
@@ -134,6 +231,8 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
     meta = {"config": cfg.to_dict(), "labels_used": False, "num_classes": None, "in_channels": None}
     trainer = Trainer(objective, loader, cfg.train, val_loader, out, meta)
     train_start = time.perf_counter()
+    blocks = _blockwise(cfg, student, teacher, train, out, resume, trainer.device, log)
+    blockwise_seconds = time.perf_counter() - train_start
     trainer.fit(resume=resume)
     train_seconds = time.perf_counter() - train_start
     info = {
@@ -151,13 +250,13 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
         "method": cfg.method.name,
         "weight_bits": cfg.quant.weight_bits if cfg.quant else 32,
         "act_bits": (cfg.quant.act_bits or 32) if cfg.quant else 32,
-        "tokens_seen": cfg.train.epochs * trainer.steps_per_epoch * cfg.data.batch_size * text.block_size,
+        "tokens_seen": cfg.train.epochs * trainer.steps_per_epoch * cfg.data.batch_size * cfg.data.block_size,
         "train_seconds": train_seconds,
         "threads": torch.get_num_threads(),
     }
-    if test_ids is not None:
-        metrics = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride, teacher, trainer.device)
-        results.update(metrics, **lm_results(metrics["ppl"], metrics["teacher_ppl"], rtn))
+    if blocks is not None:
+        results.update(blockwise=blocks, blockwise_seconds=blockwise_seconds)
+    results.update(_lm_results(lm_evaluation(student, teacher, data, cfg, trainer.device), rtn))
     results["wall_seconds"] = time.perf_counter() - start
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
@@ -177,12 +276,23 @@ def evaluate_hf_run(run_dir: str | Path, which: str = "best") -> dict[str, float
         bs = cfg.data.eval_batch_size
         top1, teacher_top1 = _top1(student, test, bs, "cpu"), _top1(teacher, test, bs, "cpu")
         return {"top1": top1, "teacher_top1": teacher_top1, "gap": top1 - teacher_top1}
-    text = load_text_blocks(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
-    if text.test is None:
-        raise DataError(f"{run_dir}: its text data has no held-out split (data.test_lines / data.test_fraction)")
-    test_ids = text.test[: cfg.data.test_subset] if cfg.data.test_subset else text.test
-    metrics = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride, teacher)
-    return {**metrics, **lm_results(metrics["ppl"], metrics["teacher_ppl"], None)}
+    data = load_lm_data(cfg, teacher, load_hf_tokenizer(cfg.model.pretrained), Path(run_dir))
+    if data.test is None and data.generated_test is None:
+        raise DataError(
+            f"{run_dir}: its data has no held-out split (data.test_lines / data.test_fraction, data.gen_test_sequences)"
+        )
+    return _lm_results(lm_evaluation(student, teacher, data, cfg), {})
+
+
+_RTN_KEYS = ("ppl", "gen_agreement", "gen_kl")
+
+
+def _lm_results(metrics: dict[str, Any], rtn: dict[str, float]) -> dict[str, Any]:
+    """`lm_evaluation`'s metrics with the RTN figures (``rtn_`` + key) and, on text, `lm_results`."""
+    out = {**metrics, **{f"rtn_{k}": v for k, v in rtn.items() if k != "ppl"}}
+    if "ppl" in metrics:
+        out.update(lm_results(metrics["ppl"], metrics["teacher_ppl"], rtn.get("ppl")))
+    return out
 
 
 def _classifier_data(cfg: DataConfig, tokenizer: Any) -> tuple[dict[str, torch.Tensor], np.ndarray, int]:

@@ -48,6 +48,12 @@ class TrainConfig:
             (see docs/training.md).
         dist_timeout: seconds a collective may wait for the other processes before the run stops
             (a hung or dead peer ends every rank instead of blocking it).
+        blockwise_steps: before end-to-end training, train each quantized block this many steps to
+            reproduce the teacher block's output on the teacher's inputs (`qdistill.train.blockwise`;
+            0: no block-wise phase). Language-model runs (``model.source: hf``) only.
+        blockwise_batches: training batches whose block inputs the phase records and cycles over.
+        blockwise_lr / blockwise_quant_lr: its learning rates of weights and quantizer parameters
+            (None: ``lr`` and ``quant_lr``).
     """
 
     epochs: int = 10
@@ -78,6 +84,10 @@ class TrainConfig:
     diverge_min_loss: float = 100.0
     distributed: str = "ddp"
     dist_timeout: float = 600.0
+    blockwise_steps: int = 0
+    blockwise_batches: int = 4
+    blockwise_lr: float | None = None
+    blockwise_quant_lr: float | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -103,6 +113,10 @@ class TrainConfig:
                 f"train.distributed: unknown {self.distributed!r}; choose ddp or fsdp",
             ),
             (self.dist_timeout > 0, "train.dist_timeout must be > 0 (seconds)"),
+            (self.blockwise_steps >= 0, "train.blockwise_steps must be >= 0 (0: no block-wise phase)"),
+            (self.blockwise_batches >= 1, "train.blockwise_batches must be >= 1"),
+            (self.blockwise_lr is None or self.blockwise_lr > 0, "train.blockwise_lr must be > 0"),
+            (self.blockwise_quant_lr is None or self.blockwise_quant_lr > 0, "train.blockwise_quant_lr must be > 0"),
         ]
         for ok, msg in checks:
             if not ok:
