@@ -34,7 +34,7 @@ from qdistill.train.trainer import Trainer, seed_everything
 if TYPE_CHECKING:
     from qdistill.experiment import DataConfig, RunConfig
 
-__all__ = ["evaluate_hf_run", "lm_results", "load_lm_teachers", "load_text_blocks", "run_hf_experiment"]
+__all__ = ["evaluate_hf_run", "lm_results", "load_text_blocks", "run_hf_experiment"]
 
 
 def _tokenize(tokenizer: Any) -> Callable[[str], list[int]]:
@@ -98,29 +98,6 @@ def lm_results(student_ppl: float, teacher_ppl: float, rtn_ppl: float | None) ->
     return out
 
 
-def load_lm_teachers(cfg: RunConfig, tokenizer: Any, model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The ``teachers:`` of an LM run (each an HF folder or GGUF file), refused (ConfigError) unless
-    each is a causal LM with ``model.pretrained``'s vocabulary: the ensemble mixes next-token
-    distributions position by position, which only means something over one shared tokenizer."""
-    vocab, width = tokenizer.get_vocab(), model.get_output_embeddings().weight.shape[0]
-    teachers = []
-    for where, section in cfg.teacher_sections():
-        if section.source != "hf":
-            raise ConfigError(f"{where}.source: the teachers of a model.source: hf run are hf models too")
-        member, task = load_hf_model(section.pretrained, section.task)
-        if task != "causal_lm":
-            raise ConfigError(f"{where}.pretrained: {section.pretrained} is a {task} model, not a causal LM")
-        other = load_hf_tokenizer(section.pretrained).get_vocab()
-        if other != vocab or member.get_output_embeddings().weight.shape[0] != width:
-            raise ConfigError(
-                f"{where}.pretrained: {section.pretrained} has another vocabulary than model.pretrained "
-                f"({len(other)} vs {len(vocab)} tokens, {member.get_output_embeddings().weight.shape[0]} vs "
-                f"{width} logits): an LM ensemble needs teachers sharing one tokenizer"
-            )
-        teachers.append(member)
-    return teachers
-
-
 def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None] | None) -> dict[str, Any]:
     """The HF branch of `run_experiment` (``out`` already checked writable and cleared)."""
     start = time.perf_counter()
@@ -151,7 +128,7 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
         rtn = lm_metrics(student, test_ids, cfg.eval.context, cfg.eval.stride)["ppl"]  # calibrated, untrained
     objective = build_objective(cfg.method.name, student, distil_from, **cfg.method.params)
     if objective.uses_labels:
-        raise DataError(f"method {cfg.method.name!r} needs labels; text data has none (use sqakd, squat, gor or ekd)")
+        raise DataError(f"method {cfg.method.name!r} needs labels; text data has none (use sqakd, squat or gor)")
     loader = TextBlockLoader(
         train, cfg.data.batch_size, shuffle=True, drop_last=len(train) > cfg.data.batch_size, seed=cfg.train.seed
     )
@@ -308,3 +285,26 @@ def _run_classifier(
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def load_lm_teachers(cfg: RunConfig, tokenizer: Any, model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The ``teachers:`` of an LM run (each an HF folder or GGUF file), refused (ConfigError) unless
+    each is a causal LM with ``model.pretrained``'s vocabulary: the ensemble mixes next-token
+    distributions position by position, which only means something over one shared tokenizer."""
+    vocab, width = tokenizer.get_vocab(), model.get_output_embeddings().weight.shape[0]
+    teachers = []
+    for where, section in cfg.teacher_sections():
+        if section.source != "hf":
+            raise ConfigError(f"{where}.source: the teachers of a model.source: hf run are hf models too")
+        member, task = load_hf_model(section.pretrained, section.task)
+        if task != "causal_lm":
+            raise ConfigError(f"{where}.pretrained: {section.pretrained} is a {task} model, not a causal LM")
+        other = load_hf_tokenizer(section.pretrained).get_vocab()
+        if other != vocab or member.get_output_embeddings().weight.shape[0] != width:
+            raise ConfigError(
+                f"{where}.pretrained: {section.pretrained} has another vocabulary than model.pretrained "
+                f"({len(other)} vs {len(vocab)} tokens, {member.get_output_embeddings().weight.shape[0]} vs "
+                f"{width} logits): an LM ensemble needs teachers sharing one tokenizer"
+            )
+        teachers.append(member)
+    return teachers
