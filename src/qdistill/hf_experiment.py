@@ -24,6 +24,7 @@ from qdistill.data.cache import cache_file, read_cache, resolve_cache_dir, write
 from qdistill.data.generated import GenerationSettings, generate_blocks, start_prompts
 from qdistill.data.text import TextBlockLoader, TextSplits, load_text
 from qdistill.data.text_classes import TokenBatchLoader
+from qdistill.distill.ensemble import TeacherEnsemble
 from qdistill.distill.objectives import build_objective
 from qdistill.distill.student import make_student
 from qdistill.errors import ConfigError, DataError
@@ -215,13 +216,14 @@ def run_hf_experiment(cfg: RunConfig, out: Path, resume: bool, log: Callable[[st
     summary = getattr(student, "qdistill_summary", None)
     if log is not None and summary is not None:
         log(str(summary))
+    distil_from = TeacherEnsemble(load_lm_teachers(cfg, tokenizer, teacher)) if cfg.teachers else teacher
     save_hf_config(teacher, out)  # before training: best.pt / last.pt rebuild from it too
     tokenizer.save_pretrained(out)  # a finished run folder is itself a model folder
     rtn = {}
     if cfg.eval.rtn and cfg.quant is not None:  # calibrated, untrained
         metrics = lm_evaluation(student, teacher, data, cfg, teacher_on_text=False)
         rtn = {k: v for k, v in metrics.items() if k in _RTN_KEYS}
-    objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
+    objective = build_objective(cfg.method.name, student, distil_from, **cfg.method.params)
     if objective.uses_labels:
         raise DataError(f"method {cfg.method.name!r} needs labels; text data has none (use sqakd, squat or gor)")
     loader = TextBlockLoader(
@@ -393,3 +395,26 @@ def _run_classifier(
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def load_lm_teachers(cfg: RunConfig, tokenizer: Any, model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The ``teachers:`` of an LM run (each an HF folder or GGUF file), refused (ConfigError) unless
+    each is a causal LM with ``model.pretrained``'s vocabulary: the ensemble mixes next-token
+    distributions position by position, which only means something over one shared tokenizer."""
+    vocab, width = tokenizer.get_vocab(), model.get_output_embeddings().weight.shape[0]
+    teachers = []
+    for where, section in cfg.teacher_sections():
+        if section.source != "hf":
+            raise ConfigError(f"{where}.source: the teachers of a model.source: hf run are hf models too")
+        member, task = load_hf_model(section.pretrained, section.task)
+        if task != "causal_lm":
+            raise ConfigError(f"{where}.pretrained: {section.pretrained} is a {task} model, not a causal LM")
+        other = load_hf_tokenizer(section.pretrained).get_vocab()
+        if other != vocab or member.get_output_embeddings().weight.shape[0] != width:
+            raise ConfigError(
+                f"{where}.pretrained: {section.pretrained} has another vocabulary than model.pretrained "
+                f"({len(other)} vs {len(vocab)} tokens, {member.get_output_embeddings().weight.shape[0]} vs "
+                f"{width} logits): an LM ensemble needs teachers sharing one tokenizer"
+            )
+        teachers.append(member)
+    return teachers

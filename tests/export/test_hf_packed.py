@@ -46,6 +46,18 @@ def _gpt2():
             QuantConfig(method="ewgs", weight_bits=2, act_bits=None, group_size=8),
             "transformer.h.0.attn.c_attn",
         ),
+        (  # asymmetric weights: a zero point per group travels with the levels
+            "LlamaForCausalLM",
+            _llama,
+            QuantConfig(method="lsq", weight_bits=3, act_bits=None, group_size=16, weight_init="minmax"),
+            "model.layers.1.mlp.down_proj",
+        ),
+        (
+            "GPT2LMHeadModel",
+            _gpt2,
+            QuantConfig(method="ewgs", weight_bits=4, act_bits=None, group_size=16, weight_init="mse"),
+            "transformer.h.1.mlp.c_fc",
+        ),
     ],
 )
 def test_reload_into_the_transformers_class_is_exact(cls, config, qcfg, layer, tmp_path):
@@ -54,7 +66,7 @@ def test_reload_into_the_transformers_class_is_exact(cls, config, qcfg, layer, t
     model_cls(config()).save_pretrained(tmp_path / "teacher")
     ids = torch.randint(0, 100, (2, 9))
     student = quantize(model_cls.from_pretrained(tmp_path / "teacher"), qcfg, calib_data=ids)
-    opt = torch.optim.SGD(student.parameters(), lr=0.5)  # train a little: levels must be the student's own
+    opt = torch.optim.SGD(student.parameters(), lr=0.1)  # train a little: levels must be the student's own
     for _ in range(2):
         student(ids, labels=ids).loss.backward()
         opt.step()
@@ -65,12 +77,15 @@ def test_reload_into_the_transformers_class_is_exact(cls, config, qcfg, layer, t
         keys, meta = set(f.keys()), f.metadata()
         packed = f.get_tensor(f"{layer}.weight_packed")
         scale = f.get_tensor(f"{layer}.weight_scale")
+        zero = f.get_tensor(f"{layer}.weight_zero_point")
     assert {f"{layer}.weight_packed", f"{layer}.weight_scale", f"{layer}.weight_zero_point"} <= keys
     info = json.loads(meta["layers"])[layer]
     assert info["bits"] == qcfg.weight_bits and info["group_size"] == qcfg.group_size and layers[layer] == info
     rows, cols = info["shape"]
     assert packed.dtype == torch.uint8 and packed.numel() == rows * cols * qcfg.weight_bits // 8
     assert scale.shape == (rows, 1) and cols == qcfg.group_size
+    if qcfg.weight_init != "default":  # integer zero points, one per group, not one shared value
+        assert torch.equal(zero, zero.round()) and zero.unique().numel() > 1
     reloaded = load_hf_packed(tmp_path / "student.safetensors", model_cls.from_pretrained(tmp_path / "teacher"))
     assert isinstance(reloaded.get_submodule(layer), IntLinear) and type(reloaded) is model_cls
     with torch.no_grad():

@@ -68,7 +68,10 @@ class TeacherEnsemble(nn.Module):
             return conf / conf.sum(dim=0, keepdim=True)
         return self.weights.view(-1, *[1] * (logits.dim() - 1))
 
-    def forward(self, inputs: Inputs) -> Tensor:
+    def forward(self, inputs: Inputs | None = None, **batch: Tensor) -> Tensor:
+        """Pseudo-logits of a batch given as one tensor / dict, or as keywords the way `call_model`
+        hands a dict batch to a Hugging Face model (``ensemble(input_ids=...)``)."""
+        inputs = batch if inputs is None else inputs
         logits = torch.stack([logits_of(call_model(m, inputs)).float() for m in self.members])
         probs = F.softmax(logits / self.temperature, dim=-1)
         mixed = (self.member_weights(logits) * probs).sum(dim=0)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from qdistill.errors import ConfigError
 from qdistill.export.card import write_model_card
@@ -58,6 +61,8 @@ def _teacher(cfg: Any) -> str:
         return f"none (method {cfg.method.name} trains without one)"
     if cfg.teachers:
         return "ensemble of " + ", ".join(f"{t.name} ({t.pretrained or 'random init'})" for t in cfg.teachers)
+    if cfg.model.source == "hf":
+        return str(cfg.model.pretrained)
     if cfg.model.pretrained:
         return f"{cfg.model.name} ({cfg.model.pretrained})"
     return f"{cfg.model.name}, random init (model.pretrained not set)"
@@ -94,7 +99,10 @@ def export_run(
     images: int = 1000,
     threads: int = 2,
 ) -> dict[str, Any]:
-    """Export the best student of ``run_dir`` as ``onnx`` or ``packed``; return the report."""
+    """Export the best student of ``run_dir`` as ``onnx`` or ``packed``; return the report.
+
+    A ``model.source: hf`` run exports as ``packed`` only: Hugging Face packed safetensors
+    (`qdistill.export.hf_packed`), with its parity checked on ``images`` held-out tokens."""
     from qdistill.experiment import load_run
 
     min_agreement = check_min_agreement(min_agreement)
@@ -104,6 +112,10 @@ def export_run(
     out = Path(out or run_dir / ("model.onnx" if fmt == "onnx" else "model.packed.safetensors"))
     require_writable(out.parent)
     model, cfg, state = load_run(run_dir)
+    if cfg.model.source == "hf":
+        if fmt != "packed":
+            raise ConfigError(f"{run_dir} is a Hugging Face run: export it with --format packed, not {fmt}")
+        return _export_hf_run(run_dir, out, model, cfg, state, images, min_agreement)
     calib, labels, metadata = _calibration_images(cfg, images)
     card = _card_facts(run_dir, cfg, state)
     if fmt == "onnx":
@@ -127,10 +139,31 @@ def export_run(
         "num_classes": meta.get("num_classes") or cfg.model.num_classes,
         "in_channels": meta.get("in_channels", calib.shape[1]),
     }
+    header, parity = _write_checked(
+        out,
+        lambda tmp: export_packed(model, tmp, arch=arch, meta={"run": str(run_dir)})["layers"],
+        load_packed,
+        lambda m: torch_logits(m, calib),
+        model,
+        min_agreement,
+    )
+    return _packed_report(out, parity, card, header)
+
+
+def _write_checked(
+    out: Path,
+    write: Callable[[Path], dict[str, Any]],
+    reload: Callable[[Path], nn.Module],
+    logits: Callable[[nn.Module], np.ndarray],
+    model: nn.Module,
+    min_agreement: float,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``write`` the model to ``out`` through a ``.partial`` file that moves into place only when the
+    ``reload``-ed file's logits agree with ``model``'s; returns what ``write`` returned and the parity."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    header = export_packed(model, tmp, arch=arch, meta={"run": str(run_dir)})
-    reference, rebuilt = torch_logits(model, calib), torch_logits(load_packed(tmp), calib)
+    written = write(tmp)
+    reference, rebuilt = logits(model), logits(reload(tmp))
     parity = compare_logits(reference, rebuilt)
     parity["bit_exact"] = bool((reference == rebuilt).all())
     parity["threshold"] = min_agreement
@@ -140,6 +173,11 @@ def export_run(
         tmp.unlink()
         raise
     tmp.replace(out)
+    return written, parity
+
+
+def _packed_report(out: Path, parity: dict[str, Any], card: dict[str, Any], layers: dict[str, Any]) -> dict[str, Any]:
+    """The export report (also ``<out>.json``) and the model card next to the packed file."""
     report = {
         "format": "packed safetensors",
         "parity": parity,
@@ -147,9 +185,44 @@ def export_run(
         **card,
         "layers": [
             {"name": n, "weight_bits": lq["bits"], "act_bits": lq["act_bits"], "weight": f"{lq['bits']}-bit packed"}
-            for n, lq in header["layers"].items()
+            for n, lq in layers.items()
         ],
     }
     Path(str(out) + ".json").write_text(json.dumps(report, indent=1))
     write_model_card(out, report)
     return report
+
+
+def _export_hf_run(
+    run_dir: Path, out: Path, model: nn.Module, cfg: Any, state: dict[str, Any], tokens: int, min_agreement: float
+) -> dict[str, Any]:
+    """A ``model.source: hf`` run as packed Hugging Face safetensors (`export_hf_packed`), checked on
+    about ``tokens`` of its held-out text (else its training text) against the trained student."""
+    from qdistill.batch import logits_of
+    from qdistill.export.hf_packed import export_hf_packed, load_hf_packed
+    from qdistill.hf_experiment import load_text_blocks
+    from qdistill.models.hf import build_hf_model, load_hf_tokenizer
+
+    text = load_text_blocks(cfg.data, load_hf_tokenizer(str(run_dir)))  # the run folder holds the tokenizer
+    blocks = text.test if text.test is not None else text.train
+    ids = blocks[: max(1, -(-tokens // text.block_size))]
+
+    def logits(m: nn.Module) -> np.ndarray:
+        with torch.no_grad():
+            return logits_of(m(input_ids=ids)).flatten(0, -2).float().numpy()
+
+    layers, parity = _write_checked(
+        out,
+        lambda tmp: export_hf_packed(model, tmp),
+        lambda tmp: load_hf_packed(tmp, build_hf_model(run_dir, cfg.model.task)),
+        logits,
+        model,
+        min_agreement,
+    )
+    parity["unit"] = "tokens"
+    card = _card_facts(run_dir, cfg, state) | {"architecture": type(model).__name__}
+    results = run_dir / "results.json"
+    r = json.loads(results.read_text()) if results.is_file() else {}
+    if "ppl" in r:
+        card["accuracy"] = f"held-out perplexity {r['ppl']:.3f} (teacher {r['teacher_ppl']:.3f})"
+    return _packed_report(out, parity, card, layers)

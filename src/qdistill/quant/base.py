@@ -9,9 +9,10 @@ from torch import Tensor, nn
 
 from qdistill.errors import ConfigError
 from qdistill.quant.fake_quant import BACKWARDS, fake_quant, quant_level
+from qdistill.quant.range_init import weight_range
 from qdistill.registry import Registry
 
-__all__ = ["QUANTIZERS", "Interval", "Quantizer", "zero_aligned"]
+__all__ = ["QUANTIZERS", "Interval", "Quantizer"]
 
 QUANTIZERS: Registry[type[Quantizer]] = Registry("quantizer")
 
@@ -26,19 +27,6 @@ class Interval:
     step: Tensor  # output = (level - zero) * step
     zero: Tensor | float = 0.0
     range_rule: str = "full"
-
-
-def zero_aligned(lo: Tensor, hi: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Move ``[lo, hi]`` by less than one step so that 0 is one of its ``n + 1`` levels.
-
-    Returns ``(lo', hi', zero)`` with ``zero`` the integer level of x = 0 (clamped to 0..n): an
-    integer zero point keeps 0 exact and is what an integer runtime needs. ``zero`` is detached,
-    a function of the current range, so gradients reach ``lo``/``hi`` through the step only.
-    """
-    delta = (hi - lo) / n
-    zero = torch.round(-lo / delta).clamp(0, n).detach()
-    lo = -zero * delta
-    return lo, lo + n * delta, zero
 
 
 class Quantizer(nn.Module):
@@ -59,10 +47,14 @@ class Quantizer(nn.Module):
             weight; ``()`` for one range per tensor.
         backward: Round's backward: ``ste``, ``ewgs`` or ``generic``.
         coef: initial EWGS delta or generic mu.
+        weight_init: where a weight range starts (`qdistill.quant.range_init`): ``default`` (the
+            method's rule) or, for methods that list it in ``weight_inits``, ``minmax`` / ``mse``
+            (an asymmetric grid with an integer zero point per range).
     """
 
     default_backward = "ste"  # what QuantConfig.backward=None resolves to for this method
     weight_granularities: tuple[str, ...] = ("tensor", "channel", "group")  # weight ranges it defines
+    weight_inits: tuple[str, ...] = ("default",)  # weight range initialisations it defines
 
     def __init__(
         self,
@@ -72,8 +64,13 @@ class Quantizer(nn.Module):
         channel_shape: tuple[int, ...] = (),
         backward: str = "ste",
         coef: float = 1e-3,
+        weight_init: str = "default",
     ):
         super().__init__()
+        if weight_init not in self.weight_inits:
+            raise ConfigError(
+                f"quant.weight_init {weight_init!r}: {type(self).__name__} starts weights from {', '.join(self.weight_inits)}"
+            )
         if not 1 <= int(bits) <= 8:
             raise ConfigError(f"bits must be in 1..8, got {bits}")
         if backward not in BACKWARDS:
@@ -83,6 +80,7 @@ class Quantizer(nn.Module):
         self.channel_shape = tuple(channel_shape)
         self.channels = self.channel_shape[0] if self.channel_shape else 1
         self.backward_mode = backward
+        self.weight_init = weight_init if is_weight else "default"
         self.register_buffer("coef", torch.tensor(float(coef)))
         self.signed: bool = is_weight
         self.initialized = False
@@ -111,6 +109,17 @@ class Quantizer(nn.Module):
 
     def reduce_dims(self, x: Tensor) -> tuple[int, ...]:
         return tuple(range(1, x.dim())) if self.channel_shape else tuple(range(x.dim()))
+
+    @property
+    def asymmetric(self) -> bool:
+        """Whether the weight grid is min/max-style: ``[lo, hi]`` holding 0, an integer zero point."""
+        return self.weight_init != "default"
+
+    @torch.no_grad()
+    def asymmetric_range(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(lo, hi)`` of the ``weight_init`` rule, one per range (`param_shape`)."""
+        lo, hi = weight_range(x, self.weight_init, self.n, self.reduce_dims(x))
+        return lo.view(self.param_shape()), hi.view(self.param_shape())
 
     @torch.no_grad()
     def init_from(self, x: Tensor) -> None:

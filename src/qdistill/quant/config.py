@@ -10,6 +10,7 @@ from qdistill.config import from_dict
 from qdistill.errors import ConfigError
 from qdistill.quant.base import QUANTIZERS
 from qdistill.quant.fake_quant import BACKWARDS
+from qdistill.quant.range_init import WEIGHT_INITS
 
 __all__ = ["QuantConfig"]
 
@@ -22,6 +23,7 @@ _LAYER_KEYS = (
     "per_channel",
     "group_size",
     "act_granularity",
+    "weight_init",
 )
 ACT_GRANULARITIES = ("tensor", "token")
 
@@ -41,6 +43,11 @@ class QuantConfig:
         group_size: one weight range per output channel and group of this many inputs (along the
             input dimension; it must divide each quantized layer's input count). None: per
             tensor or per channel as ``per_channel`` says.
+        weight_init: where weight ranges start: ``default`` (the method's rule, e.g. LSQ's
+            2 mean|w| / sqrt(Qp)), ``minmax`` (an asymmetric grid with an integer zero point per
+            range, ``[min(w, 0), max(w, 0)]``: round-to-nearest as LLM quantization does it) or
+            ``mse`` (that range shrunk by the factor of least squared error); ``minmax`` and
+            ``mse`` need a method that learns a weight range (``lsq``, ``ewgs``) and 2+ bits.
         act_granularity: ``tensor`` (one learned range, the method's rule) or ``token`` (a range
             per token, min/max over the last dimension computed on the fly: transformer
             activations; only for layers reading features on the last dimension).
@@ -63,6 +70,7 @@ class QuantConfig:
     per_channel: bool = False
     group_size: int | None = None
     act_granularity: str = "tensor"
+    weight_init: str = "default"
     quantize_embeddings: bool = False
     keep_first: bool = True
     keep_last: bool = True
@@ -91,6 +99,17 @@ class QuantConfig:
             raise ConfigError(
                 f"quant.act_granularity: unknown {self.act_granularity!r}; choose one of {', '.join(ACT_GRANULARITIES)}"
             )
+        if self.weight_init not in WEIGHT_INITS:
+            raise ConfigError(
+                f"quant.weight_init: unknown {self.weight_init!r}; choose one of {', '.join(WEIGHT_INITS)}"
+            )
+        inits = QUANTIZERS.get(self.method).weight_inits
+        if self.weight_init not in inits:
+            raise ConfigError(
+                f"quant.weight_init {self.weight_init!r}: method {self.method!r} starts weights from {', '.join(inits)}"
+            )
+        if self.weight_init != "default" and self.weight_bits < 2:
+            raise ConfigError(f"quant.weight_init {self.weight_init!r} needs weight_bits >= 2 (a grid with 0 on it)")
         r = self.residual_bits
         if r is not None and (not isinstance(r, int) or isinstance(r, bool) or not 2 <= r <= 8):
             raise ConfigError(f"quant.residual_bits: must be None or an integer in 2..8, got {r!r}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from qdistill.quant.base import Interval, Quantizer, zero_aligned
+from qdistill.quant.base import Interval, Quantizer
+from qdistill.quant.range_init import zero_aligned
 
 __all__ = ["TokenQuantizer"]
 

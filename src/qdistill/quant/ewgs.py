@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from qdistill.quant.base import QUANTIZERS, Interval, Quantizer, zero_aligned
+from qdistill.quant.base import QUANTIZERS, Interval, Quantizer
 from qdistill.quant.pact import activation_range
+from qdistill.quant.range_init import zero_aligned
 
 __all__ = ["EWGSQuantizer"]
 
@@ -23,9 +24,15 @@ class EWGSQuantizer(Quantizer):
     activations from calibration-batch statistics. The paper applies one output scale after the
     convolution; here each quantizer owns its scale, which is the same function (the product of the
     two is the paper's scale) and keeps quantizers independent of the layer.
+
+    ``weight_init: minmax`` / ``mse`` give weights the signed-activation grid instead: ``[l, u]``
+    from the range's min/max (`qdistill.quant.range_init`), zero-aligned, output
+    ``(k - z) * s / (L - 1)`` with ``s = u - l``: round-to-nearest on min/max at the start, with
+    l, u and s still learnable.
     """
 
     default_backward = "ewgs"
+    weight_inits = ("default", "minmax", "mse")
 
     def __init__(self, bits: int, **kw) -> None:
         super().__init__(bits, **kw)
@@ -35,6 +42,12 @@ class EWGSQuantizer(Quantizer):
         self.out_scale = nn.Parameter(torch.ones(shape))
 
     def init_from(self, x: Tensor) -> None:
+        if self.asymmetric:
+            lo, hi = self.asymmetric_range(x)
+            self.lower.copy_(lo)
+            self.upper.copy_(hi)
+            self.out_scale.copy_(hi - lo)
+            return
         if self.is_weight:
             dims = self.reduce_dims(x)
             correction = 1 if x.numel() // self.channels > 1 else 0  # a single weight has no spread
@@ -56,7 +69,7 @@ class EWGSQuantizer(Quantizer):
         lo = self.lower
         hi = lo + (self.upper - lo).clamp_min(1e-12)  # keeps u > l; tiny (1e-7) activations keep their grid
         s = self.out_scale
-        if self.is_weight:
+        if self.is_weight and not self.asymmetric:
             return Interval(x, lo, hi, s * (2 / self.n), self.n / 2)
         if not self.signed:
             return Interval(x, lo, hi, s / self.n)

@@ -54,7 +54,9 @@ class QuantModule:
         view = self.weight_quant_input().detach()
         channels = (view.shape[0],) + (1,) * (view.dim() - 1) if granularity != "tensor" else ()
         common = {"backward": cfg.resolved_backward, "coef": cfg.backward_coef}
-        self.weight_quant = cls(cfg.weight_bits, is_weight=True, channel_shape=channels, **common)
+        self.weight_quant = cls(
+            cfg.weight_bits, is_weight=True, channel_shape=channels, weight_init=cfg.weight_init, **common
+        )
         self.weight_quant.initialize(view)
         self.act_quant = None
         if cfg.act_bits is not None and self.quantizes_input:
