@@ -89,16 +89,16 @@ def _average_grad(p: Tensor) -> None:
 
 
 @torch.no_grad()
-def _take_rank0_state(module: nn.Module) -> None:
+def _take_rank0_state(module: nn.Module, device: torch.device) -> None:
     """Every rank gets rank 0's parameters, buffers and quantizer state (signedness, initialised)."""
     from qdistill.quant.base import Quantizer
 
     for t in [*module.parameters(), *module.buffers()]:
         dist.broadcast(t.data, 0)
     for q in (m for m in module.modules() if isinstance(m, Quantizer)):
-        flags = q.get_extra_state().to(torch.uint8)
+        flags = q.get_extra_state().to(device, torch.uint8)  # NCCL broadcasts CUDA tensors only
         dist.broadcast(flags, 0)
-        q.set_extra_state(flags.bool())
+        q.set_extra_state(flags.bool().cpu())
 
 
 def shard(joint: nn.Module, device: torch.device) -> None:
@@ -108,7 +108,7 @@ def shard(joint: nn.Module, device: torch.device) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    _take_rank0_state(joint)
+    _take_rank0_state(joint, device)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     whole = {p for p in joint.student.parameters() if p.dim() == 0} | set(joint.objective.parameters())
     for p in whole:
@@ -173,7 +173,8 @@ def load_state_dict(module: nn.Module, state: dict[str, Any]) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     _reshard(module)
-    set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    # a copy: set_model_state_dict replaces the entries of the dict it is given by shards
+    set_model_state_dict(module, dict(state), options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
@@ -181,7 +182,8 @@ def _params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
 
 
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """``optimizer.state_dict()`` with whole tensors (a collective when sharded; every rank gets it).
+    """``optimizer.state_dict()`` with whole tensors, on the CPU. Sharded: a collective whose result
+    only rank 0 gets (the others ``{}``), gathered one tensor at a time.
 
     Not `get_optimizer_state_dict`: that one keys the state by parameter name, qdistill's
     checkpoints (one process, DDP) by position as `torch.optim.Optimizer.state_dict` does;
@@ -190,11 +192,12 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     sd = optimizer.state_dict()
     if not any(_is_dtensor(p) for p in _params(optimizer)):
         return sd
-    whole = {
-        i: {k: v.full_tensor().cpu() if _is_dtensor(v) else v for k, v in s.items()}
-        for i, s in sd["state"].items()
-    }
-    return {**sd, "state": whole}
+    rank0, whole = dist.get_rank() == 0, {}
+    for i, state in sd["state"].items():
+        gathered = {k: v.full_tensor() if _is_dtensor(v) else v for k, v in state.items()}  # every rank
+        if rank0:
+            whole[i] = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in gathered.items()}
+    return {**sd, "state": whole} if rank0 else {}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
