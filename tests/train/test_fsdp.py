@@ -4,7 +4,7 @@ The harness of test_distributed.py (same global batches, steps, kill and resume)
 one process (``ddp``: the unsharded reference) runs ``full`` and ``part``; two FSDP processes run
 ``full``, ``part`` and ``resume`` (continuing the one-process ``part``: ddp -> fsdp, 1 -> 2); one
 process then resumes the two-process ``part`` (fsdp -> ddp, 2 -> 1). Cases: a tiny random-init
-Llama causal LM (every nn.Linear quantized, EWGS with its Hessian-estimated delta, and LSQ) and
+Llama causal LM (the blocks' nn.Linear W2A4, EWGS with its Hessian-estimated delta, and LSQ) and
 the 3-conv BatchNorm network with an objective-side BatchNorm adaptor (SQuaT) and replicated
 scalars (GoR's loss weights, PACT's clip values).
 """
