@@ -65,16 +65,18 @@ class _Stop(Exception):
     """Simulates a kill after a given global step."""
 
 
-def _case(root: Path, mode: str, world: int, method: str, quantizer: str, params: dict) -> dict:
+def _case(
+    root: Path, mode: str, world: int, method: str, quantizer: str, params: dict, distributed: str = "ddp"
+) -> tuple[dict, object]:
     import numpy as np
     import torch
 
     import qdistill
     from qdistill.data import BatchLoader, ImageSet
     from qdistill.distill.ensemble import TeacherEnsemble
-    from qdistill.train import distributed
+    from qdistill.train.distributed import rank_and_world
 
-    rank, _ = distributed.rank_and_world()
+    rank, _ = rank_and_world()
     rng = np.random.default_rng(0)
     data = ImageSet((rng.random((24, 8, 8, 1)) * 255).astype(np.uint8), None)
     norm = {"mean": (0.5,), "std": (0.25,)}
@@ -111,7 +113,17 @@ def _case(root: Path, mode: str, world: int, method: str, quantizer: str, params
         hessian_probes=1,
         device="cpu",
         amp="off",
+        distributed=distributed,
     )
+    out = root / f"{method}-{quantizer}" / (f"part{3 - world}" if mode == "resume" else f"{mode}{world}")
+    return train(objective, loader, cfg, val, out, mode)
+
+
+def train(objective, loader, cfg, val, out: Path, mode: str):
+    """Fit (``part``: stopped after global step `STOP_AT`; ``resume``: continue ``out``); the mean loss
+    of every step, the EWGS delta of every epoch, and the trainer."""
+    import qdistill
+
     losses: list[float] = []
 
     class Record:
@@ -120,14 +132,12 @@ def _case(root: Path, mode: str, world: int, method: str, quantizer: str, params
             if mode == "part" and trainer.epoch * STEPS_PER_EPOCH + trainer.step == STOP_AT:
                 raise _Stop
 
-    name = f"{method}-{quantizer}"
-    out = root / name / (f"part{3 - world}" if mode == "resume" else f"{mode}{world}")
     trainer = qdistill.Trainer(objective, loader, cfg, val, out, callbacks=[Record()])
     try:
         history = trainer.fit(resume=mode == "resume")
     except _Stop:
         history = trainer.history
-    return {"losses": losses, "delta": [row.get("ewgs_delta_mean") for row in history]}
+    return {"losses": losses, "delta": [row.get("ewgs_delta_mean") for row in history]}, trainer
 
 
 def _fail(rank: int) -> None:
@@ -165,28 +175,29 @@ def _worker(out: str, mode: str) -> None:
         rank, world = distributed.rank_and_world()
         if mode == "fail":
             return _fail(rank)
-        results = {f"{m}-{q}": _case(Path(out).parent, mode, world, m, q, p) for m, q, p in CASES}
+        results = {f"{m}-{q}": _case(Path(out).parent, mode, world, m, q, p)[0] for m, q, p in CASES}
         if rank == 0:
             Path(out).write_text(json.dumps(results))
 
 
-def _launch(tmp_path: Path, mode: str, world: int) -> dict:
+def launch_json(tmp_path: Path, mode: str, world: int, script: str = __file__) -> dict:
+    """Run ``python SCRIPT OUT MODE`` in ``world`` processes; what rank 0 wrote to OUT."""
     from qdistill.train.distributed import launch
 
     out = tmp_path / f"{mode}{world}.json"
-    assert launch([__file__, str(out), mode], world) == 0
+    assert launch([script, str(out), mode], world) == 0
     return json.loads(out.read_text())
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, dict]:
     tmp = tmp_path_factory.mktemp("ddp")
-    one = _launch(tmp, "full", 1)
-    part1 = _launch(tmp, "part", 1)
-    two = _launch(tmp, "full", 2)
-    part2 = _launch(tmp, "part", 2)
-    resume2 = _launch(tmp, "resume", 2)  # continues part1 (written by 1 process)
-    resume1 = _launch(tmp, "resume", 1)  # continues part2 (written by 2 processes)
+    one = launch_json(tmp, "full", 1)
+    part1 = launch_json(tmp, "part", 1)
+    two = launch_json(tmp, "full", 2)
+    part2 = launch_json(tmp, "part", 2)
+    resume2 = launch_json(tmp, "resume", 2)  # continues part1 (written by 1 process)
+    resume1 = launch_json(tmp, "resume", 1)  # continues part2 (written by 2 processes)
     return {"full1": one, "full2": two, "part1": part1, "part2": part2, "resume1": resume1, "resume2": resume2}
 
 

@@ -44,8 +44,9 @@ class TrainConfig:
             making ordinary noise look like divergence). ``diverge_factor: null`` turns the check
             off; non-finite losses and weights always stop the run.
         distributed: data parallel wrapper when run under ``torchrun`` / ``qdistill train --nproc``:
-            ``ddp`` (DistributedDataParallel, BatchNorm synced); ``fsdp`` is refused for now
-            (see docs/training.md).
+            ``ddp`` (DistributedDataParallel: every rank holds the whole student) or ``fsdp``
+            (FSDP2: each rank holds 1/N of the student's weights, gradients and optimizer state;
+            same losses and checkpoints, see docs/training.md). BatchNorm is synced under both.
         dist_timeout: seconds a collective may wait for the other processes before the run stops
             (a hung or dead peer ends every rank instead of blocking it).
         blockwise_steps: before end-to-end training, train each quantized block this many steps to

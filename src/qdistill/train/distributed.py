@@ -1,10 +1,11 @@
 """Data parallel training on torch.distributed: process group, synced BatchNorm, wrapping, launching.
 
 The trainer trains the same run in N processes as in one: every rank holds a full copy of
-student, objective and frozen teacher, takes its contiguous shard of each global batch
-(`BatchLoader(num_shards=, shard=)`), and the gradients of the mean loss are averaged. Nothing
-here changes the checkpoint: state dicts are those of the unwrapped modules and steps count
-global batches, so a run resumes under any world size.
+student (``ddp``; ``fsdp``: 1/N of it, see `qdistill.train.fsdp`), objective and frozen teacher,
+takes its contiguous shard of each global batch (`BatchLoader(num_shards=, shard=)`), and the
+gradients of the mean loss are averaged. Nothing here changes the checkpoint: state dicts are
+those of the unwrapped modules and steps count global batches, so a run resumes under any world
+size.
 
 Started by ``torchrun`` (its ``RANK``/``WORLD_SIZE``/``MASTER_*`` variables) or by `launch`
 (``qdistill train --nproc N``), which starts N copies of a command with the same variables and
@@ -237,30 +238,34 @@ class _Joint(nn.Module):
         return self.objective(inputs, labels)
 
 
-def wrap(objective: nn.Module, device: torch.device, mode: str = "ddp") -> nn.Module:
-    """The module a data parallel step calls as ``step(inputs, labels) -> (loss, logs)``.
-
-    ``ddp``: DistributedDataParallel over student + objective, BatchNorm synced. ``fsdp`` is
-    refused (see docs/training.md). Call after quantizing and before building the optimizer.
-    """
+def _check_calibrated(student: nn.Module) -> None:
     from qdistill.quant.base import Quantizer
 
-    if mode != "ddp":
-        raise ConfigError(
-            "train.distributed: fsdp is not supported yet: FSDP2 (fully_shard) runs on gloo in torch "
-            "2.13, but qdistill's checkpoints, best-epoch copies and EWGS Hessian estimate need whole "
-            "(unsharded) parameters; use ddp"
-        )
-    raw = [n for n, m in objective.student.named_modules() if isinstance(m, Quantizer) and not bool(m.initialized)]
+    raw = [n for n, m in student.named_modules() if isinstance(m, Quantizer) and not bool(m.initialized)]
     if raw:
         raise ConfigError(
             f"quantizer {raw[0]} is not initialized: calibrate the student (make_student(teacher, "
             "config, calib_batch)) before data parallel training, so every rank starts alike"
         )
+
+
+def wrap(objective: nn.Module, device: torch.device, mode: str = "ddp") -> nn.Module:
+    """The module a data parallel step calls as ``step(inputs, labels) -> (loss, logs)``.
+
+    ``ddp``: DistributedDataParallel over student + objective. ``fsdp``: the student sharded in
+    place with FSDP2 (`qdistill.train.fsdp.shard`), the objective's parameters kept whole. Either
+    way BatchNorm is synced. Call after quantizing and before building the optimizer.
+    """
+    _check_calibrated(objective.student)
     joint = _Joint(objective)
     convert_sync_batchnorm(joint, device.type == "cuda")
     if rank_and_world()[1] > 1:
         sync_ewgs_weight_grads(objective.student)
+    if mode == "fsdp":
+        from qdistill.train.fsdp import shard
+
+        shard(joint, device)
+        return joint
     ids = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else None
     # static_graph: parameters a method never uses (e.g. a frozen part) are handled without a graph walk per step
     return nn.parallel.DistributedDataParallel(joint, device_ids=ids, static_graph=True)

@@ -22,7 +22,7 @@ from qdistill.distill.objectives import Objective
 from qdistill.errors import CheckpointError, ConfigError, DataError, DivergedError
 from qdistill.quant.base import Quantizer
 from qdistill.quant.callbacks import training_callbacks
-from qdistill.train import distributed
+from qdistill.train import distributed, fsdp
 from qdistill.train.callbacks import EVENTS
 from qdistill.train.checkpoint import load_checkpoint, remove_stale_tmp, require_keys, save_checkpoint
 from qdistill.train.compile import fast_step_callbacks
@@ -198,6 +198,7 @@ class Trainer:
                     f"shard(s): build it with num_shards={world}, shard=rank"
                 )
             self.step_module = distributed.wrap(objective, self.device, cfg.distributed)
+        self.sharded = fsdp.is_sharded(self.student)  # FSDP: state dicts are gathered by every rank
         self.optimizer = make_optimizer(param_groups(objective, cfg), cfg)
         total = cfg.epochs * self.steps_per_epoch
         warmup = round(cfg.warmup_epochs * self.steps_per_epoch)
@@ -231,9 +232,9 @@ class Trainer:
             "step": self.step,
             "sums": self.sums,
             "row": self.row,
-            "student": self.student.state_dict(),
+            "student": fsdp.full_state_dict(self.student),
             "objective": self.objective.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": fsdp.full_optimizer_state(self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "rng": _rng_state(),
             "best": self.best,
@@ -244,9 +245,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.student.load_state_dict(state["student"])
+        fsdp.load_state_dict(self.student, state["student"])
         self.objective.load_state_dict(state["objective"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        fsdp.load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         self.epoch, self.step, self.sums, self.row = state["epoch"], state["step"], state["sums"], state["row"]
@@ -279,8 +280,10 @@ class Trainer:
             save_checkpoint(best, self.out_dir / "best.pt")
 
     def _write_last(self) -> None:
-        if self.out_dir is not None and self.main:
-            save_checkpoint(self.state_dict(), self.out_dir / "last.pt")
+        if self.out_dir is not None and (self.main or self.sharded):  # gathering shards takes every rank
+            state = self.state_dict()
+            if self.main:
+                save_checkpoint(state, self.out_dir / "last.pt")
 
     # -- training --------------------------------------------------------------------------------
     def _to_device(self, batch: Any) -> tuple[Inputs, torch.Tensor | None]:
@@ -370,7 +373,7 @@ class Trainer:
             nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        if not math.isfinite(float(nn.utils.get_total_norm(params, norm_type=math.inf))):
+        if not fsdp.all_finite(params):
             raise self._diverged("a weight became NaN or infinite after the optimizer step")
         return logs
 
@@ -389,7 +392,7 @@ class Trainer:
         score = self._score(row)
         if score is not None and score < self.best.get("score", -math.inf):
             return False
-        student = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+        student = {k: v.detach().clone() for k, v in fsdp.full_state_dict(self.student).items()}
         self.best = {"score": score, "epoch": self.epoch, "student": student}
         return True
 
@@ -417,7 +420,8 @@ class Trainer:
             while self.epoch < self.cfg.epochs:
                 if self.step == 0:
                     self.row = {"epoch": self.epoch + 1}
-                    self._emit("on_epoch_start", self.row)
+                    with fsdp.whole_weights(self.student) if self.sharded else nullcontext():
+                        self._emit("on_epoch_start", self.row)  # EWGS's estimate differentiates twice
                 row = self.row
                 row.update(self.train_epoch())
                 row["lr"] = self.scheduler.get_last_lr()[0]
@@ -431,7 +435,10 @@ class Trainer:
                 if improved:
                     self._write_best()
             if self.best:
-                self.student.load_state_dict(self.best["student"])
+                fsdp.load_state_dict(self.student, self.best["student"])
+            if self.sharded:  # what follows fit (evaluation, export) gets the plain student
+                fsdp.release(self.student)
+                self.sharded = False
         finally:
             self._emit("on_fit_end")
             self.objective.close()
