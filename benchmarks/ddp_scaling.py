@@ -1,6 +1,7 @@
 """Data parallel scaling on this machine: 1 vs 2 gloo processes training the same run, same global batch.
 
-    python benchmarks/ddp_scaling.py [--steps 50] [--batch 64] [--threads 1] [--procs 1 2]
+    python benchmarks/ddp_scaling.py [--steps 50] [--batch 64] [--threads 1] [--procs 1 2] [--dtype float64]
+                                     [--no-yardstick]
 
 CIFAR-10 ResNet-20 W2A2 SQAKD (EWGS quantizers, delta from the Hessian of the global batch; the
 pretrained teacher from ../shared/teachers when present, else a seeded random one) on synthetic
@@ -11,7 +12,10 @@ largest difference, and the throughput (images/s of the global batch, median ove
 after the first two) with the ratios; writes benchmarks/results/ddp_scaling.json. SGD: Adam's
 first steps are sign(gradient), which turns float rounding in near-zero gradients into
 full-size updates. W2A2 training is chaotic: a rounding difference flips a quantized level
-now and then and grows from there, so long runs drift apart even between thread counts.
+now and then and grows from there, so long float32 runs drift apart even between thread counts.
+``--dtype float64`` runs every tensor (models, quantizers, loss) in float64 and writes
+ddp_scaling_float64.json: rounding differences are then ~1e-16 and rarely reach a level
+boundary, so agreement there tests the equivalence itself rather than float32's chaos.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TEACHER = Path(__file__).resolve().parents[1] / ".." / "shared" / "teachers" / "resnet20-12fca82f.th"
 
 
-def worker(out: str, steps: int, batch: int, threads: int, lr: float) -> None:
+def worker(out: str, steps: int, batch: int, threads: int, lr: float, dtype: str) -> None:
     """One rank of a run: train ``steps`` global batches, record loss and time per step."""
     import numpy as np
     import torch
@@ -37,13 +41,20 @@ def worker(out: str, steps: int, batch: int, threads: int, lr: float) -> None:
     from qdistill.data import BatchLoader, ImageSet
     from qdistill.train import distributed
 
+    class Loader(BatchLoader):
+        """The loader's float32 images in the run's dtype (the same values in every process)."""
+
+        def _batch(self, *args):
+            return super()._batch(*args).to(torch.get_default_dtype())
+
     torch.set_num_threads(threads)
+    torch.set_default_dtype(getattr(torch, dtype))  # models, quantizers and their buffers
     with distributed.process_group(timeout_s=300):
         rank, world = distributed.rank_and_world()
         rng = np.random.default_rng(0)
         data = ImageSet((rng.random((steps * batch, 32, 32, 3)) * 255).astype(np.uint8), None)
         norm = {"mean": (0.49, 0.48, 0.45), "std": (0.25, 0.24, 0.26)}
-        loader = BatchLoader(
+        loader = Loader(
             data,
             batch,
             **norm,
@@ -57,7 +68,7 @@ def worker(out: str, steps: int, batch: int, threads: int, lr: float) -> None:
         torch.manual_seed(0)
         pretrained = str(TEACHER) if TEACHER.is_file() else None
         teacher = qdistill.create_model("resnet20", num_classes=10, pretrained=pretrained).eval()
-        calib = next(iter(BatchLoader(data, 256, **norm, with_labels=False)))
+        calib = next(iter(Loader(data, 256, **norm, with_labels=False)))
         student = qdistill.make_student(teacher, qdistill.QuantConfig(method="ewgs", weight_bits=2, act_bits=2), calib)
         objective = qdistill.build_objective("sqakd", student, teacher)
         cfg = qdistill.TrainConfig(
@@ -120,21 +131,34 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (momentum 0.9)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="float type of every tensor; float64 writes ddp_scaling_float64.json",
+    )
+    p.add_argument(
+        "--yardstick",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run 1 process at twice the threads (slow on a loaded machine)",
+    )
     p.add_argument("--summarize", action="store_true", help="only recompute the summary of the existing JSON")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        return worker(args.worker, args.steps, args.batch, args.threads, args.lr)
+        return worker(args.worker, args.steps, args.batch, args.threads, args.lr, args.dtype)
+    path = RESULTS / ("ddp_scaling.json" if args.dtype == "float32" else f"ddp_scaling_{args.dtype}.json")
     if args.summarize:
-        result = json.loads((RESULTS / "ddp_scaling.json").read_text())
+        result = json.loads(path.read_text())
         summarize(result)
-        (RESULTS / "ddp_scaling.json").write_text(json.dumps(result, indent=1))
+        path.write_text(json.dumps(result, indent=1))
         return None
     from qdistill.train.distributed import launch
 
     # (processes, threads each); the last run, 1 process at twice the threads, only changes float
     # rounding: how far it drifts from the first is the yardstick for the N-process drift
-    plan = [(n, args.threads) for n in args.procs] + [(args.procs[0], 2 * args.threads)]
+    plan = [(n, args.threads) for n in args.procs] + ([(args.procs[0], 2 * args.threads)] if args.yardstick else [])
     runs, load = {}, [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         for n, threads in plan:
@@ -151,6 +175,8 @@ def main() -> None:
                 str(threads),
                 "--lr",
                 str(args.lr),
+                "--dtype",
+                args.dtype,
             ]
             if launch(argv, n) != 0:
                 sys.exit(f"the {n}-process run failed")
@@ -160,6 +186,7 @@ def main() -> None:
         "steps": args.steps,
         "global_batch": args.batch,
         "lr": args.lr,
+        "dtype": args.dtype,
         "cpus": os.cpu_count(),
         "load_average_1min": load,
         "teacher": "pretrained" if TEACHER.is_file() else "random",
@@ -167,8 +194,8 @@ def main() -> None:
     }
     summarize(result)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ddp_scaling.json").write_text(json.dumps(result, indent=1))
-    print(f"written to {RESULTS / 'ddp_scaling.json'}")
+    path.write_text(json.dumps(result, indent=1))
+    print(f"written to {path}")
 
 
 if __name__ == "__main__":

@@ -276,14 +276,14 @@ def step_table(data: dict[str, Any], values: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def ddp_values(data: dict[str, Any], values: dict[str, str]) -> None:
-    """``ddp:RUN:steps`` (steps within 1e-6 of one process), ``:diff`` and ``:throughput`` of `ddp_scaling.py`."""
-    values["ddp:load"] = f"{data['load_average_1min'][0]:.1f}"
-    values["ddp:steps"] = str(data["steps"])
+def ddp_values(data: dict[str, Any], values: dict[str, str], tag: str) -> None:
+    """``TAG:RUN:steps`` (steps within 1e-6 of one process), ``:diff`` and ``:throughput`` of `ddp_scaling.py`."""
+    values[f"{tag}:load"] = f"{data['load_average_1min'][0]:.1f}"
+    values[f"{tag}:steps"] = str(data["steps"])
     for run, v in data["vs_1x1"].items():
-        values[f"ddp:{run}:steps"] = str(v["steps_within_1e-6_rel"])
-        values[f"ddp:{run}:diff"] = f"{v['max_abs_loss_diff']:.2g}"
-        values[f"ddp:{run}:throughput"] = f"{v['throughput_ratio']:.2f}"
+        values[f"{tag}:{run}:steps"] = str(v["steps_within_1e-6_rel"])
+        values[f"{tag}:{run}:diff"] = f"{v['max_abs_loss_diff']:.2g}"
+        values[f"{tag}:{run}:throughput"] = f"{v['throughput_ratio']:.2f}"
 
 
 ISSUE_RTN = {"teacher": 11.62, "W4-per-channel": 39.37, "W4-g64": 18.90, "W3-g64": 213.7, "W2-g64": 4e5}  # min/max
@@ -591,9 +591,9 @@ def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
         blocks["llm_rtn"] = rtn_table(json.loads(rtn.read_text()), values)
     if load("train_step", root):
         blocks["train_step"] = step_table(load("train_step", root), values)
-    ddp = root / "ddp_scaling.json"
-    if ddp.exists():
-        ddp_values(json.loads(ddp.read_text()), values)
+    for name, tag in (("ddp_scaling", "ddp"), ("ddp_scaling_float64", "ddp64")):
+        if (root / f"{name}.json").exists():
+            ddp_values(json.loads((root / f"{name}.json").read_text()), values, tag)
     if load("init_accuracy", root):
         blocks["init_accuracy"] = init_table(load("init_accuracy", root), values)
     if load("temperature_sweep", root):

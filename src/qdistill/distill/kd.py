@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -44,8 +45,9 @@ def kd_loss(student_logits: Any, teacher_logits: Any, temperature: float = 4.0, 
     if s.shape != t.shape:
         raise DataError(f"student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ in shape")
     temp = float(temperature)
-    log_p_s = F.log_softmax(positions(s, mask).float() / temp, dim=-1)
-    log_p_t = F.log_softmax(positions(t, mask).float() / temp, dim=-1)
+    dtype = torch.promote_types(s.dtype, torch.float32)  # half-precision logits in fp32, float64 kept
+    log_p_s = F.log_softmax(positions(s, mask).to(dtype) / temp, dim=-1)
+    log_p_t = F.log_softmax(positions(t, mask).to(dtype) / temp, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (temp * temp)
 
 

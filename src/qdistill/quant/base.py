@@ -143,7 +143,8 @@ class Quantizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.initialized:  # calibration (eager); an initialised quantizer never branches here
             self.initialize(x)
-        x32 = x.float()  # fp32 math under autocast too: the same levels as eval and export
+        # fp32 math under autocast too (the same levels as eval and export); float64 stays float64
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
         iv = self.interval(x32)
         y = fake_quant(iv.x, iv.lo, iv.hi, iv.step, iv.zero, self.levels, self.backward_mode, self.coef, iv.range_rule)
         if self.capture and y.requires_grad:

@@ -14,8 +14,10 @@ trains on (the label-free KD loss in label-free runs).
 Data parallel (a torch.distributed process group, each rank holding its contiguous shard of the
 global batch): the estimate is that of the global batch, as one process would compute it. An
 activation's elements are split over the ranks, so traces, element counts and the gradient's
-sums and squares add up (each rank's probe is its rows of one global draw); a weight is shared,
-so its Hessian-vector product and gradient are averaged over the ranks.
+sums and squares add up (each rank's probe is its rows of one global draw; a rank's loss, the
+mean over its shard, is world size times its share of the global mean, so its gradient and
+trace are divided by the world size first); a weight is shared, so its Hessian-vector product
+and gradient are averaged over the ranks.
 """
 
 from __future__ import annotations
@@ -68,7 +70,11 @@ def _ratios(qs: list, traces: list[float], grads: list[Tensor], probes: int, wor
     stats = []  # activations: trace, elements, sum g, sum g^2; weights: trace
     for (_, q), tr, g in zip(qs, traces, grads):
         g = g.detach().double()
-        stats += [tr] if q.is_weight else [tr, g.numel(), float(g.sum()), float(g.square().sum())]
+        if q.is_weight:
+            stats.append(tr)
+        else:  # per the global mean loss (see the module docstring); else only the 1e-12 below would differ
+            g = g / world
+            stats += [tr / world, g.numel(), float(g.sum()), float(g.square().sum())]
     stats_t = torch.tensor(stats, dtype=torch.float64)
     shared = [g.detach().double().flatten() for (_, q), g in zip(qs, grads) if q.is_weight]
     shared_t = torch.cat(shared) if shared else torch.zeros(0, dtype=torch.float64)
