@@ -40,6 +40,18 @@ def _calibration_images(cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tenso
     return images, labels, meta
 
 
+def _held_out_lines(cfg: Any, count: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A text classifier run's first ``count`` held-out lines, tokenized as in training, and their labels."""
+    import numpy as np
+
+    from qdistill.hf_experiment import _classifier_data, _rows
+    from qdistill.models.hf import load_hf_tokenizer
+
+    tensors, held, _ = _classifier_data(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
+    rows = _rows(tensors, np.flatnonzero(held)[:count])
+    return {k: v for k, v in rows.items() if k != "labels"}, rows["labels"]
+
+
 def _recorded(run_dir: Path, state: dict[str, Any], key: str) -> Any:
     """A fact the run recorded: results.json, then model.json, then the checkpoint's meta."""
     for name in ("results.json", "model.json"):
@@ -54,6 +66,8 @@ def _recorded(run_dir: Path, state: dict[str, Any], key: str) -> Any:
 def _teacher(cfg: Any) -> str:
     from qdistill.distill import OBJECTIVES
 
+    if cfg.model.source == "hf":
+        return str(cfg.model.pretrained)
     if not getattr(OBJECTIVES.get(cfg.method.name), "needs_teacher", True):
         return f"none (method {cfg.method.name} trains without one)"
     if cfg.teachers:
@@ -65,7 +79,7 @@ def _teacher(cfg: Any) -> str:
 
 def _card_facts(run_dir: Path, cfg: Any, state: dict[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {
-        "architecture": cfg.model.name,
+        "architecture": f"{cfg.model.pretrained} (Hugging Face)" if cfg.model.source == "hf" else cfg.model.name,
         "method": f"{cfg.quant.method} W{cfg.quant.weight_bits}A{cfg.quant.act_bits or 32}"
         if cfg.quant
         else "none (FP32)",
@@ -94,7 +108,10 @@ def export_run(
     images: int = 1000,
     threads: int = 2,
 ) -> dict[str, Any]:
-    """Export the best student of ``run_dir`` as ``onnx`` or ``packed``; return the report."""
+    """Export the best student of ``run_dir`` as ``onnx`` or ``packed``; return the report.
+
+    A Hugging Face text classifier run (``model.task: sequence_classification``) exports to ONNX
+    only, checked on its held-out lines."""
     from qdistill.experiment import load_run
 
     min_agreement = check_min_agreement(min_agreement)
@@ -104,6 +121,27 @@ def export_run(
     out = Path(out or run_dir / ("model.onnx" if fmt == "onnx" else "model.packed.safetensors"))
     require_writable(out.parent)
     model, cfg, state = load_run(run_dir)
+    hf = cfg.model.source == "hf"
+    if hf and (fmt != "onnx" or not type(model).__name__.endswith("ForSequenceClassification")):
+        raise ConfigError(
+            f"export: {run_dir} is a Hugging Face {type(model).__name__} run; qdistill export writes ONNX for "
+            "text classifier runs only (packed files of HF models: qdistill.export.export_hf_packed)"
+        )
+    if hf:
+        calib, labels = _held_out_lines(cfg, images)
+        example = {k: v[:8] for k, v in calib.items()}
+        card = _card_facts(run_dir, cfg, state)
+        return export_onnx(
+            model,
+            example,
+            out,
+            calib=calib,
+            labels=labels,
+            residual=residual,
+            min_agreement=min_agreement,
+            threads=threads,
+            card=card,
+        )
     calib, labels, metadata = _calibration_images(cfg, images)
     card = _card_facts(run_dir, cfg, state)
     if fmt == "onnx":
