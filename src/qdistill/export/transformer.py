@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qdistill.batch import Inputs, call_model, logits_of
+from qdistill.batch import Inputs
 from qdistill.errors import ExportError
 from qdistill.export.bench import measure_feeds, ort_session
 from qdistill.export.card import write_model_card
@@ -180,17 +180,6 @@ class _QDQLayer(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-class _Logits(nn.Module):
-    """The model called with keyword inputs, returning only its logits (one ONNX output)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, **inputs: Tensor) -> Tensor:
-        return logits_of(call_model(self.model, inputs))
-
-
 def is_transformer(model: nn.Module, example: Inputs) -> bool:
     """Whether `export_onnx` takes this route: a dict batch, or a Hugging Face model (its config
     has a ``model_type``)."""
@@ -256,7 +245,9 @@ def to_onnx(form: nn.Module, inputs: dict[str, Tensor], opset: int = OPSET) -> A
         cause = e.__cause__ or e  # torch.onnx wraps torch.export's error in a long banner
         first = (str(cause).strip() or type(cause).__name__).splitlines()[0]
         raise ExportError(f"export: torch.onnx.export failed on {type(form).__name__}: {first[:300]}") from None
-    return program.model_proto
+    proto = program.model_proto
+    del proto.graph.output[1:]  # a ModelOutput's other fields (hidden states, attentions): logits only
+    return proto
 
 
 def metadata_of(model: nn.Module, inputs: dict[str, Tensor]) -> dict[str, Any]:
