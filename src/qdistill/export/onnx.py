@@ -65,7 +65,7 @@ def export_onnx(
     example: Tensor | Mapping[str, Tensor],
     path: str | Path,
     *,
-    calib: Tensor | None = None,
+    calib: Tensor | Mapping[str, Tensor] | None = None,
     labels: Tensor | None = None,
     residual: str = "float",
     min_agreement: float = 99.5,
@@ -86,8 +86,9 @@ def export_onnx(
 
     Args:
         model: any model whose quantized layers are `QConv2d`/`QLinear` (quantizers calibrated).
-        example: an input batch (fixes the image shape; the batch dimension stays dynamic).
-        calib: images for the parity check and for residual ranges (default ``example``).
+        example: an input batch (fixes the image shape; the batch dimension stays dynamic), or
+            a dict batch (``input_ids``, ``attention_mask``, ...) for a transformer.
+        calib: images (or a dict batch) for the parity check and for residual ranges (default ``example``).
         labels: labels of ``calib``, when known: the report then also gives the top-1 accuracy
             of the trained model and of the exported one.
         residual: ``"int8"`` quantizes the float residual stream to uint8 (fast: every conv and
@@ -103,7 +104,6 @@ def export_onnx(
         ort_build: also write ``<path>.ort.onnx``: ONNX Runtime's own fused graph with the residual
             stream kept channels-last (`qdistill.export.ort_layout`), faster on ONNX Runtime CPU
             and checked like the QDQ file; it only runs in ONNX Runtime.
-
         opset: ONNX opset (default 17; 18 for transformers).
 
     A dict batch ``example`` or a Hugging Face model goes to

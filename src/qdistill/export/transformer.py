@@ -247,6 +247,9 @@ def to_onnx(form: nn.Module, inputs: dict[str, Tensor], opset: int = OPSET) -> A
         raise ExportError(f"export: torch.onnx.export failed on {type(form).__name__}: {first[:300]}") from None
     proto = program.model_proto
     del proto.graph.output[1:]  # a ModelOutput's other fields (hidden states, attentions): logits only
+    for node in proto.graph.node:  # the exporter's per-node stack traces: most of the file's bytes
+        del node.metadata_props[:]
+        node.doc_string = ""
     return proto
 
 
