@@ -69,7 +69,7 @@ def bert_w8a8(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vit_converted(tmp_path_factory):
-    """A ViT, W4A8 per tensor, exported from its `convert`-ed integer form."""
+    """A ViT, W4A4 per tensor (uint8 levels clipped to 0..15), exported from its `convert`-ed integer form."""
     torch.manual_seed(0)
     cfg = transformers.ViTConfig(
         image_size=16,
@@ -82,7 +82,7 @@ def vit_converted(tmp_path_factory):
     )
     images = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     student = make_student(
-        transformers.ViTForImageClassification(cfg).eval(), QuantConfig(method="lsq", weight_bits=4, act_bits=8), images
+        transformers.ViTForImageClassification(cfg).eval(), QuantConfig(method="lsq", weight_bits=4, act_bits=4), images
     ).eval()
     integer = convert(copy.deepcopy(student))
     return student, images, *_export(integer, images, tmp_path_factory.mktemp("vit"), "vit")
@@ -181,7 +181,8 @@ def test_vit_from_its_integer_form_matches_the_fake_quant_model(vit_converted) -
     got, want = _session_logits(path, {"pixel_values": images.numpy()}), torch_logits(student, images)
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
     assert report["metadata"]["input_names"] == ["pixel_values"] and report["metadata"]["input_size"] == [3, 16, 16]
-    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(path)).graph.node)
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("QuantizeLinear") == ops.count("Clip") > 0  # 4-bit levels: Q -> Clip -> DQ
 
 
 def test_gate_refuses_a_corrupted_graph_and_writes_nothing(bert_w4a8, tmp_path, monkeypatch) -> None:
@@ -247,3 +248,32 @@ def test_cli_exports_a_text_classifier_run(tmp_path, capsys) -> None:
     np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max(), rtol=0)
     assert main(["export", str(run), "--format", "packed"]) == 2
     assert "text classifier runs only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("method", "bits", "path"),
+    [("lsq", 4, None), ("pact", 4, None), ("dorefa", 4, None), ("ewgs", 4, "shift"), ("ewgs", 1, "half")],
+)
+def test_export_modules_compute_the_trained_layers(method, bits, path) -> None:
+    """The export form (custom ops run eagerly, with ONNX's Q/DQ semantics) computes the fake-quant
+    model for every grid kind: integer zero points, a lower bound off the grid (shifted before the
+    Q), half-integer zeros (1-bit signed inputs: half a step added after the DQ)."""
+    torch.manual_seed(0)
+    relu, linear = torch.nn.ReLU, torch.nn.Linear
+    net = torch.nn.Sequential(linear(8, 16), relu(), linear(16, 16), relu(), linear(16, 4))
+    x = torch.randn(256, 8, generator=torch.Generator().manual_seed(3))
+    quant = QuantConfig(method=method, weight_bits=4, act_bits=bits, keep_first=False, keep_last=False)
+    student = make_student(net, quant, x[:64]).eval()
+    if path == "shift":
+        with torch.no_grad():  # a learned lower bound a hair below 0 (trained EWGS), on the unsigned inputs
+            for m in (student[2], student[4]):
+                m.act_quant.lower.fill_(-2e-6)
+    form, layers = tf_export.export_form(student)
+    assert [layer["weight"] for layer in layers] == ["int8 per-channel"] * 3
+    acts = [m for m in form.modules() if isinstance(m, tf_export._QDQActivation)]
+    assert len(acts) == 3
+    if path:
+        assert any(getattr(m, path) is not None for m in acts)
+    with torch.no_grad():
+        want, got = student(x), form(x)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
