@@ -23,8 +23,9 @@ KEPT_FLOAT = [lambda s: [s[0], s[8]], lambda s: [s.classifier], lambda s: [s.lm_
 
 
 @pytest.mark.parametrize("index", range(3))
-def test_snippet_runs_and_trains(index):
+def test_snippet_runs_and_trains(index, tmp_path, monkeypatch):
     pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)  # the transformers snippet writes student.onnx
     torch.manual_seed(0)
     namespace: dict = {}
     exec(compile(snippets()[index], f"README snippet {index}", "exec"), namespace)  # noqa: S102 (the README is ours)

@@ -13,11 +13,15 @@ def _size(n: int) -> str:
 
 
 def _input(meta: dict[str, Any] | None) -> str:
-    """Input size and normalisation, as stored in the ONNX metadata."""
+    """Input size and normalisation (or input names and sequence length), as stored in the ONNX metadata."""
     if not meta:
         return "not recorded"
     parts = ["x".join(str(v) for v in meta["input_size"])] if "input_size" in meta else []
     parts += [f"{k} {meta[k]}" for k in ("mean", "std") if k in meta]
+    if "input_names" in meta:  # transformers: named inputs, the example's sequence length
+        parts.append(" + ".join(meta["input_names"]))
+    if "sequence_length" in meta:
+        parts.append(f"{meta['sequence_length']} tokens in the example (dynamic)")
     return ", ".join(parts) or "not recorded"
 
 

@@ -79,10 +79,11 @@ class ActGrid:
 
 
 @torch.no_grad()
-def act_grid(q: Quantizer) -> ActGrid:
-    """The QuantizeLinear / Clip / DequantizeLinear description of activation quantizer ``q``."""
+def act_grid(q: Quantizer | InputGrid) -> ActGrid:
+    """The QuantizeLinear / Clip / DequantizeLinear description of activation quantizer ``q``
+    (or of its `InputGrid`, in a converted model)."""
     try:
-        g = InputGrid.of(q)
+        g = q if isinstance(q, InputGrid) else InputGrid.of(q)
     except ConfigError as e:
         raise ExportError(f"export: {e}") from None
     if g.kind != "tensor":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from qdistill.export.residual import quantize_float_tensors
 from qdistill.quant.base import Quantizer
 from qdistill.quant.modules import QuantModule
 
-__all__ = ["RESIDUAL_MODES", "export_onnx", "float_twin", "require_writable", "snap_biases"]
+__all__ = ["RESIDUAL_MODES", "export_onnx", "float_twin", "require_writable", "set_metadata", "snap_biases"]
 
 RESIDUAL_MODES = ("int8", "float")
 BIAS_HINT = (
@@ -61,10 +62,10 @@ def float_twin(model: nn.Module) -> nn.Module:
 
 def export_onnx(
     model: nn.Module,
-    example: Tensor,
+    example: Tensor | Mapping[str, Tensor],
     path: str | Path,
     *,
-    calib: Tensor | None = None,
+    calib: Tensor | Mapping[str, Tensor] | None = None,
     labels: Tensor | None = None,
     residual: str = "float",
     min_agreement: float = 99.5,
@@ -73,7 +74,7 @@ def export_onnx(
     metadata: dict[str, Any] | None = None,
     fp32_reference: bool = False,
     ort_build: bool = False,
-    opset: int = 17,
+    opset: int | None = None,
 ) -> dict[str, Any]:
     """Export a quantized model to QDQ ONNX at ``path``; return the report stored beside it.
 
@@ -85,8 +86,9 @@ def export_onnx(
 
     Args:
         model: any model whose quantized layers are `QConv2d`/`QLinear` (quantizers calibrated).
-        example: an input batch (fixes the image shape; the batch dimension stays dynamic).
-        calib: images for the parity check and for residual ranges (default ``example``).
+        example: an input batch (fixes the image shape; the batch dimension stays dynamic), or
+            a dict batch (``input_ids``, ``attention_mask``, ...) for a transformer.
+        calib: images (or a dict batch) for the parity check and for residual ranges (default ``example``).
         labels: labels of ``calib``, when known: the report then also gives the top-1 accuracy
             of the trained model and of the exported one.
         residual: ``"int8"`` quantizes the float residual stream to uint8 (fast: every conv and
@@ -102,11 +104,36 @@ def export_onnx(
         ort_build: also write ``<path>.ort.onnx``: ONNX Runtime's own fused graph with the residual
             stream kept channels-last (`qdistill.export.ort_layout`), faster on ONNX Runtime CPU
             and checked like the QDQ file; it only runs in ONNX Runtime.
+        opset: ONNX opset (default 17; 18 for transformers).
+
+    A dict batch ``example`` or a Hugging Face model goes to
+    `qdistill.export.transformer.export_transformer_onnx` (torch.onnx front end, same gate and
+    files); ``residual``, ``fp32_reference`` and ``ort_build`` are for CNNs only.
 
     Writes ``path``, ``path + ".json"`` (parity, layers, latency) and ``path + ".md"`` (model card).
     """
     import onnx
 
+    from qdistill.export.transformer import OPSET, export_transformer_onnx, is_transformer
+
+    if is_transformer(model, example):
+        if residual != "float" or fp32_reference or ort_build:
+            raise ConfigError(
+                "export: residual, fp32_reference and ort_build are CNN options; a transformer export takes none"
+            )
+        return export_transformer_onnx(
+            model,
+            example,
+            path,
+            calib=calib,
+            labels=labels,
+            min_agreement=min_agreement,
+            threads=threads,
+            card=card,
+            metadata=metadata,
+            opset=opset or OPSET,
+        )
+    opset = opset or 17
     min_agreement = check_min_agreement(min_agreement)
     if residual not in RESIDUAL_MODES:
         raise ConfigError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
@@ -126,7 +153,7 @@ def export_onnx(
         if names:
             notes.append(f"{len(names)} float residual-stream tensors quantized to uint8 for integer kernels")
     meta = {"input_size": list(example.shape[1:]), **(metadata or {})}
-    onnx.helper.set_model_props(build.model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+    set_metadata(build.model, meta)
     onnx.checker.check_model(build.model)
     blob = build.model.SerializeToString()
     exported = onnx_logits(ort_session(blob, threads), calib)
@@ -195,6 +222,13 @@ def snap_biases(model: nn.Module, example: Tensor) -> dict[str, float]:
     """
     build = build_onnx(model.eval(), example, snap_bias=True)
     return {layer["name"]: layer["bias_shift_levels"] for layer in build.layers if "bias_shift_levels" in layer}
+
+
+def set_metadata(model: Any, meta: dict[str, Any]) -> None:
+    """Write ``meta`` into ``model.metadata_props`` (an onnx ModelProto); non-strings as JSON."""
+    import onnx
+
+    onnx.helper.set_model_props(model, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
 
 
 def require_writable(folder: Path) -> None:

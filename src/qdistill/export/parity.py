@@ -20,18 +20,21 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from qdistill.batch import Inputs, batch_size, call_model, logits_of
 from qdistill.errors import ConfigError, ExportError
 
 __all__ = [
     "check_min_agreement",
     "compare_logits",
     "decision_tolerance",
+    "feeds_of",
     "onnx_logits",
     "onnx_parity",
     "require_parity",
@@ -39,27 +42,56 @@ __all__ = [
 ]
 
 
+def _chunks(inputs: Inputs, batch: int) -> Iterator[Inputs]:
+    """``inputs`` (images, or a dict batch) in slices of ``batch`` examples."""
+    for i in range(0, batch_size(inputs), batch):
+        if isinstance(inputs, Mapping):
+            yield {k: v[i : i + batch] for k, v in inputs.items()}
+        else:
+            yield inputs[i : i + batch]
+
+
+def _rows(logits: Tensor) -> Tensor:
+    """Logits as one row per decision (a token classifier's ``[batch, tokens, classes]`` flattened)."""
+    return logits.reshape(-1, logits.shape[-1])
+
+
+def _logits(model: nn.Module, inputs: Inputs, batch: int) -> Tensor:
+    return torch.cat([_rows(logits_of(call_model(model, x))) for x in _chunks(inputs, batch)])
+
+
 @torch.no_grad()
-def torch_logits(model: nn.Module, images: Tensor, batch: int = 256) -> np.ndarray:
-    """Logits of ``model`` (eval mode) on ``images``, batched, as float32."""
+def torch_logits(model: nn.Module, images: Inputs, batch: int = 256) -> np.ndarray:
+    """Logits of ``model`` (eval mode) on ``images`` (or a dict batch), batched, as float32."""
     model.eval()
-    return torch.cat([model(images[i : i + batch]) for i in range(0, len(images), batch)]).float().numpy()
+    return _logits(model, images, batch).float().numpy()
 
 
-def onnx_logits(session: Any, images: Tensor, batch: int = 256) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    x = images.float().numpy()
-    return np.concatenate([session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+def feeds_of(session: Any, inputs: Inputs) -> dict[str, np.ndarray]:
+    """ONNX Runtime feeds: images under the session's one input name, a dict batch by name
+    (float tensors as float32; inputs the graph does not read are left out)."""
+    if not isinstance(inputs, Mapping):
+        return {session.get_inputs()[0].name: inputs.float().numpy()}
+    names = {i.name for i in session.get_inputs()}
+    return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in inputs.items() if k in names}
+
+
+def onnx_logits(session: Any, images: Inputs, batch: int = 256) -> np.ndarray:
+    out = [session.run(None, feeds_of(session, x))[0] for x in _chunks(images, batch)]
+    return np.concatenate([o.reshape(-1, o.shape[-1]) for o in out])
 
 
 @torch.no_grad()
-def decision_tolerance(model: nn.Module, images: Tensor, logits: np.ndarray, batch: int = 256) -> np.ndarray:
+def decision_tolerance(model: nn.Module, images: Inputs, logits: np.ndarray, batch: int = 256) -> np.ndarray:
     """Per image, twice the largest |logit change| of ``model`` evaluated in float64 instead of
     float32 (``logits`` are its float32 logits), at least twice its 90th percentile over the
-    images: a top-2 margin below this is float noise."""
+    images: a top-2 margin below this is float noise. Token ids stay integers."""
     double = copy.deepcopy(model).double().eval()
-    x = images.double()
-    ref64 = torch.cat([double(x[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
+    if isinstance(images, Mapping):
+        x = {k: v.double() if v.is_floating_point() else v for k, v in images.items()}
+    else:
+        x = images.double()
+    ref64 = _logits(double, x, batch).numpy()
     change = np.abs(ref64 - logits.astype(np.float64)).max(axis=1)
     return 2 * np.maximum(change, np.percentile(change, 90))
 

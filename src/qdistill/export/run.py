@@ -43,6 +43,18 @@ def _calibration_images(cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tenso
     return images, labels, meta
 
 
+def _held_out_lines(cfg: Any, count: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """A text classifier run's first ``count`` held-out lines, tokenized as in training, and their labels."""
+    import numpy as np
+
+    from qdistill.hf_experiment import _classifier_data, _rows
+    from qdistill.models.hf import load_hf_tokenizer
+
+    tensors, held, _ = _classifier_data(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
+    rows = _rows(tensors, np.flatnonzero(held)[:count])
+    return {k: v for k, v in rows.items() if k != "labels"}, rows["labels"]
+
+
 def _recorded(run_dir: Path, state: dict[str, Any], key: str) -> Any:
     """A fact the run recorded: results.json, then model.json, then the checkpoint's meta."""
     for name in ("results.json", "model.json"):
@@ -57,6 +69,8 @@ def _recorded(run_dir: Path, state: dict[str, Any], key: str) -> Any:
 def _teacher(cfg: Any) -> str:
     from qdistill.distill import OBJECTIVES
 
+    if cfg.model.source == "hf":
+        return str(cfg.model.pretrained)
     if not getattr(OBJECTIVES.get(cfg.method.name), "needs_teacher", True):
         return f"none (method {cfg.method.name} trains without one)"
     if cfg.teachers:
@@ -70,7 +84,7 @@ def _teacher(cfg: Any) -> str:
 
 def _card_facts(run_dir: Path, cfg: Any, state: dict[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {
-        "architecture": cfg.model.name,
+        "architecture": f"{cfg.model.pretrained} (Hugging Face)" if cfg.model.source == "hf" else cfg.model.name,
         "method": f"{cfg.quant.method} W{cfg.quant.weight_bits}A{cfg.quant.act_bits or 32}"
         if cfg.quant
         else "none (FP32)",
@@ -101,8 +115,9 @@ def export_run(
 ) -> dict[str, Any]:
     """Export the best student of ``run_dir`` as ``onnx`` or ``packed``; return the report.
 
-    A ``model.source: hf`` run exports as ``packed`` only: Hugging Face packed safetensors
-    (`qdistill.export.hf_packed`), with its parity checked on ``images`` held-out tokens."""
+    A ``model.source: hf`` run: a text classifier (``model.task: sequence_classification``) exports
+    to ONNX, checked on its held-out lines; a causal LM as ``packed`` Hugging Face safetensors
+    (`qdistill.export.hf_packed`), checked on ``images`` held-out tokens."""
     from qdistill.experiment import load_run
 
     min_agreement = check_min_agreement(min_agreement)
@@ -113,9 +128,26 @@ def export_run(
     require_writable(out.parent)
     model, cfg, state = load_run(run_dir)
     if cfg.model.source == "hf":
-        if fmt != "packed":
-            raise ConfigError(f"{run_dir} is a Hugging Face run: export it with --format packed, not {fmt}")
-        return _export_hf_run(run_dir, out, model, cfg, state, images, min_agreement)
+        classifier = type(model).__name__.endswith("ForSequenceClassification")
+        if classifier != (fmt == "onnx"):
+            want = "onnx" if classifier else "packed"
+            raise ConfigError(
+                f"export: {run_dir} is a Hugging Face {type(model).__name__} run: export it with --format {want}"
+            )
+        if not classifier:
+            return _export_hf_run(run_dir, out, model, cfg, state, images, min_agreement)
+        calib, labels = _held_out_lines(cfg, images)
+        return export_onnx(
+            model,
+            {k: v[:8] for k, v in calib.items()},
+            out,
+            calib=calib,
+            labels=labels,
+            residual=residual,
+            min_agreement=min_agreement,
+            threads=threads,
+            card=_card_facts(run_dir, cfg, state),
+        )
     calib, labels, metadata = _calibration_images(cfg, images)
     card = _card_facts(run_dir, cfg, state)
     if fmt == "onnx":

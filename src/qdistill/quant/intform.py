@@ -125,8 +125,10 @@ class IntModule(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     def dequantized_weight(self) -> Tensor:
-        """The fake-quant layer's weight, output channel first (exact: the same float ops)."""
-        return ((self.weight_levels.float() - self.weight_zero_point) * self.weight_scale).reshape(self.weight_shape)
+        """The fake-quant layer's weight, output channel first (exact: the same float ops), in the
+        scale's dtype (float64 after ``.double()``, as the parity gate's re-evaluation needs)."""
+        levels = self.weight_levels.to(self.weight_scale.dtype)
+        return ((levels - self.weight_zero_point) * self.weight_scale).reshape(self.weight_shape)
 
     def extra_repr(self) -> str:
         kind = str(self.weight_levels.dtype).removeprefix("torch.")
