@@ -603,6 +603,9 @@ def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
         if data and data["results"]:
             blocks[f"{name}_budget"] = budget(data) or data["meta"].get("hardware", "")
             describe(data, values)
+    speed = root.parent / "export_speed.json"
+    if speed.exists():
+        blocks.update(export_speed_blocks(json.loads(speed.read_text())))
     prose_values(tables, root, values)
     return blocks, values
 
@@ -621,6 +624,51 @@ def fill(template: str, blocks: dict[str, str], values: dict[str, str]) -> str:
 def with_headline(readme: str, headline_block: str) -> str:
     """The README with its ``<!-- headline -->`` block replaced (unchanged if it has none)."""
     return HEADLINE.sub(lambda m: m.group(1) + headline_block + "\n" + m.group(2), readme)
+
+
+BLOCK = re.compile(r"(<!-- block:(\w+) -->\n).*?(<!-- /block:\2 -->)", re.DOTALL)
+EXPORT_ROWS = {  # export_speed.json formats -> how the README names them
+    "w8a8 residual=8-bit trained, ORT build": "`quant.residual_bits: 8`, ONNX Runtime build (exact)",
+    "w8a8 residual=8-bit trained": "`quant.residual_bits: 8`, QDQ (exact)",
+    "w8a8 residual=int8": "`--residual int8` (post-hoc)",
+    "w8a8 residual=float": "`--residual float` (papers' models, exact)",
+}
+
+
+def with_blocks(text: str, blocks: dict[str, str]) -> str:
+    """``text`` with each ``<!-- block:NAME -->`` ... ``<!-- /block:NAME -->`` filled from ``blocks``."""
+    return BLOCK.sub(lambda m: m.group(1) + blocks.get(m.group(2), "*(not run yet)*") + "\n" + m.group(3), text)
+
+
+def export_speed_blocks(data: dict[str, Any]) -> dict[str, str]:
+    """`benchmarks/export_speed.py`: the full table (docs/export.md), the README's summary and the
+    targets' sentence."""
+    rows = data["rows"]
+    full = ["| model | format | batch | latency ms | img/s | vs FP32 | file |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        full.append(
+            f"| {r['model']} | {r['format']} | {r['batch']} | {r['latency_ms']:.2f} | {r['images_per_s']:.0f} | "
+            f"{r['ratio_vs_fp32']:.2f}x | {r['file_bytes'] / 1024:.0f} KiB |"
+        )
+    ratio = {(r["model"].split()[0], r["format"], r["batch"]): r["ratio_vs_fp32"] for r in rows}
+    size = {(r["model"].split()[0], r["format"]): r["file_bytes"] for r in rows}
+    summary = ["| model | export | batch 1 vs FP32 | batch 64 vs FP32 | file |", "|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        name = model.split()[0]
+        for fmt, label in EXPORT_ROWS.items():
+            if (name, fmt, 64) in ratio:
+                summary.append(
+                    f"| {model} | {label} | {ratio.get((name, fmt, 1), float('nan')):.2f}x | {ratio[name, fmt, 64]:.2f}x | "
+                    f"{size[name, fmt] / 1024:.0f} KiB (FP32 {size[name, 'fp32'] / 1024:.0f} KiB) |"
+                )
+    build, qdq = "w8a8 residual=8-bit trained, ORT build", "w8a8 residual=8-bit trained"
+    targets = (
+        f"At batch 64 the ONNX Runtime build of the residual-quantized model runs "
+        f"{ratio['resnet20', build, 64]:.2f}x (ResNet-20, target 2x) and {ratio['resnet18', build, 64]:.2f}x "
+        f"(ResNet-18, target 3x) the FP32 throughput in this run ({data['threads']} threads, ONNX Runtime "
+        f"{data['onnxruntime']}); the QDQ file alone {ratio['resnet20', qdq, 64]:.2f}x / {ratio['resnet18', qdq, 64]:.2f}x."
+    )
+    return {"export_speed": "\n".join(full), "export_speed_summary": "\n".join(summary), "export_targets": targets}
 
 
 def write_plots(root: Path, img: Path) -> int:
@@ -670,7 +718,10 @@ def main(argv: list[str] | None = None) -> int:
         rendered[args.repo / "docs" / "RESULTS.md"] = fill(template, blocks, values)
     readme = args.repo / "README.md"
     if "readme" in args.outputs and readme.exists():
-        rendered[readme] = with_headline(readme.read_text(), blocks["headline"])
+        rendered[readme] = with_blocks(with_headline(readme.read_text(), blocks["headline"]), blocks)
+    export_doc = args.repo / "docs" / "export.md"
+    if "results" in args.outputs and export_doc.exists():
+        rendered[export_doc] = with_blocks(export_doc.read_text(), blocks)
     if args.check:
         stale = [path for path, text in rendered.items() if not path.exists() or path.read_text() != text]
         for path in stale:
