@@ -11,37 +11,24 @@ from qdistill.distill.tap_rules import squat_layer
 from .helpers import train_steps
 
 transformers = pytest.importorskip("transformers")
+from tiny_transformers import bert_classifier, llama  # noqa: E402
 
 IDS = torch.tensor([[3, 7, 1, 9, 4, 0], [5, 2, 8, 0, 0, 0]])
 MASK = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
 
 
 def _bert() -> torch.nn.Module:
-    cfg = transformers.BertConfig(
+    return bert_classifier(
         vocab_size=12,
         hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         intermediate_size=24,
         max_position_embeddings=16,
-        num_labels=3,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
-    return transformers.BertForSequenceClassification(cfg).eval()
 
 
-def _llama() -> torch.nn.Module:
-    cfg = transformers.LlamaConfig(
-        vocab_size=12,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=16,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
+_llama = llama
 
 
 CASES = {

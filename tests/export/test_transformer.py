@@ -23,15 +23,11 @@ from qdistill.export.parity import torch_logits
 
 transformers = pytest.importorskip("transformers")
 onnx = pytest.importorskip("onnx")
+from tiny_transformers import bert_classifier, vit_classifier  # noqa: E402
 
 
 def _bert() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100, num_labels=3
-    )
-    cfg.id2label = {0: "neg", 1: "neutral", 2: "pos"}
-    model = transformers.BertForSequenceClassification(cfg).eval()
+    model = bert_classifier(id2label={0: "neg", 1: "neutral", 2: "pos"})
     with torch.no_grad():  # spread the classes (random-init logits are ~1e-2 apart) so top-1 means something
         model.classifier.weight.normal_(0.0, 10.0)
     return model
@@ -70,20 +66,9 @@ def bert_w8a8(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vit_converted(tmp_path_factory):
     """A ViT, W4A4 per tensor (uint8 levels clipped to 0..15), exported from its `convert`-ed integer form."""
-    torch.manual_seed(0)
-    cfg = transformers.ViTConfig(
-        image_size=16,
-        patch_size=4,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=4,
-    )
     images = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    student = make_student(
-        transformers.ViTForImageClassification(cfg).eval(), QuantConfig(method="lsq", weight_bits=4, act_bits=4), images
-    ).eval()
+    vit = vit_classifier(patch_size=4, num_labels=4)
+    student = make_student(vit, QuantConfig(method="lsq", weight_bits=4, act_bits=4), images).eval()
     integer = convert(copy.deepcopy(student))
     return student, images, *_export(integer, images, tmp_path_factory.mktemp("vit"), "vit")
 

@@ -21,14 +21,9 @@ from qdistill.quant import (
 )
 
 T = pytest.importorskip("transformers")
+from tiny_transformers import bert_classifier, vit_classifier  # noqa: E402
 
-
-def tiny_bert():
-    torch.manual_seed(0)
-    cfg = T.BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100, num_labels=3
-    )
-    return T.BertForSequenceClassification(cfg)
+tiny_bert = bert_classifier
 
 
 def tiny_gpt2():
@@ -55,18 +50,8 @@ def test_bert_classifier_stays_float_and_the_encoder_is_quantized_from_a_dict_ba
 
 
 def test_vit_patch_projection_and_classifier_stay_float():
-    torch.manual_seed(0)
-    cfg = T.ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=16,
-        patch_size=8,
-        num_labels=3,
-    )
     vit = quantize(
-        T.ViTForImageClassification(cfg),
+        vit_classifier(),
         QuantConfig(method="ewgs", weight_bits=4, act_bits=4),
         calib_data=torch.randn(2, 3, 16, 16),
     )

@@ -13,29 +13,16 @@ from qdistill.train import fsdp
 from qdistill.train.distributed import wrap
 
 transformers = pytest.importorskip("transformers")
+from tiny_transformers import bert_classifier, llama  # noqa: E402
 
 IDS = torch.tensor([[3, 7, 1, 9, 4, 0], [5, 2, 8, 0, 6, 1]])
 
 
-def _llama():
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=12,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=16,
-    )
-    return transformers.LlamaForCausalLM(cfg).eval()
+_llama = llama
 
 
 def _bert():
-    cfg = transformers.BertConfig(
-        vocab_size=12, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=24
-    )
-    return transformers.BertForSequenceClassification(cfg)
+    return bert_classifier(vocab_size=12, hidden_size=16, num_hidden_layers=3, intermediate_size=24)
 
 
 def test_blocks_are_the_transformer_layers():

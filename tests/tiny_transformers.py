@@ -1,0 +1,37 @@
+"""Tiny random-init transformers models shared by the tests: seeded, built from configs, nothing
+downloaded. Keyword arguments override the config's defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+LAYERS = {"num_hidden_layers": 2, "num_attention_heads": 2}
+
+
+def _build(model: str, config: str, seed: int, defaults: dict[str, Any], overrides: dict[str, Any]) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, config)(**{**LAYERS, **defaults, **overrides})
+    return getattr(transformers, model)(cfg).eval()
+
+
+def llama(seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A 2-block LlamaForCausalLM, width 16, vocabulary 12."""
+    defaults = {"vocab_size": 12, "hidden_size": 16, "intermediate_size": 24, "num_key_value_heads": 1}
+    return _build("LlamaForCausalLM", "LlamaConfig", seed, defaults | {"max_position_embeddings": 16}, overrides)
+
+
+def bert_classifier(seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A 2-layer BertForSequenceClassification, width 32, vocabulary 100, 3 labels."""
+    defaults = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_labels": 3}
+    return _build("BertForSequenceClassification", "BertConfig", seed, defaults, overrides)
+
+
+def vit_classifier(seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A 2-layer ViTForImageClassification on 16x16 images, patches of 8, width 32, 3 labels."""
+    defaults = {"image_size": 16, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_labels": 3}
+    return _build("ViTForImageClassification", "ViTConfig", seed, defaults, overrides)
