@@ -127,6 +127,7 @@ def export_run(
     out = Path(out or run_dir / ("model.onnx" if fmt == "onnx" else "model.packed.safetensors"))
     require_writable(out.parent)
     model, cfg, state = load_run(run_dir)
+    card = _card_facts(run_dir, cfg, state)
     if cfg.model.source == "hf":
         classifier = type(model).__name__.endswith("ForSequenceClassification")
         if classifier != (fmt == "onnx"):
@@ -137,23 +138,14 @@ def export_run(
         if not classifier:
             return _export_hf_run(run_dir, out, model, cfg, state, images, min_agreement)
         calib, labels = _held_out_lines(cfg, images)
-        return export_onnx(
-            model,
-            {k: v[:8] for k, v in calib.items()},
-            out,
-            calib=calib,
-            labels=labels,
-            residual=residual,
-            min_agreement=min_agreement,
-            threads=threads,
-            card=_card_facts(run_dir, cfg, state),
-        )
-    calib, labels, metadata = _calibration_images(cfg, images)
-    card = _card_facts(run_dir, cfg, state)
+        example, options = {k: v[:8] for k, v in calib.items()}, {}
+    else:
+        calib, labels, metadata = _calibration_images(cfg, images)
+        example, options = calib[:8], {"metadata": metadata, "fp32_reference": True, "ort_build": True}
     if fmt == "onnx":
         return export_onnx(
             model,
-            calib[:8],
+            example,
             out,
             calib=calib,
             labels=labels,
@@ -161,9 +153,7 @@ def export_run(
             min_agreement=min_agreement,
             threads=threads,
             card=card,
-            metadata=metadata,
-            fp32_reference=True,
-            ort_build=True,
+            **options,
         )
     meta = state.get("meta", {})
     arch = {
