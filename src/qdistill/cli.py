@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = add(
         "export",
-        "export a trained run as QDQ ONNX or bit-packed safetensors (a Hugging Face run: packed only), with a parity check",
+        "export a trained run as QDQ ONNX or bit-packed safetensors (HF runs: text classifiers onnx, causal LMs packed), with a parity check",
     )
     x.add_argument("run_dir")
     x.add_argument("--format", default="onnx", choices=["onnx", "packed"])

@@ -277,15 +277,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pump(src: Any, dst: Any, keep: io.BytesIO, live: threading.Event, shown: list[int]) -> None:
+def _pump(src: Any, dst: Any, keep: io.BytesIO, live: threading.Event, shown: list[int], lock: threading.Lock) -> None:
     """Copy a worker's stderr to ours while ``live`` is set (progress bars stay live), keeping it all;
-    ``shown[0]`` counts the bytes that reached the screen."""
+    ``shown[0]`` counts the bytes that reached the screen. ``lock`` makes a chunk's write and count
+    one step, so whoever clears ``live`` under it knows exactly what was shown."""
     for chunk in iter(lambda: src.read1(4096), b""):
-        keep.write(chunk)
-        if live.is_set():
-            dst.write(chunk)
-            dst.flush()
-            shown[0] = keep.tell()
+        with lock:
+            keep.write(chunk)
+            if live.is_set():
+                dst.write(chunk)
+                dst.flush()
+                shown[0] = keep.tell()
 
 
 def launch(argv: Sequence[str], nproc: int, poll_s: float = 0.05) -> int:
@@ -314,9 +316,9 @@ def launch(argv: Sequence[str], nproc: int, poll_s: float = 0.05) -> int:
             }
             logs.append(subprocess.PIPE if rank == 0 else stack.enter_context(tempfile.TemporaryFile()))
             procs.append(subprocess.Popen([sys.executable, *argv], env=env, stderr=logs[-1]))
-        logs[0], shown = io.BytesIO(), [0]
+        logs[0], shown, lock = io.BytesIO(), [0], threading.Lock()
         pump = threading.Thread(
-            target=_pump, args=(procs[0].stderr, sys.stderr.buffer, logs[0], live, shown), daemon=True
+            target=_pump, args=(procs[0].stderr, sys.stderr.buffer, logs[0], live, shown, lock), daemon=True
         )
         pump.start()
         failed = None
@@ -337,8 +339,11 @@ def launch(argv: Sequence[str], nproc: int, poll_s: float = 0.05) -> int:
         if failed is None:
             return 0
         failed = _first_failure(procs, ignore=-signal.SIGTERM)  # all have ended: the one that failed by itself
-        logs[failed].seek(shown[0] if failed == 0 else 0)  # what of rank 0's message is not on screen yet
-        sys.stderr.buffer.write(logs[failed].read())
+        with lock:  # from here on the pump (if still reading) shows nothing: no line appears twice
+            live.clear()
+            logs[failed].seek(shown[0] if failed == 0 else 0)  # what of rank 0's message is not on screen yet
+            message = logs[failed].read()
+        sys.stderr.buffer.write(message)
         sys.stderr.flush()
         return procs[failed].returncode
 
