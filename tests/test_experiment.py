@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from qdistill.errors import CheckpointError, ConfigError, MissingFileError
-from qdistill.experiment import RunConfig, load_run, run_experiment
+from qdistill.experiment import RunConfig, load_run, loader_device, run_experiment
 from qdistill.models import create_model
 
 
@@ -210,3 +210,26 @@ def test_snap_biases_needs_the_export_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
     with pytest.raises(ConfigError, match="export extra"):
         RunConfig(snap_biases=True)
+
+
+@pytest.mark.parametrize(
+    "on_device, train_device, expected",
+    [("auto", "cpu", None), ("auto", "cuda", "cuda"), (True, "cpu", "cpu"), (False, "cuda", None)],
+)
+def test_data_on_device_picks_where_the_images_live(on_device, train_device, expected):
+    got = loader_device(on_device, torch.device(train_device))
+    assert got == (None if expected is None else torch.device(expected))
+
+
+def test_data_on_device_is_validated(tmp_path):
+    with pytest.raises(ConfigError, match="data.on_device must be auto, true or false, got 'yes'"):
+        _cfg(tmp_path, "x", data={"on_device": "yes"})
+
+
+def test_a_run_with_images_on_the_device_gives_the_same_numbers(tmp_path):
+    """``data.on_device: true`` on the CPU takes the device path end to end; the batches, so the run, are equal."""
+    for name, on in (("host", False), ("device", True)):
+        run_experiment(
+            _cfg(tmp_path / name, "x", model={"pretrained": None, "random_teacher": True}, data={"on_device": on})
+        )
+    assert (tmp_path / "host" / "metrics.json").read_text() == (tmp_path / "device" / "metrics.json").read_text()

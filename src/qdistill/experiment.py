@@ -48,6 +48,7 @@ __all__ = [
     "check_out",
     "load_config",
     "load_run",
+    "loader_device",
     "model_size_bytes",
     "prepare_data",
     "run_experiment",
@@ -75,6 +76,7 @@ class DataConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     cache_dir: str | bool | None = None  # False (YAML `off`) disables the cache
+    on_device: str | bool = "auto"  # images held and batched on the training device (auto: on CUDA)
     block_size: int = 256  # text: tokens per block
     test_lines: list[int] | None = None  # text: held-out lines [first, last], 1-based inclusive
     test_fraction: float = 0.0  # text without test_lines: hold out this final share of the lines
@@ -95,6 +97,8 @@ class DataConfig:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("data.batch_size and data.eval_batch_size must be >= 1")
+        if self.on_device not in ("auto", True, False):
+            raise ConfigError(f"data.on_device must be auto, true or false, got {self.on_device!r}")
 
 
 TEXT_FORMATS = ("text", "generated")
@@ -282,10 +286,13 @@ def build_loaders(
     seed: int,
     num_shards: int = 1,
     shard: int = 0,
+    device: torch.device | None = None,
+    channels_last: bool = False,
 ):
     """Training loader (labels only if the method reads them; this rank's shard of each global
-    batch of ``data.batch_size``) and validation loader."""
-    norm = {"mean": splits.mean, "std": splits.std}
+    batch of ``data.batch_size``) and validation loader, both building their batches on ``device``
+    (None: on the host; see `loader_device`); the training batches NHWC with ``channels_last``."""
+    norm = {"mean": splits.mean, "std": splits.std, "device": device}
     augment = cfg.augment or splits.augment
     train_data = train if labels else train.without_labels()
     train_loader = BatchLoader(
@@ -299,12 +306,20 @@ def build_loaders(
         with_labels=labels,
         num_shards=num_shards,
         shard=shard,
+        channels_last=channels_last,
     )
     val_loader = None
     if val is not None:
         val_data = val if labels else val.without_labels()
         val_loader = BatchLoader(val_data, cfg.eval_batch_size, **norm, with_labels=labels)
     return train_loader, val_loader
+
+
+def loader_device(on_device: str | bool, train_device: torch.device) -> torch.device | None:
+    """Where `build_loaders` keeps the images (``data.on_device``): the training device, or None
+    (the host). ``auto`` is on for CUDA, where it saves a host-to-device copy of every batch."""
+    on = train_device.type == "cuda" if on_device == "auto" else on_device
+    return train_device if on else None
 
 
 def _teacher(splits: DataSplits, m: ModelConfig, where: str = "model") -> nn.Module:
@@ -475,7 +490,15 @@ def _run_experiment(cfg: RunConfig, resume: bool, overwrite: bool, log: Callable
     if labels and train.labels is None:
         raise DataError(f"method {cfg.method.name!r} needs labels but the training data has none")
     train_loader, val_loader = build_loaders(
-        cfg.data, splits, train, val, labels, cfg.train.seed, *reversed(rank_and_world())
+        cfg.data,
+        splits,
+        train,
+        val,
+        labels,
+        cfg.train.seed,
+        *reversed(rank_and_world()),
+        device=loader_device(cfg.data.on_device, pick_device(cfg.train.device)),
+        channels_last=cfg.train.channels_last,
     )
     meta = {
         "config": cfg.to_dict(),

@@ -93,7 +93,7 @@ def test_compiled_kernels_run_during_fit_and_the_switch_is_restored(teacher):
 
     class Probe(Callback):
         def on_step_end(self, trainer, logs):
-            seen.append((bool(_COMPILED), logs["loss"]))
+            seen.append((bool(_COMPILED), float(logs["loss"])))
 
     def run(compiled):
         cfg = TrainConfig(epochs=1, max_steps=2, ewgs_every=0, compile_quantizers=compiled, **FAST)

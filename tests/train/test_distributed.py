@@ -143,7 +143,7 @@ def train(objective, loader, cfg, val, out: Path, mode: str):
 
     class Record:
         def on_step_end(self, trainer, logs):
-            losses.append(logs["loss"])
+            losses.append(float(logs["loss"]))
             if mode == "part" and trainer.epoch * STEPS_PER_EPOCH + trainer.step == STOP_AT:
                 raise _Stop
 

@@ -139,6 +139,12 @@ class BatchLoader(EpochLoader):
         num_shards / shard: data parallel training: ``batch_size`` is the global batch, and this
             loader yields its ``shard``-th contiguous ``batch_size // num_shards`` rows (same order,
             same augmentation as one process), so N processes see what one process would.
+        device: where the uint8 images (and labels) live and batches are built: None keeps them on
+            the host (the trainer copies each float batch over); a device such as ``"cuda"``
+            copies them there once, so a step moves only its indices and augmentation draws
+            (drawn on the host by the same generators: the batches equal the host path's).
+        channels_last: yield batches stored NHWC (`torch.channels_last`), as ``train.channels_last``
+            wants them; the uint8 pixels are NHWC already, so this saves a copy.
 
     Example:
         >>> data = ImageSet(np.zeros((10, 8, 8, 1), np.uint8), np.arange(10))
@@ -162,6 +168,8 @@ class BatchLoader(EpochLoader):
         with_labels: bool = True,
         num_shards: int = 1,
         shard: int = 0,
+        device: torch.device | str | None = None,
+        channels_last: bool = False,
     ) -> None:
         n, height, width, channels = data.images.shape
         super().__init__(
@@ -178,41 +186,62 @@ class BatchLoader(EpochLoader):
         if self.pad < 0:
             raise ConfigError(f"pad must be >= 0, got {self.pad}")
         self.with_labels = with_labels
-        self._images = torch.from_numpy(np.ascontiguousarray(data.images))
+        self.device = None if device is None else torch.device(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._images = self._held(torch.from_numpy(np.ascontiguousarray(data.images)))
         labels = data.labels if with_labels else None  # the only place labels are read
-        self._labels = None if labels is None else torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+        self._labels = (
+            None if labels is None else self._held(torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)))
+        )
         std_t = torch.tensor(std, dtype=torch.float32)
-        self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
-        self._shift = (torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
+        self._scale = self._held((1.0 / (255.0 * std_t)).view(1, -1, 1, 1))
+        self._shift = self._held((torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1))
+
+    def _held(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` where batches are built (unchanged on the host path)."""
+        return tensor if self.device is None else tensor.to(self.device, non_blocking=True)
 
     def _batch(self, index: Index, epoch: int, batch: int) -> Batch:
         n = (index.stop - index.start) if isinstance(index, slice) else len(index)
         rows = self._rows(n)
         index = slice(index.start + rows.start, index.start + rows.stop) if isinstance(index, slice) else index[rows]
+        if isinstance(index, torch.Tensor):
+            index = self._held(index)
         pixels = take(self._images, index)
         if self.augment != "none":
-            pixels = self._crop(pixels, _generator(self.seed, epoch, batch), n, rows)
-        x = pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+            pixels = self._crop(pixels, *map(self._held, self._draws(epoch, batch, n, rows)))
+        x = pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=self.memory_format)
         x.mul_(self._scale).sub_(self._shift)
         return x if self._labels is None else (x, take(self._labels, index))
 
-    def _crop(self, pixels: torch.Tensor, gen: torch.Generator, total: int, rows: slice) -> torch.Tensor:
-        """Random zero-padded crops (and flips) of NHWC uint8 pixels, all in one gather.
+    def _draws(
+        self, epoch: int, batch: int, total: int, rows: slice
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Crop offsets ``dy``, ``dx`` and flips (``[n, 1]`` each) of this shard's rows, on the host.
 
-        The offsets are drawn for the whole global batch of ``total`` images and ``rows`` of them
-        used, so an image is augmented alike whatever the number of shards.
+        They are drawn for the whole global batch of ``total`` images and ``rows`` of them used, so
+        an image is augmented alike whatever the number of shards; the draws are tiny, so the
+        device path draws them here too and gets the host path's batches.
         """
+        gen = _generator(self.seed, epoch, batch)
+        span = 2 * self.pad + 1
+        dy = torch.randint(0, span, (total, 1), generator=gen)[rows]
+        dx = torch.randint(0, span, (total, 1), generator=gen)[rows]
+        flip = (
+            torch.rand(total, 1, generator=gen)[rows] < 0.5
+            if self.augment == "crop_flip"
+            else torch.zeros_like(dy, dtype=torch.bool)
+        )
+        return dy, dx, flip
+
+    def _crop(self, pixels: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """Zero-padded crops at offsets ``dy``, ``dx`` (and flips) of NHWC uint8 pixels, in one gather."""
         n, height, width, channels = pixels.shape
         p = self.pad
         padded = pixels.new_zeros((n, height + 2 * p, width + 2 * p, channels))
         padded[:, p : p + height, p : p + width] = pixels
-        dy = torch.randint(0, 2 * p + 1, (total, 1), generator=gen)[rows]
-        dx = torch.randint(0, 2 * p + 1, (total, 1), generator=gen)[rows]
-        cols = torch.arange(width).expand(n, width)
-        if self.augment == "crop_flip":
-            flip = torch.rand(total, 1, generator=gen)[rows] < 0.5
-            cols = torch.where(flip, cols.flip(1), cols)
-        rows = dy + torch.arange(height)
-        cols = dx + cols
-        batch = torch.arange(n).view(n, 1, 1)
+        cols = torch.arange(width, device=pixels.device).expand(n, width)
+        cols = dx + torch.where(flip, cols.flip(1), cols)
+        rows = dy + torch.arange(height, device=pixels.device)
+        batch = torch.arange(n, device=pixels.device).view(n, 1, 1)
         return padded[batch, rows.unsqueeze(2), cols.unsqueeze(1)]

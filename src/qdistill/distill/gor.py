@@ -95,7 +95,7 @@ class GoR(Objective):
                 student, teacher_members(self.teacher), student_tap, teacher_tap, quantizer, distance, adaptor
             )
 
-    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self.student_logits(inputs)
         mask = mask_of(inputs, logits)
         kd = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask)
@@ -106,7 +106,7 @@ class GoR(Objective):
         else:
             terms = (ce_loss(logits, labels, mask), kd)
         loss = self.balance(terms)
-        return loss, {name: float(t.detach()) for name, t in zip(self.terms, terms)}
+        return loss, {name: t.detach() for name, t in zip(self.terms, terms)}
 
     def close(self) -> None:
         if self.features is not None:

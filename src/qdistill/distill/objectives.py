@@ -101,8 +101,10 @@ class Objective(nn.Module):
     def student_logits(self, inputs: Inputs) -> Tensor:
         return logits_of(call_model(self.student, inputs))
 
-    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-        """Return the loss and a dict of scalar logs."""
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Return the loss and a dict of scalar logs: detached 0-dim tensors, left on the device so
+        that a step needs no host sync (the trainer reads them when it logs) and a compiled forward
+        no graph break."""
         raise NotImplementedError
 
     def extra_logs(self) -> dict[str, float]:
@@ -127,10 +129,10 @@ class SQAKD(Objective):
         super().__init__(student, teacher)
         self.temperature = temperature
 
-    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self.student_logits(inputs)
         loss = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask_of(inputs, logits))
-        return loss, {"kd": float(loss.detach())}
+        return loss, {"kd": loss.detach()}
 
 
 @OBJECTIVES.register("qat")
@@ -140,14 +142,14 @@ class SupervisedQAT(Objective):
     uses_labels = True
     needs_teacher = False
 
-    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         if labels is None:
             raise DataError(
                 "method 'qat' trains on labels but the data has none; use a label-free method such as sqakd"
             )
         logits = self.student_logits(inputs)
         loss = ce_loss(logits, labels, mask_of(inputs, logits))
-        return loss, {"ce": float(loss.detach())}
+        return loss, {"ce": loss.detach()}
 
 
 @OBJECTIVES.register("ce_kd")
@@ -162,7 +164,7 @@ class CEKD(Objective):
             raise ConfigError(f"method.kd_weight must be in [0, 1], got {kd_weight}")
         self.temperature, self.kd_weight = temperature, kd_weight
 
-    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         if labels is None:
             raise DataError("method 'ce_kd' needs labels; use sqakd for label-free training")
         logits = self.student_logits(inputs)
@@ -170,7 +172,7 @@ class CEKD(Objective):
         ce = ce_loss(logits, labels, mask)
         kd = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask)
         loss = (1 - self.kd_weight) * ce + self.kd_weight * kd
-        return loss, {"ce": float(ce.detach()), "kd": float(kd.detach())}
+        return loss, {"ce": ce.detach(), "kd": kd.detach()}
 
 
 def objective_params(cls: type[Objective]) -> list[str]:

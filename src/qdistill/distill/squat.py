@@ -167,12 +167,12 @@ class SQuaT(Objective):
     def close(self) -> None:
         self.features.close()
 
-    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         logits = self.student_logits(inputs)
         kd = kd_loss(logits, self.teacher_logits(inputs), self.temperature, mask_of(inputs, logits))
         feat = self.features(inputs)
         loss = self.kd_weight * kd + self.feature_weight * feat
-        return loss, {"kd": float(kd.detach()), "feat": float(feat.detach())}
+        return loss, {"kd": kd.detach(), "feat": feat.detach()}
 
 
 @OBJECTIVES.register("ekd")

@@ -6,7 +6,8 @@ quantizer-side aids (quant/callbacks.py) need not import the trainer. The events
 * ``on_fit_start(trainer)``: after a resume, before the first epoch.
 * ``on_epoch_start(trainer, row)``: before a fresh epoch (not when resuming mid-epoch); keys added
   to ``row`` (the epoch's metrics dict) are logged with it.
-* ``on_step_end(trainer, logs)``: after each optimizer step, with that step's scalar logs.
+* ``on_step_end(trainer, logs)``: after each optimizer step, with that step's scalar logs as 0-dim
+  float64 tensors on the device (``float(logs["loss"])`` reads one, at the cost of a host sync).
 * ``on_epoch_end(trainer, row)``: after validation, with the epoch's full metrics, before the
   checkpoint is written (``trainer.history`` already holds ``row``).
 * ``on_fit_end(trainer)``: always, also when training failed, so resources are released.
@@ -17,6 +18,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from qdistill.train.trainer import Trainer
 
 __all__ = ["EVENTS", "Callback"]
@@ -33,7 +36,7 @@ class Callback:
     def on_epoch_start(self, trainer: Trainer, row: dict[str, Any]) -> None:
         """A fresh epoch ``trainer.epoch`` (0-based) starts; ``row`` collects its metrics."""
 
-    def on_step_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+    def on_step_end(self, trainer: Trainer, logs: dict[str, Tensor]) -> None:
         """One optimizer step finished; ``trainer.step`` steps of this epoch are done."""
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:

@@ -64,7 +64,7 @@ class FastStep:
         if nhwc:
             _to_memory_format(self._models(objective), torch.channels_last)
 
-        def forward(inputs: Any, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        def forward(inputs: Any, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
             if nhwc and isinstance(inputs, Tensor) and inputs.dim() == 4:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             if watch is not None and watch.capture:  # EWGS's Hessian pass: double backward, eager only

@@ -69,14 +69,15 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
-    """The mean over ranks of scalar logs (unchanged outside a process group)."""
+def all_reduce_mean(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The mean over ranks of scalar logs (0-dim tensors of one dtype and device, left there: no
+    host sync); unchanged outside a process group."""
     _, world = rank_and_world()
     if world == 1 or not values:
         return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64)
+    t = torch.stack(list(values.values()))
     dist.all_reduce(t)
-    return dict(zip(values, (t / world).tolist()))
+    return dict(zip(values, (t / world).unbind()))
 
 
 class PeerFailedError(QdistillError, RuntimeError):
@@ -234,7 +235,7 @@ class _Joint(nn.Module):
         super().__init__()
         self.student, self.objective = objective.student, objective
 
-    def forward(self, inputs: Any, labels: Tensor | None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, inputs: Any, labels: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
         return self.objective(inputs, labels)
 
 

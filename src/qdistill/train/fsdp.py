@@ -143,14 +143,15 @@ def whole_weights(root: nn.Module) -> Iterator[None]:
             m.reshard()
 
 
-def all_finite(tensors: list[Tensor]) -> bool:
-    """Whether every element is finite, on every rank: for a sharded tensor, in all of its shards
-    (``get_total_norm(..., inf)`` of a mix of shards and whole tensors is this rank's alone)."""
+def all_finite(tensors: list[Tensor]) -> Tensor:
+    """1.0 when every element is finite, on every rank, else 0.0: for a sharded tensor, in all of its
+    shards (``get_total_norm(..., inf)`` of a mix of shards and whole tensors is this rank's alone).
+    A 0-dim tensor on the tensors' device, so asking costs no host sync."""
     local = [t.to_local() if _is_dtensor(t) else t for t in tensors]
     ok = torch.stack([torch.isfinite(t).all() for t in local]).all().float() if local else torch.ones(())
     if any(_is_dtensor(t) for t in tensors):
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-    return bool(ok)
+    return ok
 
 
 def full_state_dict(module: nn.Module) -> dict[str, Any]:

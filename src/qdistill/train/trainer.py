@@ -30,7 +30,11 @@ from qdistill.train.config import DIVERGE_WINDOW, TrainConfig
 from qdistill.train.evaluate import evaluate
 from qdistill.train.metrics import MetricsLog, TensorBoardLog
 
-__all__ = ["Trainer", "pick_device", "seed_everything"]
+__all__ = ["CHECK_EVERY", "Trainer", "pick_device", "seed_everything"]
+
+# steps between the host's looks at the step logs: the divergence checks of those steps and the
+# progress bar's loss cost one host sync per CHECK_EVERY steps instead of one per step
+CHECK_EVERY = 25
 
 # what `Trainer.load_state_dict` reads: a last.pt without one of these is not a training checkpoint
 STATE_KEYS = (
@@ -124,6 +128,11 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int):
     return factor
 
 
+def _numbers(logs: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Logs as Python floats (a host sync: only where they are logged or saved)."""
+    return {k: float(v) for k, v in logs.items()}
+
+
 def _steps_per_epoch(loader: Iterable, max_steps: int | None) -> int:
     try:
         n = len(loader)  # type: ignore[arg-type]
@@ -205,7 +214,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(total, warmup))
         self.epoch = 0  # epochs completed
         self.step = 0  # steps completed in the current epoch (non-zero only when stopped mid-epoch)
-        self.sums: dict[str, float] = {}  # running sums of this epoch's logs
+        self.sums: dict[str, torch.Tensor | float] = {}  # running float64 sums of this epoch's logs, on the device
+        self._unchecked: list[tuple[int, torch.Tensor]] = []  # (step, [loss, weights finite]) not yet checked
         self.row: dict[str, Any] = {}  # this epoch's metrics so far
         self.best: dict[str, Any] = {}  # score, epoch and student weights of the best epoch so far
         self.history: list[dict[str, Any]] = []
@@ -230,7 +240,7 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "step": self.step,
-            "sums": self.sums,
+            "sums": _numbers(self.sums),
             "row": self.row,
             "student": fsdp.full_state_dict(self.student),
             "objective": self.objective.state_dict(),
@@ -311,6 +321,7 @@ class Trainer:
         self.student.train()
         self.objective.train()
         self._set_epoch(self.epoch, self.step)
+        self._unchecked = []  # a pass an error ended leaves nothing for this one to check
         progress = None
         if self.cfg.progress and self.main:
             from tqdm import tqdm
@@ -332,40 +343,61 @@ class Trainer:
             self._emit("on_step_end", logs)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            if every and self.step % every == 0 and self.step < self.steps_per_epoch:
+            checkpoint = every and self.step % every == 0 and self.step < self.steps_per_epoch
+            if checkpoint or self.step % CHECK_EVERY == 0:
+                loss = self._check_steps()  # before a checkpoint, so none holds a diverged state
+                if progress is not None:
+                    progress.set_postfix(loss=f"{loss:.4f}")
+            if checkpoint:
                 self._write_last()
+        self._check_steps()
         if progress is not None:
             progress.close()
         if self.step == 0:
             raise DataError(f"the training data yielded no batch in epoch {self.epoch + 1}")
-        means = {f"train_{k}": v / self.step for k, v in self.sums.items()}
+        means = {f"train_{k}": v / self.step for k, v in _numbers(self.sums).items()}
         self.step, self.sums = 0, {}
         return means
 
-    def _diverged(self, what: str) -> DivergedError:
+    def _diverged(self, step: int, what: str) -> DivergedError:
         return DivergedError(
-            f"training diverged at epoch {self.epoch + 1}, step {self.step + 1}: {what}; "
+            f"training diverged at epoch {self.epoch + 1}, step {step}: {what}; "
             "lower train.lr (or set train.grad_clip) and check the data"
         )
 
-    def _check_loss(self, loss: float) -> None:
+    def _check_loss(self, step: int, loss: float) -> None:
         """Stop on a non-finite loss or one far above the run's start (see `TrainConfig.diverge_factor`)."""
         if not math.isfinite(loss):
-            raise self._diverged(f"loss is {loss}")
+            raise self._diverged(step, f"loss is {loss}")
         factor = self.cfg.diverge_factor
         if factor is not None and self.start_losses and loss > self.cfg.diverge_min_loss:
             ref = sum(self.start_losses) / len(self.start_losses)
             if loss > factor * abs(ref):
-                raise self._diverged(f"loss is {loss:.4g}, over {factor:g}x the first steps' mean {ref:.4g}")
+                raise self._diverged(step, f"loss is {loss:.4g}, over {factor:g}x the first steps' mean {ref:.4g}")
         if len(self.start_losses) < DIVERGE_WINDOW:
             self.start_losses.append(loss)
 
-    def train_step(self, inputs: Inputs, labels: torch.Tensor | None) -> dict[str, float]:
+    def _check_steps(self) -> float:
+        """The divergence checks of the steps since the last call, in step order, with one host sync;
+        returns the last step's loss. Steps after a diverged one have run, but the run stops here,
+        before any checkpoint is written (`train_epoch` calls this first)."""
+        if not self._unchecked:
+            return math.nan
+        checks, self._unchecked = self._unchecked, []
+        values = torch.stack([v for _, v in checks]).tolist()
+        for (step, _), (loss, finite) in zip(checks, values):
+            self._check_loss(step, loss)
+            if not finite:
+                raise self._diverged(step, "a weight became NaN or infinite after the optimizer step")
+        return values[-1][0]
+
+    def train_step(self, inputs: Inputs, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """One optimizer step; returns its logs as float64 0-dim tensors on the device (no host sync:
+        the loss and weight checks wait in ``_unchecked`` for `_check_steps`)."""
         with self.autocast():
             loss, logs = self.step_module(inputs, labels)
-        logs = distributed.all_reduce_mean({"loss": float(loss.detach()), **logs})  # every rank sees the same
-        self._check_loss(logs["loss"])
+        logs = {k: torch.as_tensor(v, dtype=torch.float64, device=self.device) for k, v in logs.items()}
+        logs = distributed.all_reduce_mean({"loss": loss.detach().double(), **logs})  # every rank sees the same
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -373,8 +405,8 @@ class Trainer:
             nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
-        if not fsdp.all_finite(params):
-            raise self._diverged("a weight became NaN or infinite after the optimizer step")
+        finite = fsdp.all_finite(params).to(logs["loss"])
+        self._unchecked.append((self.step + 1, torch.stack((logs["loss"], finite))))
         return logs
 
     def validate(self) -> dict[str, float]:

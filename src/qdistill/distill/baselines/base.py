@@ -66,7 +66,7 @@ class FeatureBaseline(Objective):
         """The method's loss between student features ``s`` and detached teacher features ``t``."""
         raise NotImplementedError
 
-    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, inputs: Inputs, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         if labels is None:
             raise DataError(f"{type(self).__name__} is CE + lambda * L and needs labels; use sqakd or squat without")
         logits = logits_of(call_model(self.student, inputs))
@@ -76,10 +76,10 @@ class FeatureBaseline(Objective):
             t = [f.float() for f in self._taps[1].pop().values()]
         return self.loss(ce_loss(logits, labels, mask_of(inputs, logits)), s, t)
 
-    def loss(self, ce: Tensor, s: list[Tensor], t: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, ce: Tensor, s: list[Tensor], t: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """The step's loss and logs from the cross-entropy and the features: ``CE + weight * distill``."""
         d = self.distill(s, t)
-        return ce + self.weight * d, {"ce": float(ce.detach()), "distill": float(d.detach())}
+        return ce + self.weight * d, {"ce": ce.detach(), "distill": d.detach()}
 
     def close(self) -> None:
         """Remove the feature hooks from the student and the teacher."""
@@ -114,11 +114,11 @@ class TwoStageBaseline(FeatureBaseline):
         """The first stage's loss."""
         raise NotImplementedError
 
-    def loss(self, ce: Tensor, s: list[Tensor], t: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, ce: Tensor, s: list[Tensor], t: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         if not (self.training and self.initialising):
             return super().loss(ce, s, t)
         self.init_step += 1
         init = self.init_loss(s, t)
         # 0 * CE keeps the whole student in the graph (a first stage that leaves it out, as FT's,
         # would make gradients with respect to the student's quantizers undefined, e.g. for EWGS)
-        return init + 0.0 * ce, {"ce": float(ce.detach()), "init": float(init.detach())}
+        return init + 0.0 * ce, {"ce": ce.detach(), "init": init.detach()}
