@@ -43,7 +43,7 @@ from qdistill import (
     make_student,
 )
 from qdistill.data import DataSplits, ImageSet
-from qdistill.experiment import DataConfig, build_loaders, prepare_data
+from qdistill.experiment import DataConfig, build_loaders, loader_device, prepare_data
 from qdistill.train.checkpoint import load_checkpoint
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # the teachers' training normalisation
@@ -143,7 +143,10 @@ class Schedule:
         student = make_student(teacher, quant, calib)
         objective = build_objective(method, student, teacher)
         labels = objective.uses_labels
-        train_loader, val_loader = build_loaders(data, splits, train_set, val_set, labels, train.seed)
+        device = loader_device(data.on_device, self.device)
+        train_loader, val_loader = build_loaders(
+            data, splits, train_set, val_set, labels, train.seed, device=device, channels_last=train.channels_last
+        )
         start = time.perf_counter()
         epoch_ends: list[float] = []
 
