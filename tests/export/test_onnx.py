@@ -85,16 +85,23 @@ def test_min_agreement_must_be_a_percentage(bad, images, tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_unsupported_op_is_a_clear_error(tmp_path):
+def test_unsupported_op_with_cnn_only_options_is_a_clear_error(images, tmp_path):
+    """An op the CNN builder lacks sends the export down the torch.onnx route (test_onnx_fallback.py),
+    which cannot honour the builder's own options: one line naming the op."""
     import torch
     from torch import nn
 
     class Odd(nn.Module):
-        def forward(self, x):
-            return torch.sort(x, dim=1).values
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_student("lsq", 8, images)
 
-    with pytest.raises(ExportError, match="unsupported"):
-        export_onnx(Odd(), torch.randn(2, 3, 4, 4), tmp_path / "m.onnx")
+        def forward(self, x):
+            return torch.sort(self.net(x), dim=1).values
+
+    with pytest.raises(ExportError, match="unsupported function sort.*need the CNN builder"):
+        export_onnx(Odd().eval(), images[:4], tmp_path / "m.onnx", residual="int8")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_lower_bound_just_off_the_grid_is_shifted_exactly(images, tmp_path):

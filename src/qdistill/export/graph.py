@@ -41,6 +41,10 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _I64_MAX = 2**63 - 1
 
 
+class UnsupportedOp(ExportError):
+    """An op this builder has no translation for: `export_onnx` then takes the torch.onnx route."""
+
+
 class _Tracer(fx.Tracer):
     """Keeps quantized layers opaque: their forwards branch on quantizer state."""
 
@@ -382,7 +386,7 @@ class _Converter:
             return self.b.act(x, m, hint)
         simple = _MODULES.get(type(m))
         if simple is None:
-            raise ExportError(f"export: unsupported layer {hint} ({type(m).__name__})")
+            raise UnsupportedOp(f"export: unsupported layer {hint} ({type(m).__name__})")
         return simple(self.b, m, x, hint)
 
     def _layer(self, node: fx.Node, m: nn.Module, x: str, hint: str) -> str:
@@ -448,7 +452,7 @@ class _Converter:
             return node.target(*args, **kwargs)
         fn = _FUNCTIONS.get(node.target)
         if fn is None:
-            raise ExportError(
+            raise UnsupportedOp(
                 f"export: unsupported function {getattr(node.target, '__name__', node.target)} at {node.name}"
             )
         return fn(self.b, *args, **kwargs)
@@ -459,7 +463,7 @@ class _Converter:
             return _Batch()
         fn = _METHODS.get(node.target)
         if fn is None:
-            raise ExportError(f"export: unsupported tensor method .{node.target}() at {node.name}")
+            raise UnsupportedOp(f"export: unsupported tensor method .{node.target}() at {node.name}")
         return fn(self.b, *args, **self._arg(node.kwargs))
 
     def _get_attr(self, node: fx.Node) -> str:

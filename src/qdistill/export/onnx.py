@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from qdistill.errors import ConfigError, ExportError
 from qdistill.export.bench import measure, ort_session
 from qdistill.export.card import write_model_card
-from qdistill.export.graph import build_onnx
+from qdistill.export.graph import UnsupportedOp, build_onnx
 from qdistill.export.ort_layout import ort_optimized
 from qdistill.export.parity import (
     check_min_agreement,
@@ -108,7 +108,8 @@ def export_onnx(
 
     A dict batch ``example`` or a Hugging Face model goes to
     `qdistill.export.transformer.export_transformer_onnx` (torch.onnx front end, same gate and
-    files); ``residual``, ``fp32_reference`` and ``ort_build`` are for CNNs only.
+    files); so does a model with an op qdistill's CNN graph builder does not translate (e.g. SiLU),
+    with a note in the report. ``residual``, ``fp32_reference`` and ``ort_build`` need the CNN builder.
 
     Writes ``path``, ``path + ".json"`` (parity, layers, latency) and ``path + ".md"`` (model card).
     """
@@ -146,7 +147,25 @@ def export_onnx(
             "export it with residual='float', which is then already all-integer"
         )
     calib = example if calib is None else calib
-    build = build_onnx(model, example, opset)
+    try:
+        build = build_onnx(model, example, opset)
+    except UnsupportedOp as e:  # an op qdistill's CNN builder does not know: the torch.onnx route
+        if residual != "float" or fp32_reference or ort_build:
+            raise ExportError(f"{e}; residual='int8', fp32_reference and ort_build need the CNN builder") from e
+        meta = {"input_size": list(example.shape[1:]), **(metadata or {})}
+        return export_transformer_onnx(
+            model,
+            example,
+            path,
+            calib=calib,
+            labels=labels,
+            min_agreement=min_agreement,
+            threads=threads,
+            card=card,
+            metadata=meta,
+            opset=OPSET,
+            notes=[f"{e}: exported through torch.onnx (dynamo)"],
+        )
     notes: list[str] = []
     if residual == "int8":
         _, names = quantize_float_tensors(build.model, calib.float().numpy())

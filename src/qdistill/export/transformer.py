@@ -279,6 +279,7 @@ def export_transformer_onnx(
     card: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     opset: int = OPSET,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Export a quantized transformers classifier (fake-quant, or already `convert`-ed) to QDQ
     ONNX at ``path``; `export_onnx` calls this for dict batches and Hugging Face models.
@@ -325,9 +326,12 @@ def export_transformer_onnx(
         "layers": layers,
         "metadata": meta,
         "file_bytes": path.stat().st_size,
-        "notes": ["per-token activation grids are exported as their float min/max/round math"]
-        if any(layer["act"] == "token" for layer in layers)
-        else [],
+        "notes": list(notes or [])
+        + (
+            ["per-token activation grids are exported as their float min/max/round math"]
+            if any(layer["act"] == "token" for layer in layers)
+            else []
+        ),
         **(card or {}),
     }
     Path(str(path) + ".json").write_text(json.dumps(report, indent=1, default=str))
