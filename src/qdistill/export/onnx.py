@@ -117,11 +117,7 @@ def export_onnx(
 
     from qdistill.export.transformer import OPSET, export_transformer_onnx, is_transformer
 
-    if is_transformer(model, example):
-        if residual != "float" or fp32_reference or ort_build:
-            raise ConfigError(
-                "export: residual, fp32_reference and ort_build are CNN options; a transformer export takes none"
-            )
+    def torch_onnx_route(meta: dict[str, Any] | None, notes: list[str]) -> dict[str, Any]:
         return export_transformer_onnx(
             model,
             example,
@@ -131,10 +127,17 @@ def export_onnx(
             min_agreement=min_agreement,
             threads=threads,
             card=card,
-            metadata=metadata,
+            metadata=meta,
             opset=opset or OPSET,
+            notes=notes,
         )
-    opset = opset or 17
+
+    if is_transformer(model, example):
+        if residual != "float" or fp32_reference or ort_build:
+            raise ConfigError(
+                "export: residual, fp32_reference and ort_build are CNN options; a transformer export takes none"
+            )
+        return torch_onnx_route(metadata, [])
     min_agreement = check_min_agreement(min_agreement)
     if residual not in RESIDUAL_MODES:
         raise ConfigError(f"residual must be one of {RESIDUAL_MODES}, got {residual!r}")
@@ -147,25 +150,14 @@ def export_onnx(
             "export it with residual='float', which is then already all-integer"
         )
     calib = example if calib is None else calib
+    cnn_opset = opset or 17
     try:
-        build = build_onnx(model, example, opset)
+        build = build_onnx(model, example, cnn_opset)
     except UnsupportedOp as e:  # an op qdistill's CNN builder does not know: the torch.onnx route
         if residual != "float" or fp32_reference or ort_build:
             raise ExportError(f"{e}; residual='int8', fp32_reference and ort_build need the CNN builder") from e
         meta = {"input_size": list(example.shape[1:]), **(metadata or {})}
-        return export_transformer_onnx(
-            model,
-            example,
-            path,
-            calib=calib,
-            labels=labels,
-            min_agreement=min_agreement,
-            threads=threads,
-            card=card,
-            metadata=meta,
-            opset=OPSET,
-            notes=[f"{e}: exported through torch.onnx (dynamo)"],
-        )
+        return torch_onnx_route(meta, [f"{e}: exported through torch.onnx (dynamo)"])
     notes: list[str] = []
     if residual == "int8":
         _, names = quantize_float_tensors(build.model, calib.float().numpy())
@@ -205,7 +197,7 @@ def export_onnx(
         Path(ort_report["path"]).write_bytes(ort_blob)
     latency = [dict(measure(ort_session(blob, threads), (1, *example.shape[1:]), 0.5), threads=threads)]
     report = {
-        "format": f"onnx (QDQ, opset {opset}, residual {residual})",
+        "format": f"onnx (QDQ, opset {cnn_opset}, residual {residual})",
         "parity": parity,
         "latency": latency,
         "layers": build.layers,
@@ -220,7 +212,7 @@ def export_onnx(
         ]
         report["ort_build"] = ort_report
     if fp32_reference:
-        fp = build_onnx(float_twin(model), example, opset).model
+        fp = build_onnx(float_twin(model), example, cnn_opset).model
         onnx.save(fp, str(path) + ".fp32.onnx")
         report["fp32_reference"] = str(path) + ".fp32.onnx"
     Path(str(path) + ".json").write_text(json.dumps(report, indent=1, default=str))
