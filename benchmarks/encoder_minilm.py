@@ -53,7 +53,9 @@ def model_folder() -> Path:
     return configs[0]
 
 
-def config(name: str, pretrained: Path | str, args: argparse.Namespace, method: str | None = None):
+def config(name: str, pretrained: Path | str, args: argparse.Namespace, steps: int | None, method: str | None = None):
+    """The config of one run; ``steps`` (if set) replaces its epochs with epochs of at most 50 steps
+    (a checkpoint at each: a killed run loses little)."""
     from qdistill.experiment import load_config
 
     over = [
@@ -65,8 +67,9 @@ def config(name: str, pretrained: Path | str, args: argparse.Namespace, method: 
     ]
     if method:
         over.append(f"method.name={method}")
-    if args.steps:
-        over += ["train.epochs=1", f"train.max_steps={args.steps}"]
+    if steps:
+        per_epoch = min(steps, 50)
+        over += [f"train.epochs={max(1, round(steps / per_epoch))}", f"train.max_steps={per_epoch}"]
     if args.subset:
         over.append(f"data.subset={args.subset}")
     if args.test_lines:
@@ -91,7 +94,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     p.add_argument("--methods", nargs="+", default=["sqakd", "squat", "gor"])
-    p.add_argument("--steps", type=int, help="steps of every run (one epoch); default: the configs' epochs")
+    p.add_argument("--steps", type=int, help="training steps of every student; default: the configs' epochs")
+    p.add_argument("--teacher-steps", type=int, help="fine-tuning steps of the teacher; default: --steps")
     p.add_argument("--subset", type=int, help="training lines")
     p.add_argument("--test-lines", type=int, help="held-out lines evaluated")
     p.add_argument("--threads", type=int, default=2)
@@ -104,7 +108,7 @@ def main() -> None:
     from qdistill.experiment import run_experiment
 
     folder = model_folder()
-    teacher_cfg = config("encoder_minilm_teacher", folder, args)
+    teacher_cfg = config("encoder_minilm_teacher", folder, args, args.teacher_steps or args.steps)
     teacher_results = Path(teacher_cfg.out) / "results.json"
     if teacher_results.is_file():
         teacher = json.loads(teacher_results.read_text())
@@ -115,7 +119,7 @@ def main() -> None:
         for method in args.methods:
             if any(r["setting"] == setting and r["method"] == method for r in rows):
                 continue
-            cfg = config(SETTINGS[setting], teacher_cfg.out, args, method)
+            cfg = config(SETTINGS[setting], teacher_cfg.out, args, args.steps, method)
             resume = (Path(cfg.out) / "last.pt").is_file()
             res = run_experiment(cfg, resume=resume, overwrite=not resume)
             rows.append(

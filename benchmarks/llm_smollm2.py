@@ -50,6 +50,7 @@ ROW_KEYS = (
     "kl",
     "tokens_seen",
     "train_seconds",
+    "blockwise_seconds",
     "wall_seconds",
     "threads",
     "eval_tokens",
@@ -213,6 +214,7 @@ def main() -> None:
             {
                 "setting": setting,
                 "method": f"{cfg.method.name} ({cfg.quant.method}), label-free",
+                "blockwise_steps": cfg.train.blockwise_steps,
                 **{k: res.get(k) for k in ROW_KEYS},
             }
         )
