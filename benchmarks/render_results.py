@@ -785,9 +785,10 @@ def main(argv: list[str] | None = None) -> int:
     readme = args.repo / "README.md"
     if "readme" in args.outputs and readme.exists():
         rendered[readme] = with_blocks(with_headline(readme.read_text(), blocks["headline"]), blocks)
-    export_doc = args.repo / "docs" / "export.md"
-    if "results" in args.outputs and export_doc.exists():
-        rendered[export_doc] = with_blocks(export_doc.read_text(), blocks)
+    for doc in ("export.md", "language_models.md"):  # docs with <!-- block:NAME --> tables
+        path = args.repo / "docs" / doc
+        if "results" in args.outputs and path.exists():
+            rendered[path] = with_blocks(path.read_text(), blocks)
     if args.check:
         stale = [path for path, text in rendered.items() if not path.exists() or path.read_text() != text]
         for path in stale:
