@@ -38,7 +38,15 @@ from qdistill.train.trainer import Trainer, pick_device, seed_everything
 if TYPE_CHECKING:
     from qdistill.experiment import DataConfig, RunConfig
 
-__all__ = ["LMData", "evaluate_hf_run", "lm_results", "load_lm_data", "load_text_blocks", "run_hf_experiment"]
+__all__ = [
+    "LMData",
+    "classifier_test_lines",
+    "evaluate_hf_run",
+    "lm_results",
+    "load_lm_data",
+    "load_text_blocks",
+    "run_hf_experiment",
+]
 
 
 def _tokenize(tokenizer: Any) -> Callable[[str], list[int]]:
@@ -273,8 +281,7 @@ def evaluate_hf_run(run_dir: str | Path, which: str = "best") -> dict[str, float
     student, cfg, _ = load_run(run_dir, which)
     teacher, task = load_hf_model(cfg.model.pretrained, cfg.model.task, cfg.model.num_classes)
     if task == "sequence_classification":
-        tensors, held, _ = _classifier_data(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
-        test = _rows(tensors, np.flatnonzero(held)[: cfg.data.test_subset])
+        test = classifier_test_lines(cfg.data, load_hf_tokenizer(cfg.model.pretrained), cfg.data.test_subset)
         bs = cfg.data.eval_batch_size
         top1, teacher_top1 = _top1(student, test, bs, "cpu"), _top1(teacher, test, bs, "cpu")
         return {"top1": top1, "teacher_top1": teacher_top1, "gap": top1 - teacher_top1}
@@ -322,6 +329,13 @@ def _classifier_data(cfg: DataConfig, tokenizer: Any) -> tuple[dict[str, torch.T
 
 def _rows(tensors: dict[str, torch.Tensor], index: np.ndarray) -> dict[str, torch.Tensor]:
     return {k: v[torch.from_numpy(np.sort(index))] for k, v in tensors.items()}
+
+
+def classifier_test_lines(cfg: DataConfig, tokenizer: Any, count: int | None = None) -> dict[str, torch.Tensor]:
+    """The first ``count`` held-out lines of a text classifier run, tokenized as in training, with ``labels``
+    (what its evaluation and its export's parity gate read)."""
+    tensors, held, _ = _classifier_data(cfg, tokenizer)
+    return _rows(tensors, np.flatnonzero(held)[:count])
 
 
 def _top1(model: torch.nn.Module, tensors: dict[str, torch.Tensor], batch: int, device: Any) -> float:

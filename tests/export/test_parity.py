@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qdistill.export.parity import compare_logits, decision_tolerance
+from qdistill.export.parity import compare_logits, decision_tolerance, label_top1
 
 
 def test_disagreements_count_only_where_the_reference_margin_exceeds_the_tolerance():
@@ -36,3 +36,11 @@ def test_tolerance_is_the_float64_change_of_the_model():
     logits = model(images).detach().numpy()
     tol = decision_tolerance(model, images, logits)
     assert tol.tolist() == [2.0, 2 * 0.9]
+
+
+def test_label_top1_by_hand():
+    trained = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    exported = np.array([[0.9, 0.1], [0.7, 0.3], [0.6, 0.4], [0.3, 0.7]])  # row 1 flips
+    labels = torch.tensor([0, 1, 1, 1])
+    assert label_top1(trained, exported, labels) == {"top1_trained": 75.0, "top1_exported": 50.0}
+    assert label_top1(trained, exported, None) == {}

@@ -16,6 +16,7 @@ from qdistill.experiment import RunConfig, load_run, run_experiment
 from qdistill.hf_experiment import evaluate_hf_run
 from qdistill.models.hf import load_hf_model, load_hf_tokenizer
 from qdistill.quant.modules import QuantModule
+from qdistill.train import trainer as trainer_mod
 from qdistill.train.lm_eval import lm_metrics
 
 SAMPLE = Path(__file__).with_name("sample.txt")
@@ -101,3 +102,35 @@ def test_missing_model_and_bad_source_are_one_line_errors(tmp_path) -> None:
         RunConfig.from_dict({"model": {"source": "hub"}})
     with pytest.raises(ConfigError, match="needs model.pretrained"):
         RunConfig.from_dict({"model": {"source": "hf"}})
+
+
+def test_a_run_killed_after_its_first_epoch_resumes_to_the_uninterrupted_student(tiny_llama, tmp_path, monkeypatch):
+    def two_epochs(out: Path) -> RunConfig:
+        cfg = _config(tiny_llama, out, act_bits=8, act_granularity="token").to_dict()
+        return RunConfig.from_dict({**cfg, "train": {**cfg["train"], "epochs": 2}})
+
+    full = run_experiment(two_epochs(tmp_path / "full"))
+    real_save = trainer_mod.save_checkpoint
+
+    def kill_after_first_epoch(state, path):
+        real_save(state, path)
+        if Path(path).name == "last.pt" and state["epoch"] == 1:
+            raise KeyboardInterrupt  # as a kill right after the epoch-1 checkpoint
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", kill_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(two_epochs(tmp_path / "killed"))
+    mid = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["student"]
+    saved: list[tuple[str, int]] = []
+
+    def record(state, path):
+        saved.append((Path(path).name, state["epoch"]))
+        real_save(state, path)
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", record)
+    resumed = run_experiment(two_epochs(tmp_path / "killed"), resume=True)
+    assert [e for name, e in saved if name == "last.pt"] == [2]  # the resumed process trained epoch 2 only
+    assert resumed["ppl"] == full["ppl"] and resumed["tokens_seen"] == full["tokens_seen"] == 2 * 3 * 4 * 16
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("full", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(mid[k], a[k]) for k in a if k in mid)  # epoch 2 did move the weights

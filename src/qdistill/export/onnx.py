@@ -21,6 +21,7 @@ from qdistill.export.parity import (
     check_min_agreement,
     compare_logits,
     decision_tolerance,
+    label_top1,
     onnx_logits,
     require_parity,
     torch_logits,
@@ -172,10 +173,7 @@ def export_onnx(
     tolerance = decision_tolerance(model, calib, trained)
     parity = compare_logits(trained, exported, tolerance)
     parity["threshold"] = min_agreement
-    if labels is not None:
-        truth = labels.numpy()
-        parity["top1_trained"] = float((trained.argmax(1) == truth).mean() * 100)
-        parity["top1_exported"] = float((exported.argmax(1) == truth).mean() * 100)
+    parity.update(label_top1(trained, exported, labels))
     require_parity(parity, min_agreement, str(path), BIAS_HINT)
     ort_report = None
     if ort_build:

@@ -34,6 +34,7 @@ __all__ = [
     "check_min_agreement",
     "compare_logits",
     "decision_tolerance",
+    "label_top1",
     "feeds_of",
     "onnx_logits",
     "onnx_parity",
@@ -112,6 +113,18 @@ def compare_logits(reference: np.ndarray, other: np.ndarray, tolerance: np.ndarr
         "top1_agreement": float(agree.mean() * 100),
         "decisive_images": int(decisive.sum()),
         "top1_agreement_decisive": float(agree[decisive].mean() * 100) if decisive.any() else 100.0,
+    }
+
+
+def label_top1(trained: np.ndarray, exported: np.ndarray, labels: Tensor | None) -> dict[str, float]:
+    """Top-1 (%) of the trained and the exported logits against ``labels``: a parity report's accuracy
+    lines (none without labels)."""
+    if labels is None:
+        return {}
+    truth = labels.numpy()
+    return {
+        "top1_trained": float((trained.argmax(1) == truth).mean() * 100),
+        "top1_exported": float((exported.argmax(1) == truth).mean() * 100),
     }
 
 

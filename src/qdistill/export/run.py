@@ -45,13 +45,10 @@ def _calibration_images(cfg: Any, count: int) -> tuple[torch.Tensor, torch.Tenso
 
 def _held_out_lines(cfg: Any, count: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """A text classifier run's first ``count`` held-out lines, tokenized as in training, and their labels."""
-    import numpy as np
-
-    from qdistill.hf_experiment import _classifier_data, _rows
+    from qdistill.hf_experiment import classifier_test_lines
     from qdistill.models.hf import load_hf_tokenizer
 
-    tensors, held, _ = _classifier_data(cfg.data, load_hf_tokenizer(cfg.model.pretrained))
-    rows = _rows(tensors, np.flatnonzero(held)[:count])
+    rows = classifier_test_lines(cfg.data, load_hf_tokenizer(cfg.model.pretrained), count)
     return {k: v for k, v in rows.items() if k != "labels"}, rows["labels"]
 
 

@@ -40,6 +40,7 @@ from qdistill.export.parity import (
     compare_logits,
     decision_tolerance,
     feeds_of,
+    label_top1,
     onnx_logits,
     require_parity,
     torch_logits,
@@ -311,10 +312,7 @@ def export_transformer_onnx(
     trained = torch_logits(model, calib)
     parity = compare_logits(trained, exported, decision_tolerance(model, calib, trained))
     parity["threshold"] = min_agreement
-    if labels is not None:
-        truth = labels.numpy()
-        parity["top1_trained"] = float((trained.argmax(1) == truth).mean() * 100)
-        parity["top1_exported"] = float((exported.argmax(1) == truth).mean() * 100)
+    parity.update(label_top1(trained, exported, labels))
     require_parity(parity, min_agreement, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(blob)
