@@ -129,3 +129,38 @@ def test_gpu_schedule_table_ignores_the_probe_and_unfinished_jobs(tmp_path):
         f"| ours, CIFAR-10 JPEG ResNet-20, GPU schedule, SQAKD + EWGS (label-free) | not run | -20.00 [{-20 - half:+.1f}, {-20 + half:+.1f}] (1*) |"
         in text
     )
+
+
+def test_lm_table_states_the_target_per_setting():
+    rows = [
+        {"setting": "W4A8-per-channel", "method": "sqakd (lsq), label-free", "ppl": 9.0, "teacher_ppl": 7.5,
+         "rtn_ppl": 15.0, "recovery": 0.8, "ppl_ratio": 1.2, "tokens_seen": 10240, "train_seconds": 7200.0,
+         "threads": 1},
+        {"setting": "W3-g64", "method": "sqakd (lsq), label-free", "ppl": 11.25, "teacher_ppl": 7.5,
+         "rtn_ppl": 30.0, "recovery": 5 / 6, "ppl_ratio": 1.5, "tokens_seen": 512, "train_seconds": 60.0,
+         "threads": 2, "blockwise_steps": 200, "blockwise_seconds": 1200.0},
+    ]  # fmt: skip
+    values: dict[str, str] = {}
+    lines = render_results.lm_table({"rows": rows}, values).splitlines()
+    assert lines[2].endswith("| 9.00 (1.20x) | 80.0% | recovery >= 80% | yes | none | 10,240 | 2.0 h | 1 |")
+    assert lines[3].endswith(
+        "| 11.25 (1.50x) | 83.3% | ppl <= 1.35x teacher | **no** | 200 steps per block, 20 min | 512 | 1 min | 2 |"
+    )
+    assert values["lm:W3-g64:ratio"] == "1.50" and values["lm:W4A8-per-channel:recovery"] == "80.0%"
+
+
+def test_encoder_table_gap_against_the_target():
+    row = {"method": "squat", "teacher_top1": 70.0, "rtn_top1": 60.0, "test_lines": 1536, "tokens_seen": 2048,
+           "train_seconds": 600.0, "threads": 1}  # fmt: skip
+    data = {
+        "teacher": {"top1": 70.0, "tokens_seen": 4096, "train_seconds": 1200.0},
+        "rows": [
+            {**row, "setting": "W4A8", "top1": 69.4, "gap": -0.6},
+            {**row, "setting": "W2A8", "top1": 67.5, "gap": -2.5},
+        ],
+    }
+    values: dict[str, str] = {}
+    lines = render_results.encoder_table(data, values).splitlines()
+    assert "| 69.40 | -0.60 | gap >= -0.5 | **no** |" in lines[2]
+    assert "| 67.50 | -2.50 | gap >= -3.0 | yes |" in lines[3]
+    assert values["enc:W2A8:squat:gap"] == "-2.50" and values["enc:teacher_time"] == "20 min"
