@@ -368,6 +368,7 @@ def encoder_table(data: dict[str, Any], values: dict[str, str]) -> str:
         met = ("yes" if r["gap"] >= -limit else "**no**") if limit is not None else ""
         values[f"enc:{r['setting']}:{r['method']}:gap"] = f"{r['gap']:+.2f}"
         values["enc:test_lines"] = f"{r['test_lines']:,}"
+        values["enc:one_line"] = f"{100 / r['test_lines']:.3f}"
         lines.append(
             f"| {r['setting']} | {r['method']} | {r['teacher_top1']:.2f} | {r['rtn_top1']:.2f} | {r['top1']:.2f} |"
             f" {r['gap']:+.2f} | gap >= -{limit} | {met} | {r['tokens_seen']:,.0f} | {hours(r['train_seconds'])} |"

@@ -164,3 +164,4 @@ def test_encoder_table_gap_against_the_target():
     assert "| 69.40 | -0.60 | gap >= -0.5 | **no** |" in lines[2]
     assert "| 67.50 | -2.50 | gap >= -3.0 | yes |" in lines[3]
     assert values["enc:W2A8:squat:gap"] == "-2.50" and values["enc:teacher_time"] == "20 min"
+    assert values["enc:one_line"] == "0.065"  # 100 / 1536 test lines
