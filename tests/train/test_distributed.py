@@ -190,6 +190,10 @@ def _worker(out: str, mode: str) -> None:
         rank, world = distributed.rank_and_world()
         if mode == "fail":
             return _fail(rank)
+        if mode == "same-error":  # as a config error does: every rank fails alike, rank 0 is slower to exit
+            print("qdistill train: error: the same on every rank", file=sys.stderr, flush=True)
+            time.sleep(10 if rank == 0 else 0.5)
+            raise SystemExit(2)
         results = {}
         for m, q, p in CASES:
             torch.set_default_dtype(torch.float64 if (m, q, p) == FLOAT64 else torch.float32)
@@ -250,6 +254,14 @@ def test_one_failing_rank_stops_all_with_one_message(tmp_path, capfd):
     assert time.monotonic() - start < 40  # no hang (rank 0 was blocked in a collective)
     err = capfd.readouterr().err
     assert err.count("bad batch on rank 1") == 1 and "Traceback" not in err and "another process" not in err
+
+
+def test_the_same_error_on_every_rank_is_shown_once(tmp_path, capfd):
+    from qdistill.train.distributed import launch
+
+    assert launch([__file__, str(tmp_path / "x.json"), "same-error"], 2) == 2
+    err = capfd.readouterr().err
+    assert err.count("the same on every rank") == 1, err
 
 
 if __name__ == "__main__":

@@ -344,9 +344,17 @@ def launch(argv: Sequence[str], nproc: int, poll_s: float = 0.05) -> int:
             live.clear()
             logs[failed].seek(shown[0] if failed == 0 else 0)  # what of rank 0's message is not on screen yet
             message = logs[failed].read()
+            if failed != 0 and _already_shown(message, logs[0].getvalue()[: shown[0]]):
+                message = b""  # every rank hit the same error and rank 0's copy is on screen
         sys.stderr.buffer.write(message)
         sys.stderr.flush()
         return procs[failed].returncode
+
+
+def _already_shown(message: bytes, shown: bytes) -> bool:
+    """Whether a message's last line (the error itself) is already among the lines on screen."""
+    lines = message.strip().splitlines()
+    return bool(lines) and lines[-1].strip() in {line.strip() for line in shown.splitlines()}
 
 
 def _first_failure(procs: list[subprocess.Popen], ignore: int | None = None) -> int | None:
