@@ -41,7 +41,6 @@ QUANT_EXTRA = {  # the float64 case quantizes the classifier: its Hessian is pos
 }
 # LSQ scales its step's gradient by 1/sqrt(N Qp) with N the elements of the (per-rank) batch, so a
 # feature loss that reaches an activation step trains it differently per world size (see docs/training.md)
-PER_RANK_SCALE = {"squat-lsq"}
 STEPS_PER_EPOCH, STOP_AT = 3, 5
 
 
@@ -223,9 +222,8 @@ def runs(tmp_path_factory) -> dict[str, dict]:
     return {"full1": one, "full2": two, "part1": part1, "part2": part2, "resume1": resume1, "resume2": resume2}
 
 
-def _names() -> list:
-    lsq = pytest.mark.xfail(strict=True, reason="LSQ's activation gradient scale counts the per-rank batch")
-    return [pytest.param(f"{m}-{q}", marks=[lsq] if f"{m}-{q}" in PER_RANK_SCALE else []) for m, q, _ in CASES]
+def _names() -> list[str]:
+    return [f"{m}-{q}" for m, q, _ in CASES]
 
 
 @pytest.mark.parametrize("case", _names())

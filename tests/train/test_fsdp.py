@@ -21,10 +21,6 @@ from test_distributed import STEPS_PER_EPOCH, STOP_AT, _case, launch_json, train
 LM_CASES = ["llama-ewgs", "llama-lsq"]
 CNN_CASES = [("sqakd", "ewgs", {}), ("squat", "pact", {"adaptor": True}), ("gor", "pact", {})]
 NAMES = LM_CASES + [f"{m}-{q}" for m, q, _ in CNN_CASES]
-# as under DDP (test_distributed.PER_RANK_SCALE): LSQ's activation step gradient counts the per-rank
-# batch; 2 FSDP processes give the losses of 2 DDP processes to every printed digit
-LSQ = pytest.mark.xfail(strict=True, reason="LSQ's activation gradient scale counts the per-rank batch")
-PARAMS = [pytest.param(n, marks=[LSQ] if n == "llama-lsq" else []) for n in NAMES]
 
 
 def _tokens(n: int, length: int, seed: int):
@@ -140,7 +136,7 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     return tmp, results
 
 
-@pytest.mark.parametrize("case", PARAMS)
+@pytest.mark.parametrize("case", NAMES)
 def test_fsdp_trains_as_one_process(runs, case):
     _, r = runs
     one, two = r[f"full1/{case}"], r[f"full2/{case}"]
@@ -152,7 +148,7 @@ def test_fsdp_trains_as_one_process(runs, case):
     assert two["out"] == pytest.approx(one["out"], abs=1e-5)  # the best epoch's weights, whole
 
 
-@pytest.mark.parametrize("case", PARAMS)
+@pytest.mark.parametrize("case", NAMES)
 def test_fsdp_resume_under_another_world_size(runs, case):
     _, r = runs
     full = r[f"full1/{case}"]["losses"]
@@ -161,7 +157,7 @@ def test_fsdp_resume_under_another_world_size(runs, case):
         assert r[f"{resumed}/{case}"]["losses"] == pytest.approx(full[STOP_AT - 1 :], abs=1e-6, rel=0)
 
 
-@pytest.mark.parametrize("case", PARAMS)
+@pytest.mark.parametrize("case", NAMES)
 def test_fsdp_checkpoint_is_the_one_process_checkpoint(runs, case):
     """Same entries, shapes and (to rounding) values as the unsharded run's, optimizer state included."""
     import torch

@@ -5,12 +5,22 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from qdistill.quant.base import QUANTIZERS, Interval, Quantizer
 from qdistill.quant.range_init import zero_aligned
 
 __all__ = ["LSQQuantizer"]
+
+
+def _replicas() -> int:
+    """Data-parallel copies of this step: the world size inside a process group, else 1.
+
+    Each rank sees 1/world of the batch and DDP / FSDP average the ranks' gradients, so the
+    gradient scale must count the global batch's elements for N ranks to train as one process.
+    """
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _grad_scaled(p: Tensor, g: float) -> Tensor:
@@ -66,7 +76,7 @@ class LSQQuantizer(Quantizer):
         self.step.copy_((2 * mean_abs / math.sqrt(qp)).clamp_min(1e-8))
 
     def interval(self, x: Tensor) -> Interval:
-        n = x.numel() // max(self.channels, 1)
+        n = x.numel() // max(self.channels, 1) * (1 if self.is_weight else _replicas())
         if self.asymmetric:
             s = _grad_scaled(self.step, 1.0 / math.sqrt(n * self.n)).abs().clamp_min(1e-8)
             z = self.zero_point
