@@ -103,6 +103,20 @@ def test_ewgs_levels_and_hand_computed_output():
     assert torch.allclose(q(x), 3.0 * torch.round(x_n * 3) / 3)
 
 
+def test_ewgs_collapsed_range_is_a_step_not_nan():
+    """Training can push u below l; at l = 1 in float32, l + 1e-12 == l, and x = l was 0 / 0."""
+    q = EWGSQuantizer(2, is_weight=False)
+    q.initialize(torch.rand(10))
+    q.lower.data.fill_(1.0)
+    q.upper.data.fill_(0.5)
+    q.out_scale.data.fill_(1.0)
+    x = torch.tensor([0.0, 0.9, 1.0, 1.5, 3.0], requires_grad=True)
+    y = q(x)
+    assert y.tolist() == pytest.approx([0.0, 0.0, 0.0, 1.0, 1.0], abs=1e-6)  # a step at l, to out_scale = 1
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(q.lower.grad) and torch.isfinite(q.upper.grad)
+
+
 def test_ewgs_weight_init_is_three_std():
     w = torch.randn(5000)
     q = EWGSQuantizer(2, is_weight=True)

@@ -67,7 +67,10 @@ class EWGSQuantizer(Quantizer):
 
     def interval(self, x: Tensor) -> Interval:
         lo = self.lower
-        hi = lo + (self.upper - lo).clamp_min(1e-12)  # keeps u > l; tiny (1e-7) activations keep their grid
+        # u > l by at least a few ulps of l (a bare 1e-12 vanishes beside l ~ 1 in float32: 0/0 at x = l),
+        # and by 1e-12 near l = 0, so tiny (1e-7) activations keep their grid
+        floor = (lo.detach().abs() * (4 * torch.finfo(lo.dtype).eps)).clamp_min(1e-12)
+        hi = lo + torch.maximum(self.upper - lo, floor)
         s = self.out_scale
         if self.is_weight and not self.asymmetric:
             return Interval(x, lo, hi, s * (2 / self.n), self.n / 2)
