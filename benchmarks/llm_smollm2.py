@@ -71,10 +71,9 @@ def read_rows(path: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"] if path.is_file() else []
 
 
-def write_rows(path: Path, rows: list[dict], args: argparse.Namespace) -> None:
+def write_rows(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
-        "command": " ".join(sys.argv),
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to fp32)",
         "data": "KJV: train Old Testament, test New Testament",
         "hardware": f"{torch.get_num_threads()} threads",
@@ -146,13 +145,14 @@ def rtn_rows(args: argparse.Namespace, gguf: Path, out: Path) -> None:
             m = lm_metrics(rtn, test, cfg.eval.context, cfg.eval.stride)
             del rtn
             rows.append(rtn_row(setting, cfg, m, teacher_ppl, start))
-            write_rows(out, rows, args)
+            write_rows(out, rows)
             print(json.dumps(rows[-1]), flush=True)
 
 
 def rtn_row(setting: str, cfg, m: dict, teacher_ppl: float, start: float) -> dict:
     return {
         "setting": setting,
+        "command": " ".join(sys.argv),
         "method": f"rtn ({cfg.quant.method}, weight_init {cfg.quant.weight_init}, calibrated, no training)",
         "weight_init": cfg.quant.weight_init,
         "rtn_ppl": m["ppl"],
@@ -205,12 +205,13 @@ def main() -> None:
         rows.append(
             {
                 "setting": setting,
+                "command": " ".join(sys.argv),  # rows of one file come from several invocations
                 "method": f"{cfg.method.name} ({cfg.quant.method}), label-free",
                 "blockwise_steps": cfg.train.blockwise_steps,
                 **{k: res.get(k) for k in ROW_KEYS},
             }
         )
-        write_rows(out, rows, args)
+        write_rows(out, rows)
         print(json.dumps(rows[-1]), flush=True)
 
 
