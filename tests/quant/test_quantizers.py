@@ -92,12 +92,18 @@ def test_activations_unsigned_after_relu_and_signed_otherwise(method):
     assert (q(torch.randn(1000)) < 0).any()
 
 
-def test_ewgs_levels_and_hand_computed_output():
+def _ewgs_act(lower: float, upper: float, out_scale: float) -> EWGSQuantizer:
+    """A 2-bit unsigned activation quantizer with hand-set l, u, s."""
     q = EWGSQuantizer(2, is_weight=False)
     q.initialize(torch.rand(10))
-    q.lower.data.fill_(0.0)
-    q.upper.data.fill_(2.0)
-    q.out_scale.data.fill_(3.0)
+    q.lower.data.fill_(lower)
+    q.upper.data.fill_(upper)
+    q.out_scale.data.fill_(out_scale)
+    return q
+
+
+def test_ewgs_levels_and_hand_computed_output():
+    q = _ewgs_act(0.0, 2.0, 3.0)
     x = torch.tensor([-1.0, 0.2, 0.4, 0.9, 1.5, 4.0])
     x_n = (x / 2).clamp(0, 1)
     assert torch.allclose(q(x), 3.0 * torch.round(x_n * 3) / 3)
@@ -105,11 +111,7 @@ def test_ewgs_levels_and_hand_computed_output():
 
 def test_ewgs_collapsed_range_is_a_step_not_nan():
     """Training can push u below l; at l = 1 in float32, l + 1e-12 == l, and x = l was 0 / 0."""
-    q = EWGSQuantizer(2, is_weight=False)
-    q.initialize(torch.rand(10))
-    q.lower.data.fill_(1.0)
-    q.upper.data.fill_(0.5)
-    q.out_scale.data.fill_(1.0)
+    q = _ewgs_act(1.0, 0.5, 1.0)
     x = torch.tensor([0.0, 0.9, 1.0, 1.5, 3.0], requires_grad=True)
     y = q(x)
     assert y.tolist() == pytest.approx([0.0, 0.0, 0.0, 1.0, 1.0], abs=1e-6)  # a step at l, to out_scale = 1
