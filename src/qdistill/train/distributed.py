@@ -100,7 +100,8 @@ def process_group(timeout_s: float = 600.0, device: str = "auto") -> Iterator[bo
     gloo on CPU, NCCL on CUDA; ``timeout_s`` bounds every collective, so a rank whose peer hangs
     stops instead of waiting forever. A rank stopped by a peer's failure waits `PEER_GRACE_S` (its
     launcher stops it meanwhile, so only the failing rank's message is shown), then raises a
-    one-line `PeerFailedError`. The group is destroyed on exit, also after an error.
+    one-line `PeerFailedError`. The group is destroyed on exit (after a barrier: every rank done), also
+    after an error.
     """
     if "WORLD_SIZE" not in os.environ or active():
         yield False
@@ -111,6 +112,7 @@ def process_group(timeout_s: float = 600.0, device: str = "auto") -> Iterator[bo
     dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
     try:
         yield True
+        dist.barrier()  # no rank tears the group down while a peer still uses it (gloo can abort then)
     except Exception as e:
         rank, world = rank_and_world()
         if world == 1 or not _peer_failure(e):
