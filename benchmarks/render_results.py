@@ -331,11 +331,12 @@ def lm_table(data: dict[str, Any], values: dict[str, str]) -> str:
     ]
     for r in data["rows"]:
         text, test = LM_TARGETS.get(r["setting"], ("", None))
-        met = ("yes" if test(r) else "**no**") if test else ""
+        ok = test(r) if test else None
+        met = "" if ok is None else "yes" if ok else "**no**"
         tag = f"lm:{r['setting']}"
         steps = r.get("blockwise_steps")
         phase = f"{steps} steps per block, {duration(r['blockwise_seconds'])}" if steps else "none"
-        values[f"{tag}:met"] = ("met" if test(r) else "not met") if test else ""
+        values[f"{tag}:met"] = "" if ok is None else "met" if ok else "not met"
         values[f"{tag}:command"] = f"python {r['command']}" if "command" in r else ""
         values[f"{tag}:ppl"] = f"{r['ppl']:.2f}"
         values[f"{tag}:ratio"] = f"{r['ppl_ratio']:.2f}"

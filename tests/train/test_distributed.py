@@ -41,6 +41,7 @@ QUANT_EXTRA = {  # the float64 case quantizes the classifier: its Hessian is pos
 }
 # LSQ scales its step's gradient by 1/sqrt(N Qp) with N the elements of the (per-rank) batch, so a
 # feature loss that reaches an activation step trains it differently per world size (see docs/training.md)
+NAMES = [f"{m}-{q}" for m, q, _ in CASES]
 STEPS_PER_EPOCH, STOP_AT = 3, 5
 
 
@@ -222,11 +223,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
     return {"full1": one, "full2": two, "part1": part1, "part2": part2, "resume1": resume1, "resume2": resume2}
 
 
-def _names() -> list[str]:
-    return [f"{m}-{q}" for m, q, _ in CASES]
-
-
-@pytest.mark.parametrize("case", _names())
+@pytest.mark.parametrize("case", NAMES)
 def test_two_processes_train_as_one(runs, case):
     one, two = runs["full1"][case], runs["full2"][case]
     loss_abs, delta_rel = (1e-14, 1e-12) if case == "-".join(FLOAT64[:2]) else (1e-6, 1e-5)
@@ -236,7 +233,7 @@ def test_two_processes_train_as_one(runs, case):
     assert one["delta"] == pytest.approx(two["delta"], rel=delta_rel)  # EWGS: Hessian trace of the global batch
 
 
-@pytest.mark.parametrize("case", _names())
+@pytest.mark.parametrize("case", NAMES)
 def test_resume_under_another_world_size(runs, case):
     full = runs["full1"][case]["losses"]
     for written, resumed in (("part2", "resume1"), ("part1", "resume2")):
