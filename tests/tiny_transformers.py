@@ -25,6 +25,12 @@ def llama(seed: int = 0, **overrides: Any) -> torch.nn.Module:
     return _build("LlamaForCausalLM", "LlamaConfig", seed, defaults | {"max_position_embeddings": 16}, overrides)
 
 
+def gpt2(seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A 2-block GPT2LMHeadModel (Conv1D layers, tied lm_head), width 32, vocabulary 100, no KV cache."""
+    defaults = {"n_embd": 32, "vocab_size": 100, "n_positions": 16, "use_cache": False}
+    return _build("GPT2LMHeadModel", "GPT2Config", seed, defaults, overrides)
+
+
 def bert_classifier(seed: int = 0, **overrides: Any) -> torch.nn.Module:
     """A 2-layer BertForSequenceClassification, width 32, vocabulary 100, 3 labels."""
     defaults = {"vocab_size": 100, "hidden_size": 32, "intermediate_size": 64, "num_labels": 3}

@@ -13,57 +13,42 @@ from qdistill.quant import QuantConfig, quantize
 from qdistill.quant.intform import IntLinear
 
 T = pytest.importorskip("transformers")
+from tiny_transformers import gpt2, llama  # noqa: E402
 
 
 def _llama():
-    return T.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        vocab_size=100,
-        max_position_embeddings=32,
-    )
-
-
-def _gpt2():
-    return T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=16)
+    return llama(hidden_size=32, intermediate_size=64, num_key_value_heads=2, vocab_size=100)
 
 
 @pytest.mark.parametrize(
-    ("cls", "config", "qcfg", "layer"),
+    ("build", "qcfg", "layer"),
     [
         (
-            "LlamaForCausalLM",
             _llama,
             QuantConfig(method="lsq", weight_bits=4, act_bits=8, group_size=16, act_granularity="token"),
             "model.layers.0.self_attn.q_proj",
         ),
         (
-            "GPT2LMHeadModel",
-            _gpt2,
+            gpt2,
             QuantConfig(method="ewgs", weight_bits=2, act_bits=None, group_size=8),
             "transformer.h.0.attn.c_attn",
         ),
         (  # asymmetric weights: a zero point per group travels with the levels
-            "LlamaForCausalLM",
             _llama,
             QuantConfig(method="lsq", weight_bits=3, act_bits=None, group_size=16, weight_init="minmax"),
             "model.layers.1.mlp.down_proj",
         ),
         (
-            "GPT2LMHeadModel",
-            _gpt2,
+            gpt2,
             QuantConfig(method="ewgs", weight_bits=4, act_bits=None, group_size=16, weight_init="mse"),
             "transformer.h.1.mlp.c_fc",
         ),
     ],
 )
-def test_reload_into_the_transformers_class_is_exact(cls, config, qcfg, layer, tmp_path):
-    torch.manual_seed(0)
-    model_cls = getattr(T, cls)
-    model_cls(config()).save_pretrained(tmp_path / "teacher")
+def test_reload_into_the_transformers_class_is_exact(build, qcfg, layer, tmp_path):
+    teacher = build()
+    teacher.save_pretrained(tmp_path / "teacher")
+    model_cls = type(teacher)
     ids = torch.randint(0, 100, (2, 9))
     student = quantize(model_cls.from_pretrained(tmp_path / "teacher"), qcfg, calib_data=ids)
     opt = torch.optim.SGD(student.parameters(), lr=0.1)  # train a little: levels must be the student's own
@@ -90,7 +75,7 @@ def test_reload_into_the_transformers_class_is_exact(cls, config, qcfg, layer, t
     assert isinstance(reloaded.get_submodule(layer), IntLinear) and type(reloaded) is model_cls
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, student(ids).logits)
-    if cls == "GPT2LMHeadModel":
+    if model_cls is T.GPT2LMHeadModel:
         assert reloaded.lm_head.weight is reloaded.transformer.wte.weight  # still tied
 
 

@@ -156,6 +156,7 @@ def test_convert_errors_are_one_line_config_errors():
 
 
 T = pytest.importorskip("transformers")
+from tiny_transformers import gpt2  # noqa: E402
 
 
 def test_tiny_bert_converts_bit_exact():
@@ -176,9 +177,7 @@ def test_tiny_bert_converts_bit_exact():
 
 
 def test_tiny_gpt2_conv1d_converts_bit_exact_and_stays_tied():
-    torch.manual_seed(0)
-    cfg = T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=16, use_cache=False)
-    ids = torch.randint(0, 100, (2, 5))
+    ids = torch.randint(0, 100, (2, 5), generator=torch.Generator().manual_seed(0))
     for qcfg in (
         QuantConfig(method="lsq", weight_bits=4, act_bits=8, group_size=16, act_granularity="token"),
         QuantConfig(
@@ -190,6 +189,6 @@ def test_tiny_gpt2_conv1d_converts_bit_exact_and_stays_tied():
             include=["lm_head", "transformer.wte"],
         ),
     ):
-        model = quantize(T.GPT2LMHeadModel(cfg), qcfg, calib_data=ids)
+        model = quantize(gpt2(), qcfg, calib_data=ids)
         converted = _same_after_convert(model, ids)
         assert sum(isinstance(m, IntLinear) for m in converted.modules()) >= 8  # the 8 Conv1D layers

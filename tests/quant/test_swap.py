@@ -21,16 +21,9 @@ from qdistill.quant import (
 )
 
 T = pytest.importorskip("transformers")
-from tiny_transformers import bert_classifier, vit_classifier  # noqa: E402
+from tiny_transformers import bert_classifier, gpt2, vit_classifier  # noqa: E402
 
-tiny_bert = bert_classifier
-
-
-def tiny_gpt2():
-    torch.manual_seed(0)
-    return T.GPT2LMHeadModel(
-        T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=16, use_cache=False)
-    )
+tiny_bert, tiny_gpt2 = bert_classifier, gpt2
 
 
 def text_batch():

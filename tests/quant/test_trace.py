@@ -8,6 +8,7 @@ import qdistill
 from qdistill.quant import QuantConfig, quantize
 
 T = pytest.importorskip("transformers")
+from tiny_transformers import gpt2 as tiny_gpt2  # noqa: E402
 
 
 def resnet20():
@@ -32,11 +33,10 @@ def bert():
 
 
 def gpt2():
-    torch.manual_seed(0)
-    cfg = T.GPT2Config(n_embd=32, n_layer=2, n_head=2, vocab_size=100, n_positions=16, use_cache=False)
+    model = tiny_gpt2()
     ids = torch.randint(0, 100, (2, 5))
     qcfg = QuantConfig(method="lsq", weight_bits=4, act_bits=8, per_channel=True, act_granularity="token")
-    return quantize(T.GPT2LMHeadModel(cfg), qcfg, calib_data=ids).eval(), (ids,), {}
+    return quantize(model, qcfg, calib_data=ids).eval(), (ids,), {}
 
 
 def _logits(out):

@@ -118,20 +118,27 @@ def _case(
     student = qdistill.make_student(teachers[0], qcfg, calib)
     teacher = TeacherEnsemble(teachers) if method == "ekd" else teachers[0]
     objective = qdistill.build_objective(method, student, teacher, **params)
-    cfg = qdistill.TrainConfig(
+    cfg = train_config(distributed, ewgs_every=0 if fixed else 1)
+    out = root / f"{method}-{quantizer}" / (f"part{3 - world}" if mode == "resume" else f"{mode}{world}")
+    return train(objective, loader, cfg, val, out, mode)
+
+
+def train_config(distributed: str, ewgs_every: int = 1):
+    """Two epochs of SGD, a checkpoint every epoch, on the CPU in fp32: the same for every case."""
+    import qdistill
+
+    return qdistill.TrainConfig(
         epochs=2,
         optimizer="sgd",
         lr=0.05,
         progress=False,
         checkpoint_every=1,
-        ewgs_every=0 if fixed else 1,
+        ewgs_every=ewgs_every,
         hessian_probes=1,
         device="cpu",
         amp="off",
         distributed=distributed,
     )
-    out = root / f"{method}-{quantizer}" / (f"part{3 - world}" if mode == "resume" else f"{mode}{world}")
-    return train(objective, loader, cfg, val, out, mode)
 
 
 def train(objective, loader, cfg, val, out: Path, mode: str):

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_distributed import STEPS_PER_EPOCH, STOP_AT, _case, launch_json, train
+from test_distributed import STEPS_PER_EPOCH, STOP_AT, _case, launch_json, train, train_config
 
 LM_CASES = ["llama-ewgs", "llama-lsq"]
 CNN_CASES = [("sqakd", "ewgs", {}), ("squat", "pact", {"adaptor": True}), ("gor", "pact", {})]
@@ -41,41 +41,21 @@ def _token_loader(ids, batch: int, world: int, rank: int, shuffle: bool):
 
 
 def _llama(root: Path, mode: str, world: int, quantizer: str, distributed: str) -> tuple[dict, object]:
-    import torch
-    import transformers
+    from tiny_transformers import llama
 
     import qdistill
     from qdistill.train.distributed import rank_and_world
 
     rank, _ = rank_and_world()
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
+    teacher = llama(
         vocab_size=32,
-        hidden_size=16,
-        intermediate_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=16,
         initializer_range=0.5,  # confident logits: a KL loss far above rounding
         attn_implementation="eager",  # EWGS's Hessian differentiates twice; CPU SDPA has no double backward
     )
-    teacher = transformers.LlamaForCausalLM(config).eval()
     ids = _tokens(24, 8, 1)
     student = qdistill.make_student(teacher, qdistill.QuantConfig(method=quantizer, weight_bits=2, act_bits=4), ids)
     objective = qdistill.build_objective("sqakd", student, teacher)
-    cfg = qdistill.TrainConfig(
-        epochs=2,
-        optimizer="sgd",
-        lr=0.05,
-        progress=False,
-        checkpoint_every=1,
-        ewgs_every=1,
-        hessian_probes=1,
-        device="cpu",
-        amp="off",
-        distributed=distributed,
-    )
+    cfg = train_config(distributed)
     loader = _token_loader(ids, 8, world, rank, shuffle=True)
     val = _token_loader(ids[:8], 8, 1, 0, shuffle=False)
     out = root / f"llama-{quantizer}" / (f"part{3 - world}" if mode == "resume" else f"{mode}{world}")
@@ -182,4 +162,5 @@ def test_fsdp_checkpoint_is_the_one_process_checkpoint(runs, case):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tiny_transformers, as pytest's pythonpath does
     _worker(*sys.argv[1:])
