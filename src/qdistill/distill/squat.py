@@ -63,7 +63,7 @@ class StudentAwareFeatureLoss(nn.Module):
         teachers: the frozen teachers (several for an ensemble).
         student_tap: default: the quantized input (the ``act_quant`` output) of `squat_layer`: the
             last quantized conv of a CNN; on a transformer the last block's ``intermediate.dense``
-            (BERT-style) or ``mlp.down_proj`` (Llama-style).
+            (BERT-style), ``mlp.down_proj`` (Llama-style), or the FFN layer found by shape.
         teacher_taps: one per teacher (a single name for one teacher); default: the input of the
             same-named layer when the teacher has one, else the input of the teacher's last conv.
         quantizer: name of the student quantizer whose grid ``P`` uses; default that layer's ``act_quant``.

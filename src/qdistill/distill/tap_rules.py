@@ -35,6 +35,7 @@ __all__ = [
     "TAP_KINDS",
     "default_taps",
     "input_shape",
+    "last_block",
     "last_conv",
     "last_quantized_conv",
     "probe_shapes",
@@ -68,14 +69,59 @@ def last_quantized_conv(model: nn.Module) -> str:
     return names[-1]
 
 
+def last_block(model: nn.Module) -> str | None:
+    """Name of the last block of the model's longest stack of same-type blocks (a transformer's layers:
+    ``model.layers``, ``transformer.h``, ``encoder.layer``, timm's ``blocks``), or None."""
+    best, size = None, 1
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) > size and len({type(c) for c in m}) == 1:
+            best, size = f"{name}.{len(m) - 1}" if name else str(len(m) - 1), len(m)
+    return best
+
+
+def _ffn_layer(model: nn.Module) -> str | None:
+    """SQuaT's FFN layer of the last block found by shape, for families without `FFN_LAYERS` names:
+    a decoder (a model that generates) taps its MLP's output projection (the last layer of the block
+    that narrows its input: OPT's ``fc2``, GPT-NeoX's ``dense_4h_to_h``), an encoder the FFN's first
+    layer (the last that widens: DistilBERT's ``lin1``, timm ViT's ``mlp.fc1``)."""
+    block = last_block(model)
+    if block is None:
+        return None
+    layers = [
+        (n, m.oriented_weight().shape)
+        for n, m in model.named_modules()
+        if n.startswith(f"{block}.") and isinstance(m, QuantModule) and m.features_last and m.act_quant is not None
+    ]
+    can_generate = getattr(model, "can_generate", None)
+    if callable(can_generate) and can_generate():
+        picked = [n for n, (out, inp) in layers if inp > out]
+    else:
+        picked = [n for n, (out, inp) in layers if out > inp]
+    return picked[-1] if picked else None
+
+
 def squat_layer(model: nn.Module) -> str:
-    """SQuaT's default layer: the last quantized FFN layer of a transformer (`FFN_LAYERS`), else the last quantized conv."""
+    """SQuaT's default layer: the last quantized FFN layer of a transformer (`FFN_LAYERS` by name, else
+    `_ffn_layer` by shape), else the last quantized conv."""
     ffn = [
         n
         for n, m in model.named_modules()
         if n.endswith(FFN_LAYERS) and isinstance(m, QuantModule) and m.act_quant is not None
     ]
-    return ffn[-1] if ffn else last_quantized_conv(model)
+    if ffn:
+        return ffn[-1]
+    by_shape = _ffn_layer(model)
+    if by_shape is not None:
+        return by_shape
+    try:
+        return last_quantized_conv(model)
+    except ConfigError:
+        if not any(isinstance(m, QuantModule) and m.features_last for m in model.modules()):
+            raise
+        raise ConfigError(
+            "squat found no transformer FFN layer with an activation quantizer in the student: quantize "
+            "it with act_bits set, or name the layer with method.params.student_tap and quantizer"
+        ) from None
 
 
 def input_shape(model: nn.Module) -> tuple[int, int, int, int]:
