@@ -19,6 +19,11 @@ def _build(model: str, config: str, seed: int, defaults: dict[str, Any], overrid
     return getattr(transformers, model)(cfg).eval()
 
 
+def family(model: str, config: str, seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """Any transformers family by its model and config class names: 2 blocks of 2 heads, ``overrides``."""
+    return _build(model, config, seed, {}, overrides)
+
+
 def llama(seed: int = 0, **overrides: Any) -> torch.nn.Module:
     """A 2-block LlamaForCausalLM, width 16, vocabulary 12."""
     defaults = {"vocab_size": 12, "hidden_size": 16, "intermediate_size": 24, "num_key_value_heads": 1}

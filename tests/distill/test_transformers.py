@@ -12,7 +12,7 @@ from qdistill.errors import ConfigError
 from .helpers import train_steps
 
 transformers = pytest.importorskip("transformers")
-from tiny_transformers import bert_classifier, llama  # noqa: E402
+from tiny_transformers import bert_classifier, family, llama  # noqa: E402
 
 IDS = torch.tensor([[3, 7, 1, 9, 4, 0], [5, 2, 8, 0, 0, 0]])
 MASK = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]])
@@ -77,50 +77,19 @@ def test_feature_and_kd_terms_ignore_padded_tokens(arch):
     assert float(again["feat"]) == pytest.approx(float(logs["feat"]), rel=1e-5)
 
 
-def _family(model: str, config: str, **kw) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return getattr(transformers, model)(getattr(transformers, config)(vocab_size=12, **kw)).eval()
-
-
 # Families whose FFN layers have other names: the layer is found by shape in the last block.
 BY_SHAPE = {
-    "gpt2": (
-        lambda: _family("GPT2LMHeadModel", "GPT2Config", n_embd=16, n_layer=2, n_head=2),
-        "transformer.h.1.mlp.c_proj",
-    ),
+    "gpt2": (("GPT2LMHeadModel", "GPT2Config", {"n_embd": 16}), "transformer.h.1.mlp.c_proj"),
     "gpt_neox": (
-        lambda: _family(
-            "GPTNeoXForCausalLM",
-            "GPTNeoXConfig",
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-        ),
+        ("GPTNeoXForCausalLM", "GPTNeoXConfig", {"hidden_size": 16, "intermediate_size": 32}),
         "gpt_neox.layers.1.mlp.dense_4h_to_h",
     ),
     "opt": (
-        lambda: _family(
-            "OPTForCausalLM",
-            "OPTConfig",
-            hidden_size=16,
-            ffn_dim=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            word_embed_proj_dim=16,
-        ),
+        ("OPTForCausalLM", "OPTConfig", {"hidden_size": 16, "ffn_dim": 32, "word_embed_proj_dim": 16}),
         "model.decoder.layers.1.fc2",
     ),
     "distilbert": (  # an encoder: the FFN's first layer, as BERT's intermediate.dense
-        lambda: _family(
-            "DistilBertForSequenceClassification",
-            "DistilBertConfig",
-            dim=16,
-            hidden_dim=32,
-            n_layers=2,
-            n_heads=2,
-            num_labels=3,
-        ),
+        ("DistilBertForSequenceClassification", "DistilBertConfig", {"dim": 16, "hidden_dim": 32, "num_labels": 3}),
         "distilbert.transformer.layer.1.ffn.lin1",
     ),
 }
@@ -128,8 +97,8 @@ BY_SHAPE = {
 
 @pytest.mark.parametrize("arch", sorted(BY_SHAPE))
 def test_squat_finds_the_ffn_layer_of_other_families_by_shape(arch):
-    build, layer = BY_SHAPE[arch]
-    teacher = build()
+    (model, config, sizes), layer = BY_SHAPE[arch]
+    teacher = family(model, config, vocab_size=12, **sizes)
     student = make_student(teacher, QuantConfig(method="lsq", weight_bits=2, act_bits=8), {"input_ids": IDS})
     assert squat_layer(student) == layer
     with build_objective("squat", student, teacher) as objective:

@@ -39,8 +39,6 @@ QUANT_EXTRA = {  # the float64 case quantizes the classifier: its Hessian is pos
     "ewgs-fixed": {"backward_coef": 0.5},
     "ewgs-float64": {"keep_last": False},
 }
-# LSQ scales its step's gradient by 1/sqrt(N Qp) with N the elements of the (per-rank) batch, so a
-# feature loss that reaches an activation step trains it differently per world size (see docs/training.md)
 NAMES = [f"{m}-{q}" for m, q, _ in CASES]
 STEPS_PER_EPOCH, STOP_AT = 3, 5
 

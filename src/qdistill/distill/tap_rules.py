@@ -35,7 +35,6 @@ __all__ = [
     "TAP_KINDS",
     "default_taps",
     "input_shape",
-    "last_block",
     "last_conv",
     "last_quantized_conv",
     "probe_shapes",
@@ -69,7 +68,7 @@ def last_quantized_conv(model: nn.Module) -> str:
     return names[-1]
 
 
-def last_block(model: nn.Module) -> str | None:
+def _last_block(model: nn.Module) -> str | None:
     """Name of the last block of the model's longest stack of same-type blocks (a transformer's layers:
     ``model.layers``, ``transformer.h``, ``encoder.layer``, timm's ``blocks``), or None."""
     best, size = None, 1
@@ -79,40 +78,31 @@ def last_block(model: nn.Module) -> str | None:
     return best
 
 
-def _ffn_layer(model: nn.Module) -> str | None:
-    """SQuaT's FFN layer of the last block found by shape, for families without `FFN_LAYERS` names:
-    a decoder (a model that generates) taps its MLP's output projection (the last layer of the block
-    that narrows its input: OPT's ``fc2``, GPT-NeoX's ``dense_4h_to_h``), an encoder the FFN's first
-    layer (the last that widens: DistilBERT's ``lin1``, timm ViT's ``mlp.fc1``)."""
-    block = last_block(model)
+def _ffn_layer(model: nn.Module, layers: list[tuple[str, QuantModule]]) -> str | None:
+    """SQuaT's FFN layer among ``layers`` in the last block, found by shape, for families without
+    `FFN_LAYERS` names: a decoder (a model that generates) taps its MLP's output projection (the last
+    layer of the block that narrows its input: OPT's ``fc2``, GPT-NeoX's ``dense_4h_to_h``), an encoder
+    the FFN's first layer (the last that widens: DistilBERT's ``lin1``, timm ViT's ``mlp.fc1``)."""
+    block = _last_block(model)
     if block is None:
         return None
-    layers = [
-        (n, m.oriented_weight().shape)
-        for n, m in model.named_modules()
-        if n.startswith(f"{block}.") and isinstance(m, QuantModule) and m.features_last and m.act_quant is not None
-    ]
+    shapes = [(n, m.oriented_weight().shape) for n, m in layers if m.features_last and n.startswith(f"{block}.")]
     can_generate = getattr(model, "can_generate", None)
     if callable(can_generate) and can_generate():
-        picked = [n for n, (out, inp) in layers if inp > out]
+        picked = [n for n, (out, inp) in shapes if inp > out]
     else:
-        picked = [n for n, (out, inp) in layers if out > inp]
+        picked = [n for n, (out, inp) in shapes if out > inp]
     return picked[-1] if picked else None
 
 
 def squat_layer(model: nn.Module) -> str:
     """SQuaT's default layer: the last quantized FFN layer of a transformer (`FFN_LAYERS` by name, else
     `_ffn_layer` by shape), else the last quantized conv."""
-    ffn = [
-        n
-        for n, m in model.named_modules()
-        if n.endswith(FFN_LAYERS) and isinstance(m, QuantModule) and m.act_quant is not None
-    ]
-    if ffn:
-        return ffn[-1]
-    by_shape = _ffn_layer(model)
-    if by_shape is not None:
-        return by_shape
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantModule) and m.act_quant is not None]
+    by_name = [n for n, _ in layers if n.endswith(FFN_LAYERS)]
+    ffn = by_name[-1] if by_name else _ffn_layer(model, layers)
+    if ffn is not None:
+        return ffn
     try:
         return last_quantized_conv(model)
     except ConfigError:
