@@ -31,6 +31,7 @@ ROW_KEYS = (
     "teacher_top1",
     "gap",
     "rtn_top1",
+    "agreement",
     "test_lines",
     "tokens_seen",
     "train_seconds",

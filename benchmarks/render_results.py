@@ -360,9 +360,9 @@ ENCODER_TARGETS = {"W4A8": 0.5, "W2A8": 3.0}  # the issue's largest allowed drop
 def encoder_table(data: dict[str, Any], values: dict[str, str]) -> str:
     """`encoder_minilm.py`: label-free MiniLM students (one row per setting and method) against the targets."""
     lines = [
-        "| setting | method | teacher top-1 | RTN top-1 | student top-1 | gap | target | met | tokens seen |"
-        " train time | threads |",
-        "|---" * 11 + "|",
+        "| setting | method | teacher top-1 | RTN top-1 | student top-1 | gap | target | met | agreement |"
+        " tokens seen | train time | threads |",
+        "|---" * 12 + "|",
     ]
     values["enc:teacher"] = f"{data['teacher']['top1']:.2f}"
     values["enc:teacher_tokens"] = f"{data['teacher']['tokens_seen']:,.0f}"
@@ -374,9 +374,11 @@ def encoder_table(data: dict[str, Any], values: dict[str, str]) -> str:
         limit = ENCODER_TARGETS.get(r["setting"])
         met = ("yes" if r["gap"] >= -limit else "**no**") if limit is not None else ""
         values[f"enc:{r['setting']}:{r['method']}:gap"] = f"{r['gap']:+.2f}"
+        agreement = f"{r['agreement']:.1f}%" if r.get("agreement") is not None else "not measured"
         lines.append(
             f"| {r['setting']} | {r['method']} | {r['teacher_top1']:.2f} | {r['rtn_top1']:.2f} | {r['top1']:.2f} |"
-            f" {r['gap']:+.2f} | gap >= -{limit} | {met} | {r['tokens_seen']:,.0f} | {duration(r['train_seconds'])} |"
+            f" {r['gap']:+.2f} | gap >= -{limit} | {met} | {agreement} | {r['tokens_seen']:,.0f} |"
+            f" {duration(r['train_seconds'])} |"
             f" {r['threads']} |"
         )
     return "\n".join(lines)

@@ -282,9 +282,7 @@ def evaluate_hf_run(run_dir: str | Path, which: str = "best") -> dict[str, float
     teacher, task = load_hf_model(cfg.model.pretrained, cfg.model.task, cfg.model.num_classes)
     if task == "sequence_classification":
         test = classifier_test_lines(cfg.data, load_hf_tokenizer(cfg.model.pretrained), cfg.data.test_subset)
-        bs = cfg.data.eval_batch_size
-        top1, teacher_top1 = _top1(student, test, bs, "cpu"), _top1(teacher, test, bs, "cpu")
-        return {"top1": top1, "teacher_top1": teacher_top1, "gap": top1 - teacher_top1}
+        return _classifier_metrics(student, teacher, test, cfg.data.eval_batch_size, "cpu")
     data = load_lm_data(cfg, teacher, load_hf_tokenizer(cfg.model.pretrained), Path(run_dir))
     if data.test is None and data.generated_test is None:
         raise DataError(
@@ -342,6 +340,21 @@ def _top1(model: torch.nn.Module, tensors: dict[str, torch.Tensor], batch: int, 
     return evaluate(model, TokenBatchLoader(tensors, batch, with_labels=True), None, device)["top1"]
 
 
+def _classifier_metrics(
+    student: torch.nn.Module, teacher: torch.nn.Module, test: dict[str, torch.Tensor], batch: int, device: Any
+) -> dict[str, float]:
+    """Top-1 of student and teacher on the held-out lines, their gap, and ``agreement`` (percent of lines
+    where the two predict the same class): with a weak teacher the gap alone hides how many lines flipped."""
+    student_eval = evaluate(student, TokenBatchLoader(test, batch, with_labels=True), teacher, device)
+    top1, teacher_top1 = student_eval["top1"], _top1(teacher, test, batch, device)
+    return {
+        "top1": top1,
+        "teacher_top1": teacher_top1,
+        "gap": top1 - teacher_top1,
+        "agreement": student_eval["agreement"],
+    }
+
+
 def _run_classifier(
     cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None] | None, start: float
 ) -> dict[str, Any]:
@@ -391,14 +404,11 @@ def _run_classifier(
             "config": meta["config"],
         },
     )
-    top1, teacher_top1 = _top1(student, test, bs, trainer.device), _top1(teacher, test, bs, trainer.device)
     results = {
         "best_epoch": trainer.best["epoch"],
         "labels_used": labels,
         "method": cfg.method.name,
-        "top1": top1,
-        "teacher_top1": teacher_top1,
-        "gap": top1 - teacher_top1,
+        **_classifier_metrics(student, teacher, test, bs, trainer.device),
         "rtn_top1": rtn,
         "test_lines": len(test["labels"]),
         "classes": classes,

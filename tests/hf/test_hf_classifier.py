@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from qdistill.data.text_classes import TokenBatchLoader, split_prefixed_lines
 from qdistill.errors import DataError
 from qdistill.experiment import RunConfig, run_experiment
-from qdistill.hf_experiment import evaluate_hf_run
+from qdistill.hf_experiment import _classifier_metrics, evaluate_hf_run
 
 SAMPLE = Path(__file__).with_name("sample.txt")
 
@@ -67,5 +69,25 @@ def test_teacher_with_labels_then_label_free_student_never_sees_labels(tiny_bert
     assert 0 <= res["rtn_top1"] <= 100
     again = evaluate_hf_run(tmp_path / "student")
     assert again["top1"] == pytest.approx(res["top1"]) and again["teacher_top1"] == pytest.approx(res["teacher_top1"])
+    assert again["agreement"] == pytest.approx(res["agreement"])
     training = [keys for keys in seen if "labels" not in keys]
     assert training and all(keys == {"input_ids", "attention_mask"} for keys in training)
+
+
+class _PicksToken(nn.Module):
+    """A 3-class 'classifier' that predicts the token at ``column`` (a one-hot logit row)."""
+
+    def __init__(self, column: int) -> None:
+        super().__init__()
+        self.column = column
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(input_ids[:, self.column], 3).float()
+
+
+def test_classifier_metrics_count_lines_where_student_and_teacher_agree() -> None:
+    ids = torch.tensor([[0, 0], [1, 2], [2, 2], [1, 0], [2, 1]])
+    test = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 2, 0, 2])}
+    got = _classifier_metrics(_PicksToken(0), _PicksToken(1), test, batch=2, device="cpu")
+    # student predicts 0 1 2 1 2 (4 of 5 right), teacher 0 2 2 0 1 (3 of 5 right); they agree on lines 0 and 2
+    assert got == pytest.approx({"top1": 80.0, "teacher_top1": 60.0, "gap": 20.0, "agreement": 40.0})
