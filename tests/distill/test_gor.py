@@ -4,6 +4,9 @@ import pytest
 import torch
 
 from qdistill.distill import LossBalance, build_objective
+from qdistill.errors import ConfigError
+from qdistill.train import TrainConfig
+from qdistill.train.trainer import make_optimizer, param_groups
 
 from .helpers import student_of, train_steps
 
@@ -52,3 +55,22 @@ def test_gor_with_labels_refuses_label_free_data(teacher, batch):
     objective = build_objective("gor", student_of(teacher, batch[0]), teacher, uses_labels=True)
     with pytest.raises(ValueError, match="needs labels"):
         objective(batch[0])
+
+
+def test_balance_lr_gives_the_scalars_their_own_group_and_step(teacher, batch):
+    images, _ = batch
+    cfg = TrainConfig(lr=1e-5, weight_decay=0.1)
+    plain = build_objective("gor", student_of(teacher, images), teacher)
+    assert all(g["lr"] in (cfg.lr, cfg.quant_lr or cfg.lr) for g in param_groups(plain, cfg))  # default: like weights
+    objective = build_objective("gor", student_of(teacher, images), teacher, balance_lr=0.05)
+    groups = param_groups(objective, cfg)
+    own = [g for g in groups if any(p is objective.balance.raw for p in g["params"])]
+    assert len(own) == 1 and own[0]["lr"] == 0.05 and own[0]["weight_decay"] == 0.0 and len(own[0]["params"]) == 1
+    opt = make_optimizer(groups, cfg)
+    loss, _ = objective(images)
+    loss.backward()
+    opt.step()
+    # Adam's first step is lr * sign(grad): each scalar moves 0.05 (b * tanh(r / b) ~ r near 0)
+    assert objective.balance.raw.detach().abs().tolist() == pytest.approx([0.05, 0.05], rel=1e-3)
+    with pytest.raises(ConfigError, match="balance_lr"):
+        build_objective("gor", student_of(teacher, images), teacher, balance_lr=0.0)

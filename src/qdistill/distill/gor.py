@@ -39,11 +39,14 @@ class LossBalance(nn.Module):
         5.0
     """
 
-    def __init__(self, terms: int = 2, bound: float = 4.0) -> None:
+    def __init__(self, terms: int = 2, bound: float = 4.0, lr: float | None = None) -> None:
         super().__init__()
         if bound <= 0:
             raise ConfigError(f"gor bound must be > 0, got {bound}")
+        if lr is not None and not lr > 0:
+            raise ConfigError(f"gor balance_lr must be > 0, got {lr}")
         self.bound = float(bound)
+        self.own_lr = lr  # read by the trainer's param_groups: None trains the scalars like weights
         self.raw = nn.Parameter(torch.zeros(terms))
 
     @property
@@ -69,6 +72,10 @@ class GoR(Objective):
     epoch (``gor_w_<term>``, ``gor_s_<term>``). Works with a teacher ensemble (one feature term per
     member). The feature parameters (taps, quantizer, distance, adaptor) are those of
     `StudentAwareFeatureLoss` and are used only in the label-free form.
+
+    ``balance_lr`` gives the scalars a learning rate of their own (no weight decay). At a fine-tuning
+    lr (1e-5 .. 1e-4) Adam moves each scalar about lr per step, so over a few hundred steps the weights
+    stay near 1 and the loss is a plain sum; the optimum ``s_i = log L_i`` may lie several units away.
     """
 
     def __init__(
@@ -83,12 +90,13 @@ class GoR(Objective):
         teacher_tap: str | list[str] | None = None,
         quantizer: str | None = None,
         adaptor: bool = False,
+        balance_lr: float | None = None,
     ) -> None:
         super().__init__(student, at_temperature(teacher, temperature) if teacher is not None else None)
         self.uses_labels = bool(uses_labels)  # per instance: the trainer feeds labels only when True
         self.temperature = temperature
         self.terms = ("ce", "kd") if self.uses_labels else ("kd", "feat")
-        self.balance = LossBalance(2, bound)
+        self.balance = LossBalance(2, bound, balance_lr)
         self.features = None
         if not self.uses_labels:
             self.features = StudentAwareFeatureLoss(

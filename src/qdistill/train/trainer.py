@@ -98,15 +98,19 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def param_groups(objective: Objective, cfg: TrainConfig) -> list[dict[str, Any]]:
     """Weights (with weight decay) vs quantizer parameters (own lr, no weight decay).
 
-    The objective's own trainable parts (regressors, balance scalars) train like weights.
+    The objective's own trainable parts (regressors, balance scalars) train like weights, except those
+    of a module with an ``own_lr`` (e.g. GoR's ``balance_lr``): a group at that lr, no weight decay.
     """
     quant_ids = {id(p) for m in objective.student.modules() if isinstance(m, Quantizer) for p in m.parameters()}
+    own = [(m.own_lr, list(m.parameters())) for m in objective.modules() if getattr(m, "own_lr", None) is not None]
+    own_ids = {id(p) for _, ps in own for p in ps}
     params = [p for p in list(objective.student.parameters()) + list(objective.parameters()) if p.requires_grad]
-    weights = [p for p in params if id(p) not in quant_ids]
+    weights = [p for p in params if id(p) not in quant_ids | own_ids]
     quant = [p for p in params if id(p) in quant_ids]
     groups = [{"params": weights, "weight_decay": cfg.weight_decay, "lr": cfg.lr}]
     if quant:
         groups.append({"params": quant, "weight_decay": 0.0, "lr": cfg.quant_lr or cfg.lr})
+    groups += [{"params": ps, "weight_decay": 0.0, "lr": lr} for lr, ps in own]
     return groups
 
 
