@@ -63,6 +63,8 @@ def config(name: str, pretrained: Path | str, args: argparse.Namespace, steps: i
     ]
     if method:
         over.append(f"method.name={method}")
+    if method == "gor" and args.gor_balance_lr:
+        over.append(f"method.params.balance_lr={args.gor_balance_lr}")
     if steps:
         epochs, per_epoch = checkpointed_epochs(steps)
         over += [f"train.epochs={epochs}", f"train.max_steps={per_epoch}"]
@@ -95,6 +97,12 @@ def main() -> None:
     p.add_argument("--subset", type=int, help="training lines")
     p.add_argument("--test-lines", type=int, help="held-out lines evaluated")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--gor-balance-lr",
+        type=float,
+        default=0.01,
+        help="lr of GoR's two balance scalars (0: the weights' lr, at which they barely move in a short run)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "text" / "kjv.txt.gz"))
     p.add_argument("--runs", default="runs/bench/encoder_minilm")
@@ -122,6 +130,7 @@ def main() -> None:
                 {
                     "setting": setting,
                     "method": method,
+                    "method_params": cfg.method.params,
                     "labels_used": res["labels_used"],
                     **{k: res.get(k) for k in ROW_KEYS},
                 }

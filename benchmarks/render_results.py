@@ -375,8 +375,10 @@ def encoder_table(data: dict[str, Any], values: dict[str, str]) -> str:
         met = ("yes" if r["gap"] >= -limit else "**no**") if limit is not None else ""
         values[f"enc:{r['setting']}:{r['method']}:gap"] = f"{r['gap']:+.2f}"
         agreement = f"{r['agreement']:.1f}%" if r.get("agreement") is not None else "not measured"
+        params = ", ".join(f"{k} {v}" for k, v in (r.get("method_params") or {}).items())
+        method = f"{r['method']} ({params})" if params else r["method"]
         lines.append(
-            f"| {r['setting']} | {r['method']} | {r['teacher_top1']:.2f} | {r['rtn_top1']:.2f} | {r['top1']:.2f} |"
+            f"| {r['setting']} | {method} | {r['teacher_top1']:.2f} | {r['rtn_top1']:.2f} | {r['top1']:.2f} |"
             f" {r['gap']:+.2f} | gap >= -{limit} | {met} | {agreement} | {r['tokens_seen']:,.0f} |"
             f" {duration(r['train_seconds'])} |"
             f" {r['threads']} |"
