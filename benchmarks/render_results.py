@@ -367,6 +367,8 @@ def encoder_table(data: dict[str, Any], values: dict[str, str]) -> str:
     values["enc:teacher"] = f"{data['teacher']['top1']:.2f}"
     values["enc:teacher_tokens"] = f"{data['teacher']['tokens_seen']:,.0f}"
     values["enc:teacher_time"] = duration(data["teacher"]["train_seconds"])
+    values["enc:command"] = f"python {data['command']}"
+    values["enc:threads"] = data["hardware"].split()[0]  # "<n> threads"
     lines_tested = data["rows"][0]["test_lines"]  # every row is tested on the same held-out lines
     values["enc:test_lines"] = f"{lines_tested:,}"
     values["enc:one_line"] = f"{100 / lines_tested:.3f}"
