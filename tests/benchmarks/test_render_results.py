@@ -155,6 +155,8 @@ def test_encoder_table_gap_against_the_target():
     row = {"method": "squat", "teacher_top1": 70.0, "rtn_top1": 60.0, "test_lines": 1536, "tokens_seen": 2048,
            "train_seconds": 600.0, "threads": 1}  # fmt: skip
     data = {
+        "command": "benchmarks/encoder_minilm.py --steps 200",
+        "hardware": "2 threads",
         "teacher": {"top1": 70.0, "tokens_seen": 4096, "train_seconds": 1200.0},
         "rows": [
             {**row, "setting": "W4A8", "top1": 69.4, "gap": -0.6, "agreement": 91.25, "method_params": {}},
@@ -176,3 +178,4 @@ def test_encoder_table_gap_against_the_target():
     assert "| 67.50 | -2.50 | gap >= -3.0 | yes | not measured |" in lines[4]
     assert values["enc:W2A8:squat:gap"] == "-2.50" and values["enc:teacher_time"] == "20 min"
     assert values["enc:one_line"] == "0.065"  # 100 / 1536 test lines
+    assert values["enc:command"] == "python benchmarks/encoder_minilm.py --steps 200" and values["enc:threads"] == "2"
