@@ -329,11 +329,18 @@ def _rows(tensors: dict[str, torch.Tensor], index: np.ndarray) -> dict[str, torc
     return {k: v[torch.from_numpy(np.sort(index))] for k, v in tensors.items()}
 
 
+def _test_index(held: np.ndarray, count: int | None, seed: int) -> np.ndarray:
+    """``count`` held-out lines drawn at random (seeded), or all of them: the lines are in book order, so
+    the first ``count`` would test the first books only."""
+    index = np.flatnonzero(held)
+    return index if count is None else np.random.default_rng(seed).permutation(index)[:count]
+
+
 def classifier_test_lines(cfg: DataConfig, tokenizer: Any, count: int | None = None) -> dict[str, torch.Tensor]:
-    """The first ``count`` held-out lines of a text classifier run, tokenized as in training, with ``labels``
-    (what its evaluation and its export's parity gate read)."""
+    """``count`` held-out lines of a text classifier run (seeded random, the same as its evaluation's),
+    tokenized as in training, with ``labels`` (what its evaluation and its export's parity gate read)."""
     tensors, held, _ = _classifier_data(cfg, tokenizer)
-    return _rows(tensors, np.flatnonzero(held)[:count])
+    return _rows(tensors, _test_index(held, count, cfg.seed))
 
 
 def _top1(model: torch.nn.Module, tensors: dict[str, torch.Tensor], batch: int, device: Any) -> float:
@@ -363,7 +370,10 @@ def _run_classifier(
     tokenizer = load_hf_tokenizer(cfg.model.pretrained)
     tensors, held, classes = _classifier_data(cfg.data, tokenizer)
     teacher, task = load_hf_model(cfg.model.pretrained, "sequence_classification", cfg.model.num_classes or classes)
-    train, test = _rows(tensors, np.flatnonzero(~held)), _rows(tensors, np.flatnonzero(held)[: cfg.data.test_subset])
+    train, test = (
+        _rows(tensors, np.flatnonzero(~held)),
+        _rows(tensors, _test_index(held, cfg.data.test_subset, cfg.data.seed)),
+    )
     order = np.random.default_rng(cfg.data.seed).permutation(len(train["labels"]))[: cfg.data.subset]
     n_val = round(cfg.data.val_fraction * len(order))
     val = _rows(train, order[:n_val]) if n_val else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,7 +12,7 @@ from torch import nn
 from qdistill.data.text_classes import TokenBatchLoader, split_prefixed_lines
 from qdistill.errors import DataError
 from qdistill.experiment import RunConfig, run_experiment
-from qdistill.hf_experiment import _classifier_metrics, evaluate_hf_run
+from qdistill.hf_experiment import _classifier_metrics, _test_index, evaluate_hf_run
 
 SAMPLE = Path(__file__).with_name("sample.txt")
 
@@ -91,3 +92,13 @@ def test_classifier_metrics_count_lines_where_student_and_teacher_agree() -> Non
     got = _classifier_metrics(_PicksToken(0), _PicksToken(1), test, batch=2, device="cpu")
     # student predicts 0 1 2 1 2 (4 of 5 right), teacher 0 2 2 0 1 (3 of 5 right); they agree on lines 0 and 2
     assert got == pytest.approx({"top1": 80.0, "teacher_top1": 60.0, "gap": 20.0, "agreement": 40.0})
+
+
+def test_capped_test_lines_are_a_seeded_sample_of_every_book_not_the_first_lines() -> None:
+    held = np.zeros(20_000, dtype=bool)
+    held[::2] = True  # 10,000 held-out lines in book order: book = line // 2,000
+    index = _test_index(held, 500, seed=0)
+    assert len(set(index.tolist())) == 500 and held[index].all()
+    assert set((index // 2_000).tolist()) == set(range(10))  # the first 500 held-out lines are all book 0
+    assert np.array_equal(index, _test_index(held, 500, seed=0))
+    assert np.array_equal(_test_index(held, None, seed=0), np.flatnonzero(held))
