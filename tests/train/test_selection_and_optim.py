@@ -111,3 +111,15 @@ def test_grad_clip_by_hand():
     assert _two_steps(momentum=0.0) == pytest.approx(2 - 0.2 - 0.05 * 1.8, abs=1e-6)
     # |g| = 2 then 1.95, both clipped to norm 0.5: w = 2 - .1*.5 - .05*.5
     assert _two_steps(momentum=0.0, grad_clip=0.5) == pytest.approx(1.925, abs=1e-5)
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_dropout_false_turns_off_the_students_dropout_only(teacher, tiny_images, make_loader, dropout):
+    student = nn.Sequential(nn.Dropout(0.5), _student(teacher))
+    teacher_with_dropout = nn.Sequential(nn.Dropout(0.5), teacher)
+    objective = build_objective("sqakd", student, teacher_with_dropout)
+    Trainer(objective, make_loader(tiny_images, labels=False), TrainConfig(epochs=1, dropout=dropout, **FAST))
+    assert student[0].p == (0.5 if dropout else 0.0) and teacher_with_dropout[0].p == 0.5
+    x = torch.ones(4, 1, 8, 8)
+    student.train()
+    assert torch.equal(student(x), student(x)) is not dropout  # train mode: random only while dropout is on

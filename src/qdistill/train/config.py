@@ -24,6 +24,9 @@ class TrainConfig:
         lr / quant_lr: learning rate of weights and of quantizer parameters (None: same as lr).
             Quantizer parameters never get weight decay.
         warmup_epochs: linear warm-up before the cosine decay (per iteration).
+        dropout: False sets every dropout layer of the student to p = 0: a student that starts as the
+            teacher and is matched to the teacher's clean outputs otherwise learns to fit its own
+            dropout noise (fine-tuned transformers carry p = 0.1), which swamps the quantization error.
         ewgs_every: re-estimate EWGS's delta from the Hessian every N epochs (0: never).
         hessian_batches / hessian_probes: cost of that estimate.
         amp: ``auto`` (bf16 autocast on CUDA), ``bf16`` or ``off``.
@@ -65,6 +68,7 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     warmup_epochs: float = 0.0
+    dropout: bool = True
     ewgs_every: int = 1
     hessian_batches: int = 1
     hessian_probes: int = 2

@@ -192,6 +192,10 @@ class Trainer:
     ) -> None:
         self.objective, self.cfg = objective, cfg
         self.student = objective.student
+        if not cfg.dropout:
+            for m in self.student.modules():
+                if isinstance(m, nn.modules.dropout._DropoutNd):
+                    m.p = 0.0
         self.train_loader, self.val_loader = train_loader, val_loader
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.meta = dict(meta or {})
