@@ -376,6 +376,7 @@ def encoder_table(data: dict[str, Any], values: dict[str, str]) -> str:
         limit = ENCODER_TARGETS.get(r["setting"])
         met = ("yes" if r["gap"] >= -limit else "**no**") if limit is not None else ""
         values[f"enc:{r['setting']}:{r['method']}:gap"] = f"{r['gap']:+.2f}"
+        values[f"enc:{r['setting']}:rtn_gap"] = f"{r['rtn_top1'] - r['teacher_top1']:+.2f}"  # one RTN per setting
         agreement = f"{r['agreement']:.1f}%" if r.get("agreement") is not None else "not measured"
         params = ", ".join(f"{k} {v}" for k, v in (r.get("method_params") or {}).items())
         method = f"{r['method']} ({params})" if params else r["method"]

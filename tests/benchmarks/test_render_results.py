@@ -177,5 +177,6 @@ def test_encoder_table_gap_against_the_target():
     assert lines[3].startswith("| W4A8 | gor (balance_lr 0.01) | 70.00 |")
     assert "| 67.50 | -2.50 | gap >= -3.0 | yes | not measured |" in lines[4]
     assert values["enc:W2A8:squat:gap"] == "-2.50" and values["enc:teacher_time"] == "20 min"
+    assert values["enc:W4A8:rtn_gap"] == "-10.00"  # RTN 60.0 against the teacher's 70.0
     assert values["enc:one_line"] == "0.065"  # 100 / 1536 test lines
     assert values["enc:command"] == "python benchmarks/encoder_minilm.py --steps 200" and values["enc:threads"] == "2"
