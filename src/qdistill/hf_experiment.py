@@ -370,10 +370,8 @@ def _run_classifier(
     tokenizer = load_hf_tokenizer(cfg.model.pretrained)
     tensors, held, classes = _classifier_data(cfg.data, tokenizer)
     teacher, task = load_hf_model(cfg.model.pretrained, "sequence_classification", cfg.model.num_classes or classes)
-    train, test = (
-        _rows(tensors, np.flatnonzero(~held)),
-        _rows(tensors, _test_index(held, cfg.data.test_subset, cfg.data.seed)),
-    )
+    train = _rows(tensors, np.flatnonzero(~held))
+    test = _rows(tensors, _test_index(held, cfg.data.test_subset, cfg.data.seed))
     order = np.random.default_rng(cfg.data.seed).permutation(len(train["labels"]))[: cfg.data.subset]
     n_val = round(cfg.data.val_fraction * len(order))
     val = _rows(train, order[:n_val]) if n_val else None
