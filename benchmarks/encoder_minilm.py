@@ -2,8 +2,8 @@
 
 Rows (``setting`` W4A8 / W2A8, ``method`` sqakd / squat / gor) go to
 benchmarks/results/encoder_minilm.json as each run finishes, with ``top1``, ``teacher_top1``,
-``gap``, ``rtn_top1``, tokens seen, wall time and threads. Resumable: finished rows are skipped;
-the teacher run is reused once it has finished.
+``gap``, ``rtn_top1``, ``agreement`` (and RTN's), tokens seen, wall time and threads. Resumable:
+finished rows are skipped; the teacher run is reused once it has finished.
 
     python benchmarks/encoder_minilm.py --threads 2                                  # full budget (configs)
     python benchmarks/encoder_minilm.py --steps 2 --subset 256 --test-lines 64 --methods sqakd \\
@@ -31,6 +31,7 @@ ROW_KEYS = (
     "teacher_top1",
     "gap",
     "rtn_top1",
+    "rtn_agreement",
     "agreement",
     "test_lines",
     "tokens_seen",

@@ -360,7 +360,7 @@ ENCODER_TARGETS = {"W4A8": 0.5, "W2A8": 3.0}  # the issue's largest allowed drop
 def encoder_table(data: dict[str, Any], values: dict[str, str]) -> str:
     """`encoder_minilm.py`: label-free MiniLM students (one row per setting and method) against the targets."""
     lines = [
-        "| setting | method | teacher top-1 | RTN top-1 | student top-1 | gap | target | met | agreement |"
+        "| setting | method | teacher top-1 | RTN top-1 (agreement) | student top-1 | gap | target | met | agreement |"
         " tokens seen | train time | threads |",
         "|---" * 12 + "|",
     ]
@@ -378,10 +378,11 @@ def encoder_table(data: dict[str, Any], values: dict[str, str]) -> str:
         values[f"enc:{r['setting']}:{r['method']}:gap"] = f"{r['gap']:+.2f}"
         values[f"enc:{r['setting']}:rtn_gap"] = f"{r['rtn_top1'] - r['teacher_top1']:+.2f}"  # one RTN per setting
         agreement = f"{r['agreement']:.1f}%" if r.get("agreement") is not None else "not measured"
+        rtn = f"{r['rtn_top1']:.2f}" + (f" ({r['rtn_agreement']:.1f}%)" if r.get("rtn_agreement") is not None else "")
         params = ", ".join(f"{k} {v}" for k, v in (r.get("method_params") or {}).items())
         method = f"{r['method']} ({params})" if params else r["method"]
         lines.append(
-            f"| {r['setting']} | {method} | {r['teacher_top1']:.2f} | {r['rtn_top1']:.2f} | {r['top1']:.2f} |"
+            f"| {r['setting']} | {method} | {r['teacher_top1']:.2f} | {rtn} | {r['top1']:.2f} |"
             f" {r['gap']:+.2f} | gap >= -{limit} | {met} | {agreement} | {r['tokens_seen']:,.0f} |"
             f" {duration(r['train_seconds'])} |"
             f" {r['threads']} |"

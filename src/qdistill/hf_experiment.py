@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from qdistill.batch import call_model, logits_of, to_device
 from qdistill.data.cache import cache_file, read_cache, resolve_cache_dir, write_cache
 from qdistill.data.generated import GenerationSettings, generate_blocks, start_prompts
 from qdistill.data.text import TextBlockLoader, TextSplits, load_text
@@ -31,7 +32,6 @@ from qdistill.errors import ConfigError, DataError
 from qdistill.models.hf import load_hf_model, load_hf_tokenizer, save_hf_config
 from qdistill.rundir import save_model
 from qdistill.train.blockwise import blockwise_phase
-from qdistill.train.evaluate import evaluate
 from qdistill.train.lm_eval import block_metrics, lm_metrics
 from qdistill.train.trainer import Trainer, pick_device, seed_everything
 
@@ -282,7 +282,10 @@ def evaluate_hf_run(run_dir: str | Path, which: str = "best") -> dict[str, float
     teacher, task = load_hf_model(cfg.model.pretrained, cfg.model.task, cfg.model.num_classes)
     if task == "sequence_classification":
         test = classifier_test_lines(cfg.data, load_hf_tokenizer(cfg.model.pretrained), cfg.data.test_subset)
-        return _classifier_metrics(student, teacher, test, cfg.data.eval_batch_size, "cpu")
+        bs = cfg.data.eval_batch_size
+        return _classifier_metrics(
+            _predicted_classes(student, test, bs, "cpu"), _predicted_classes(teacher, test, bs, "cpu"), test["labels"]
+        )
     data = load_lm_data(cfg, teacher, load_hf_tokenizer(cfg.model.pretrained), Path(run_dir))
     if data.test is None and data.generated_test is None:
         raise DataError(
@@ -343,23 +346,35 @@ def classifier_test_lines(cfg: DataConfig, tokenizer: Any, count: int | None = N
     return _rows(tensors, _test_index(held, count, cfg.seed))
 
 
-def _top1(model: torch.nn.Module, tensors: dict[str, torch.Tensor], batch: int, device: Any) -> float:
-    return evaluate(model, TokenBatchLoader(tensors, batch, with_labels=True), None, device)["top1"]
+@torch.no_grad()
+def _predicted_classes(
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], batch: int, device: Any
+) -> torch.Tensor:
+    """The top-1 class of every line, in one pass: top-1 and agreement are both read from these."""
+    was = model.training
+    model.eval()
+    try:
+        loader = TokenBatchLoader(tensors, batch, with_labels=False)
+        return torch.cat([logits_of(call_model(model, to_device(b, device))).argmax(-1).cpu() for b in loader])
+    finally:
+        model.train(was)
 
 
 def _classifier_metrics(
-    student: torch.nn.Module, teacher: torch.nn.Module, test: dict[str, torch.Tensor], batch: int, device: Any
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, prefix: str = ""
 ) -> dict[str, float]:
-    """Top-1 of student and teacher on the held-out lines, their gap, and ``agreement`` (percent of lines
-    where the two predict the same class): with a weak teacher the gap alone hides how many lines flipped."""
-    student_eval = evaluate(student, TokenBatchLoader(test, batch, with_labels=True), teacher, device)
-    top1, teacher_top1 = student_eval["top1"], _top1(teacher, test, batch, device)
-    return {
-        "top1": top1,
-        "teacher_top1": teacher_top1,
-        "gap": top1 - teacher_top1,
-        "agreement": student_eval["agreement"],
-    }
+    """Top-1 (percent) of the student's and teacher's predicted classes, their gap, and ``agreement``
+    (percent of lines where the two predict the same class): with a weak teacher the gap alone hides how
+    many lines flipped. ``prefix`` names the student's figures (``rtn_`` for the untrained baseline)."""
+
+    def pct(hits: torch.Tensor) -> float:
+        return 100.0 * float(hits.float().mean())
+
+    top1, teacher_top1 = pct(student == labels), pct(teacher == labels)
+    out = {f"{prefix}top1": top1, f"{prefix}agreement": pct(student == teacher)}
+    if not prefix:
+        out.update(teacher_top1=teacher_top1, gap=top1 - teacher_top1)
+    return out
 
 
 def _run_classifier(
@@ -383,7 +398,7 @@ def _run_classifier(
     save_hf_config(teacher, out)
     tokenizer.save_pretrained(out)
     bs = cfg.data.eval_batch_size
-    rtn = _top1(student, test, bs, "cpu") if cfg.eval.rtn and cfg.quant is not None else None
+    rtn = _predicted_classes(student, test, bs, "cpu") if cfg.eval.rtn and cfg.quant is not None else None
     objective = build_objective(cfg.method.name, student, teacher, **cfg.method.params)
     labels = objective.uses_labels
     loader = TokenBatchLoader(
@@ -412,12 +427,13 @@ def _run_classifier(
             "config": meta["config"],
         },
     )
+    taught = _predicted_classes(teacher, test, bs, trainer.device)
     results = {
         "best_epoch": trainer.best["epoch"],
         "labels_used": labels,
         "method": cfg.method.name,
-        **_classifier_metrics(student, teacher, test, bs, trainer.device),
-        "rtn_top1": rtn,
+        **_classifier_metrics(_predicted_classes(student, test, bs, trainer.device), taught, test["labels"]),
+        **(_classifier_metrics(rtn, taught, test["labels"], "rtn_") if rtn is not None else {"rtn_top1": None}),
         "test_lines": len(test["labels"]),
         "classes": classes,
         "tokens_seen": cfg.train.epochs * trainer.steps_per_epoch * cfg.data.batch_size * cfg.data.block_size,

@@ -159,7 +159,7 @@ def test_encoder_table_gap_against_the_target():
         "hardware": "2 threads",
         "teacher": {"top1": 70.0, "tokens_seen": 4096, "train_seconds": 1200.0},
         "rows": [
-            {**row, "setting": "W4A8", "top1": 69.4, "gap": -0.6, "agreement": 91.25, "method_params": {}},
+            {**row, "setting": "W4A8", "top1": 69.4, "gap": -0.6, "agreement": 91.25, "rtn_agreement": 80.0},
             {
                 **row,
                 "setting": "W4A8",
@@ -173,9 +173,9 @@ def test_encoder_table_gap_against_the_target():
     }
     values: dict[str, str] = {}
     lines = render_results.encoder_table(data, values).splitlines()
-    assert "| 69.40 | -0.60 | gap >= -0.5 | **no** | 91.2% |" in lines[2]
+    assert "| 70.00 | 60.00 (80.0%) | 69.40 | -0.60 | gap >= -0.5 | **no** | 91.2% |" in lines[2]
     assert lines[3].startswith("| W4A8 | gor (balance_lr 0.01) | 70.00 |")
-    assert "| 67.50 | -2.50 | gap >= -3.0 | yes | not measured |" in lines[4]
+    assert "| 70.00 | 60.00 | 67.50 | -2.50 | gap >= -3.0 | yes | not measured |" in lines[4]
     assert values["enc:W2A8:squat:gap"] == "-2.50" and values["enc:teacher_time"] == "20 min"
     assert values["enc:W4A8:rtn_gap"] == "-10.00"  # RTN 60.0 against the teacher's 70.0
     assert values["enc:one_line"] == "0.065"  # 100 / 1536 test lines

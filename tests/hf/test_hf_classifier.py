@@ -12,7 +12,7 @@ from torch import nn
 from qdistill.data.text_classes import TokenBatchLoader, split_prefixed_lines
 from qdistill.errors import DataError
 from qdistill.experiment import RunConfig, run_experiment
-from qdistill.hf_experiment import _classifier_metrics, _test_index, evaluate_hf_run
+from qdistill.hf_experiment import _classifier_metrics, _predicted_classes, _test_index, evaluate_hf_run
 
 SAMPLE = Path(__file__).with_name("sample.txt")
 
@@ -67,7 +67,7 @@ def test_teacher_with_labels_then_label_free_student_never_sees_labels(tiny_bert
     assert res["labels_used"] is False
     assert res["gap"] == pytest.approx(res["top1"] - res["teacher_top1"])
     assert res["teacher_top1"] == pytest.approx(teacher["top1"])  # the fine-tuned teacher, reloaded from its run
-    assert 0 <= res["rtn_top1"] <= 100
+    assert 0 <= res["rtn_top1"] <= 100 and 0 <= res["rtn_agreement"] <= 100
     again = evaluate_hf_run(tmp_path / "student")
     assert again["top1"] == pytest.approx(res["top1"]) and again["teacher_top1"] == pytest.approx(res["teacher_top1"])
     assert again["agreement"] == pytest.approx(res["agreement"])
@@ -89,9 +89,14 @@ class _PicksToken(nn.Module):
 def test_classifier_metrics_count_lines_where_student_and_teacher_agree() -> None:
     ids = torch.tensor([[0, 0], [1, 2], [2, 2], [1, 0], [2, 1]])
     test = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 2, 0, 2])}
-    got = _classifier_metrics(_PicksToken(0), _PicksToken(1), test, batch=2, device="cpu")
+    student, teacher = (_predicted_classes(_PicksToken(c), test, batch=2, device="cpu") for c in (0, 1))
     # student predicts 0 1 2 1 2 (4 of 5 right), teacher 0 2 2 0 1 (3 of 5 right); they agree on lines 0 and 2
+    assert student.tolist() == [0, 1, 2, 1, 2] and teacher.tolist() == [0, 2, 2, 0, 1]
+    got = _classifier_metrics(student, teacher, test["labels"])
     assert got == pytest.approx({"top1": 80.0, "teacher_top1": 60.0, "gap": 20.0, "agreement": 40.0})
+    assert _classifier_metrics(student, teacher, test["labels"], "rtn_") == pytest.approx(
+        {"rtn_top1": 80.0, "rtn_agreement": 40.0}
+    )
 
 
 def test_capped_test_lines_are_a_seeded_sample_of_every_book_not_the_first_lines() -> None:
