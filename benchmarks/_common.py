@@ -10,6 +10,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from qdistill import QuantConfig, TrainConfig
 from qdistill.errors import ConfigError
 from qdistill.experiment import DataConfig, MethodConfig, ModelConfig, RunConfig, run_experiment
+from qdistill.train.checkpoint import load_checkpoint
 
 __all__ = [
     "FMNIST_MODEL",
@@ -33,6 +35,7 @@ __all__ = [
     "hardware",
     "read_family",
     "record_run",
+    "resumed_schedule",
     "select_jobs",
     "student_budget",
     "student_run",
@@ -74,6 +77,17 @@ def checkpointed_epochs(steps: int, per_epoch: int = 50) -> tuple[int, int]:
     a checkpoint ends each epoch, so a killed run loses little."""
     per_epoch = min(steps, per_epoch)
     return max(1, round(steps / per_epoch)), per_epoch
+
+
+def resumed_schedule(out: str | Path, steps: Callable[[], int]) -> tuple[int, int]:
+    """``(epochs, steps per epoch)`` of the run in ``out``: the ones its ``last.pt`` records when it is
+    resumed (a budget re-derived from a new timing would change the lr schedule mid-run), else
+    `checkpointed_epochs` of ``steps()``."""
+    last = Path(out) / "last.pt"
+    if last.is_file():
+        train = load_checkpoint(last)["meta"]["config"]["train"]
+        return train["epochs"], train["max_steps"]
+    return checkpointed_epochs(steps())
 
 
 def hardware() -> str:

@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from _common import checkpointed_epochs, package_files
+from _common import package_files, resumed_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -197,8 +197,10 @@ def main() -> None:
         if any(r["setting"] == setting for r in rows):
             continue  # finished in an earlier invocation
         cfg = config_of(setting, args, gguf)
-        steps = args.steps or max(1, int(args.minutes * 60 / seconds_per_step(cfg)))
-        epochs, per_epoch = checkpointed_epochs(steps)
+        epochs, per_epoch = resumed_schedule(
+            cfg.out,
+            lambda c=cfg: args.steps or max(1, int(args.minutes * 60 / seconds_per_step(c))),
+        )
         cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, max_steps=per_epoch))
         resume = (Path(cfg.out) / "last.pt").is_file()
         res = run_experiment(cfg, resume=resume, overwrite=not resume)

@@ -3,9 +3,10 @@
 import json
 
 import pytest
-from _common import ResultLog, checkpointed_epochs, read_family
+from _common import ResultLog, checkpointed_epochs, read_family, resumed_schedule
 
 from qdistill.errors import ConfigError
+from qdistill.train.checkpoint import save_checkpoint
 
 BUDGET = {"student": "4000 train images, 1 epoch(s)", "test_images": 1000, "hardware": "2-core CPU, torch threads=1"}
 
@@ -83,3 +84,12 @@ def test_checkpointed_epochs_split_a_step_budget_into_epochs_of_at_most_50():
     assert checkpointed_epochs(130) == (3, 50)  # round(2.6): about the budget, never a longer epoch
     assert checkpointed_epochs(20) == (1, 20)
     assert checkpointed_epochs(7, per_epoch=3) == (2, 3)
+
+
+def test_a_resumed_run_keeps_the_schedule_its_checkpoint_records(tmp_path):
+    def timing() -> int:
+        raise AssertionError("a resumed run must not be timed again")
+
+    save_checkpoint({"meta": {"config": {"train": {"epochs": 7, "max_steps": 50}}}}, tmp_path / "last.pt")
+    assert resumed_schedule(tmp_path, timing) == (7, 50)
+    assert resumed_schedule(tmp_path / "fresh", lambda: 120) == (2, 50)  # no checkpoint: 120 steps in epochs of 50
