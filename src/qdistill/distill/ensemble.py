@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qdistill.batch import Inputs, call_model, logits_of
+from qdistill.distill.kd import upcast
 from qdistill.errors import ConfigError
 
 __all__ = ["COMBINE", "TeacherEnsemble", "as_ensemble", "teacher_members"]
@@ -64,7 +65,7 @@ class TeacherEnsemble(nn.Module):
     def member_weights(self, logits: Tensor) -> Tensor:
         """Weights ``[num_teachers, *positions, 1]`` summing to one over teachers (broadcastable)."""
         if self.combine == "confidence":
-            conf = F.softmax(logits.float(), dim=-1).amax(dim=-1, keepdim=True)
+            conf = F.softmax(upcast(logits), dim=-1).amax(dim=-1, keepdim=True)
             return conf / conf.sum(dim=0, keepdim=True)
         return self.weights.view(-1, *[1] * (logits.dim() - 1))
 
@@ -72,7 +73,7 @@ class TeacherEnsemble(nn.Module):
         """Pseudo-logits of a batch given as one tensor / dict, or as keywords the way `call_model`
         hands a dict batch to a Hugging Face model (``ensemble(input_ids=...)``)."""
         inputs = batch if inputs is None else inputs
-        logits = torch.stack([logits_of(call_model(m, inputs)).float() for m in self.members])
+        logits = torch.stack([upcast(logits_of(call_model(m, inputs))) for m in self.members])
         probs = F.softmax(logits / self.temperature, dim=-1)
         mixed = (self.member_weights(logits) * probs).sum(dim=0)
         return self.temperature * mixed.clamp_min(1e-12).log()

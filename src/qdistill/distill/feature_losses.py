@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from qdistill.distill.kd import upcast
 from qdistill.registry import Registry
 
 __all__ = ["FEATURE_DISTANCES", "cosine_distance", "histogram_kl", "match_spatial", "soft_histogram"]
@@ -34,7 +35,7 @@ def soft_histogram(x: Tensor, lo: Tensor, hi: Tensor, bins: int) -> Tensor:
     histogram is differentiable in ``x``; values outside the range fall into the end bins.
     """
     width = (hi - lo).clamp_min(1e-8) / (bins - 1)
-    pos = ((x.flatten().float() - lo) / width).clamp(0, bins - 1)
+    pos = ((upcast(x.flatten()) - lo) / width).clamp(0, bins - 1)
     left = pos.floor().clamp(max=bins - 2)
     frac = pos - left
     hist = torch.zeros(bins, dtype=pos.dtype, device=x.device)
@@ -49,7 +50,7 @@ def histogram_kl(student: Tensor, target: Tensor, bins: int = 32) -> Tensor:
     Compares value distributions rather than positions: useful when the student should use its
     quantization levels as often as the teacher's projected feature does.
     """
-    t = target.detach().float()
+    t = upcast(target.detach())
     lo, hi = t.min(), t.max()
     h_t = soft_histogram(t, lo, hi, bins)
     h_s = soft_histogram(student, lo, hi, bins)

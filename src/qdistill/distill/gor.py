@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from qdistill.batch import Inputs
 from qdistill.distill.ensemble import teacher_members
-from qdistill.distill.kd import ce_loss, kd_loss
+from qdistill.distill.kd import ce_loss, kd_loss, upcast
 from qdistill.distill.objectives import OBJECTIVES, Objective, mask_of
 from qdistill.distill.squat import StudentAwareFeatureLoss, at_temperature
 from qdistill.errors import ConfigError, DataError
@@ -57,7 +57,7 @@ class LossBalance(nn.Module):
         if len(losses) != self.raw.numel():
             raise ValueError(f"LossBalance expects {self.raw.numel()} losses, got {len(losses)}")
         s = self.log_vars
-        return sum(torch.exp(-s[i]) * loss.float() + s[i] for i, loss in enumerate(losses))
+        return sum(torch.exp(-s[i]) * upcast(loss) + s[i] for i, loss in enumerate(losses))
 
     def weights(self) -> list[float]:
         """Current effective weights ``exp(-s_i)``."""

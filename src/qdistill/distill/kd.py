@@ -16,7 +16,7 @@ from torch import Tensor
 from qdistill.batch import logits_of
 from qdistill.errors import DataError
 
-__all__ = ["ce_loss", "kd_loss", "positions"]
+__all__ = ["ce_loss", "kd_loss", "positions", "upcast"]
 
 
 def positions(logits: Tensor, mask: Tensor | None) -> Tensor:
@@ -26,6 +26,12 @@ def positions(logits: Tensor, mask: Tensor | None) -> Tensor:
     if tuple(mask.shape) != tuple(logits.shape[:-1]):
         raise DataError(f"mask of shape {tuple(mask.shape)} does not fit logits of shape {tuple(logits.shape)}")
     return logits[mask.bool()]
+
+
+def upcast(x: Tensor) -> Tensor:
+    """``x`` in at least float32: losses of half-precision tensors are computed in fp32, a float64 run
+    (gradient checks, the DDP equivalence benchmark) stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def kd_loss(student_logits: Any, teacher_logits: Any, temperature: float = 4.0, mask: Tensor | None = None) -> Tensor:
@@ -45,9 +51,8 @@ def kd_loss(student_logits: Any, teacher_logits: Any, temperature: float = 4.0, 
     if s.shape != t.shape:
         raise DataError(f"student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ in shape")
     temp = float(temperature)
-    dtype = torch.promote_types(s.dtype, torch.float32)  # half-precision logits in fp32, float64 kept
-    log_p_s = F.log_softmax(positions(s, mask).to(dtype) / temp, dim=-1)
-    log_p_t = F.log_softmax(positions(t, mask).to(dtype) / temp, dim=-1)
+    log_p_s = F.log_softmax(upcast(positions(s, mask)) / temp, dim=-1)
+    log_p_t = F.log_softmax(upcast(positions(t, mask)) / temp, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (temp * temp)
 
 
@@ -57,4 +62,4 @@ def ce_loss(logits: Any, labels: Tensor, mask: Tensor | None = None) -> Tensor:
     if tuple(labels.shape) != tuple(z.shape[:-1]):
         raise DataError(f"labels of shape {tuple(labels.shape)} do not fit logits of shape {tuple(z.shape)}")
     flat = labels if mask is None else labels[mask.bool()]
-    return F.cross_entropy(positions(z, mask).float(), flat.reshape(-1).long())
+    return F.cross_entropy(upcast(positions(z, mask)), flat.reshape(-1).long())

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from qdistill.batch import Inputs
 from qdistill.distill.ensemble import TeacherEnsemble, as_ensemble, teacher_members
 from qdistill.distill.feature_losses import FEATURE_DISTANCES, match_spatial
-from qdistill.distill.kd import kd_loss
+from qdistill.distill.kd import kd_loss, upcast
 from qdistill.distill.objectives import OBJECTIVES, Objective, mask_of
 from qdistill.distill.tap_rules import default_taps, probe_shapes, squat_layer
 from qdistill.distill.taps import FeatureTaps
@@ -119,7 +119,7 @@ class StudentAwareFeatureLoss(nn.Module):
             student, target = adapt(f_s), student_aware_target(f_t, self._quantizer[0], f_s)
             if mask is not None:
                 student, target = student[mask.bool()], target[mask.bool()]
-            losses.append(self.distance(student.float(), target.float()))
+            losses.append(self.distance(upcast(student), upcast(target)))
         return torch.stack(losses).mean()
 
     def close(self) -> None:

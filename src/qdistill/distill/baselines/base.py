@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from qdistill.batch import Inputs, call_model, logits_of
 from qdistill.distill.ensemble import TeacherEnsemble
-from qdistill.distill.kd import ce_loss
+from qdistill.distill.kd import ce_loss, upcast
 from qdistill.distill.objectives import Objective, mask_of
 from qdistill.distill.tap_rules import default_taps, probe_shapes
 from qdistill.distill.taps import FeatureTaps
@@ -70,10 +70,10 @@ class FeatureBaseline(Objective):
         if labels is None:
             raise DataError(f"{type(self).__name__} is CE + lambda * L and needs labels; use sqakd or squat without")
         logits = logits_of(call_model(self.student, inputs))
-        s = [f.float() for f in self._taps[0].pop().values()]
+        s = [upcast(f) for f in self._taps[0].pop().values()]
         with torch.no_grad():
             call_model(self.teacher, inputs)
-            t = [f.float() for f in self._taps[1].pop().values()]
+            t = [upcast(f) for f in self._taps[1].pop().values()]
         return self.loss(ce_loss(logits, labels, mask_of(inputs, logits)), s, t)
 
     def loss(self, ce: Tensor, s: list[Tensor], t: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
