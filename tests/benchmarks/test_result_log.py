@@ -93,3 +93,10 @@ def test_a_resumed_run_keeps_the_schedule_its_checkpoint_records(tmp_path):
     save_checkpoint({"meta": {"config": {"train": {"epochs": 7, "max_steps": 50}}}}, tmp_path / "last.pt")
     assert resumed_schedule(tmp_path, timing) == (7, 50)
     assert resumed_schedule(tmp_path / "fresh", lambda: 120) == (2, 50)  # no checkpoint: 120 steps in epochs of 50
+
+
+def test_the_recorded_command_drops_this_machines_paths():
+    import encoder_minilm
+
+    argv = ["benchmarks/encoder_minilm.py", "--threads", "2", "--data", "/x/kjv.txt.gz", "--runs=r", "--steps", "400"]
+    assert encoder_minilm.command(argv) == "benchmarks/encoder_minilm.py --threads 2 --steps 400"
