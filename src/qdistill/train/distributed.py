@@ -171,16 +171,17 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach(), float(total))
+            self._update_running_stats(mean.detach(), var.detach(), total)
         return y.to(x.dtype)
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var: Tensor, n: float) -> None:
-        """As `nn.BatchNorm`: momentum (or a cumulative average for ``momentum=None``), unbiased variance."""
+    def _update_running_stats(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
+        """As `nn.BatchNorm`: momentum (or a cumulative average for ``momentum=None``), unbiased variance;
+        ``n`` stays a tensor, so a GPU step does not wait on the host once per layer."""
         self.num_batches_tracked.add_(1)
         factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         self.running_mean.lerp_(mean.to(self.running_mean), factor)
-        self.running_var.lerp_((var * n / max(n - 1.0, 1.0)).to(self.running_var), factor)
+        self.running_var.lerp_((var * n / (n - 1).clamp_min(1)).to(self.running_var), factor)
 
 
 def convert_sync_batchnorm(module: nn.Module, cuda: bool) -> int:
