@@ -83,7 +83,8 @@ class DataConfig:
     text_field: str = "text"  # text: the field of .jsonl records
     num_sequences: int = 256  # generated: sequences sampled from the teacher (block_size tokens each)
     gen_prompts: list[str] | None = None  # generated: start texts (None: the tokenizer's BOS)
-    gen_greedy_tokens: int = 3  # generated: first tokens after the prompt taken top-1
+    gen_random_first: bool = True  # generated: a uniform random first token after the prompt (LLM-QAT)
+    gen_greedy_tokens: int = 3  # generated: the next tokens taken top-1
     gen_temperature: float = 1.0  # generated: sampling temperature of the rest
     gen_top_k: int | None = None  # generated: sample among the k most likely tokens (None: all)
     gen_batch_size: int = 8  # generated: sequences per forward pass and per chunk file

@@ -134,6 +134,7 @@ def generation_settings(cfg: DataConfig, tokenizer: Any) -> GenerationSettings:
         block_size=cfg.block_size,
         prompts=start_prompts(tokenizer, cfg.gen_prompts),
         seed=cfg.seed,
+        random_first_from=len(tokenizer) if cfg.gen_random_first else 0,
         greedy_tokens=cfg.gen_greedy_tokens,
         temperature=cfg.gen_temperature,
         top_k=cfg.gen_top_k,

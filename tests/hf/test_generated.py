@@ -14,7 +14,7 @@ from qdistill.data import generated
 from qdistill.data.generated import GenerationSettings, generate_blocks, start_prompts
 from qdistill.distill.student import make_student
 from qdistill.errors import ConfigError
-from qdistill.experiment import RunConfig, run_experiment
+from qdistill.experiment import DataConfig, RunConfig, run_experiment
 from qdistill.hf_experiment import evaluate_hf_run, generation_settings
 from qdistill.models.hf import load_hf_model, load_hf_tokenizer
 from qdistill.quant.config import QuantConfig
@@ -159,3 +159,21 @@ def test_a_run_on_generated_data_with_real_text_also_measures_perplexity(tiny_ll
     res = run_experiment(_generated_config(tiny_llama, tmp_path / "run", root=str(SAMPLE), test_lines=[41, 60]))
     assert res["eval_on"] == ["text", "generated"]
     assert res["ppl"] > 1 and res["rtn_ppl"] > 1 and res["teacher_ppl"] > 1 and "gen_kl" in res
+
+
+def test_a_random_first_token_then_greedy_tokens_follow_it(teacher, tmp_path) -> None:
+    s = _settings(random_first_from=50, greedy_tokens=2, seed=3)
+    tokens = generate_blocks(teacher, s, tmp_path / "g")
+    first = tokens[:4, 1]  # chunk 0: prompt (5,), then the random token
+    assert tokens[:4, 0].tolist() == [5] * 4 and bool((first < 50).all()) and len(set(first.tolist())) > 1
+    logits = teacher(input_ids=tokens).logits
+    assert torch.equal(tokens[:4, 2:4], logits[:4, 1:3].argmax(-1))  # the two greedy tokens follow the random one
+    same = generate_blocks(teacher, _settings(greedy_tokens=2, seed=3), tmp_path / "h")
+    assert len({tuple(row) for row in same[:4, :3].tolist()}) == 1  # without it: one shared greedy opening
+
+
+def test_generation_settings_draw_the_first_token_from_the_tokenizers_vocabulary(tiny_llama) -> None:
+    tokenizer = load_hf_tokenizer(str(tiny_llama))
+    assert generation_settings(DataConfig(format="generated"), tokenizer).random_first_from == len(tokenizer)
+    off = DataConfig(format="generated", gen_random_first=False)
+    assert generation_settings(off, tokenizer).random_first_from == 0

@@ -1,8 +1,10 @@
 """Training text sampled from the teacher itself (``data.format: generated``, LLM-QAT style).
 
-Each sequence starts from a prompt (the tokenizer's BOS, or one of a configured list), takes its
-first ``greedy_tokens`` tokens greedily (top-1) and samples the rest with ``temperature`` and
-``top_k``, up to ``block_size`` tokens. Sequences are made in chunks of ``batch_size``: chunk ``c``
+Each sequence starts from a prompt (the tokenizer's BOS, or one of a configured list), then, with
+``random_first_from = V``, one token drawn uniformly from ids ``[0, V)`` (LLM-QAT's random start:
+without it every sequence of a chunk opens with the same greedy tokens), takes the next
+``greedy_tokens`` tokens greedily (top-1) and samples the rest with ``temperature`` and ``top_k``,
+up to ``block_size`` tokens. Sequences are made in chunks of ``batch_size``: chunk ``c``
 starts from prompt ``c mod len(prompts)`` and samples from its own generator, seeded by
 ``(seed, c)``, so a chunk's tokens do not depend on which chunks were made before it. Every chunk
 is written to its own ``chunk_NNNNN.npy`` (temporary file, then rename) as soon as it is done, so
@@ -43,7 +45,9 @@ class GenerationSettings:
         block_size: tokens per sequence, prompt included.
         prompts: token ids each sequence starts from (at least one, each 1..block_size-1 long).
         seed: seeds every chunk's generator together with the chunk's index.
-        greedy_tokens: tokens after the prompt taken greedily before sampling starts.
+        random_first_from: > 0: the first token after the prompt is uniform over ids [0, this)
+            (the tokenizer's vocabulary); 0: none, the greedy tokens follow the prompt.
+        greedy_tokens: tokens after the prompt (and the random token) taken greedily before sampling.
         temperature: softmax temperature of the sampled tokens.
         top_k: sample among the k most likely tokens only (None: the whole vocabulary).
         batch_size: sequences per forward pass and per chunk file.
@@ -53,6 +57,7 @@ class GenerationSettings:
     block_size: int
     prompts: tuple[tuple[int, ...], ...]
     seed: int = 0
+    random_first_from: int = 0
     greedy_tokens: int = 3
     temperature: float = 1.0
     top_k: int | None = None
@@ -62,7 +67,7 @@ class GenerationSettings:
         object.__setattr__(self, "prompts", tuple(tuple(int(i) for i in p) for p in self.prompts))
         if not self.prompts or not all(1 <= len(p) < self.block_size for p in self.prompts):
             raise ConfigError(f"generation needs prompts of 1 to {self.block_size - 1} tokens (block_size - 1)")
-        if self.num_sequences < 1 or self.batch_size < 1 or self.greedy_tokens < 0:
+        if self.num_sequences < 1 or self.batch_size < 1 or self.greedy_tokens < 0 or self.random_first_from < 0:
             raise ConfigError("data.num_sequences and data.gen_batch_size must be >= 1, data.gen_greedy_tokens >= 0")
         if self.temperature <= 0 or (self.top_k is not None and self.top_k < 1):
             raise ConfigError("data.gen_temperature must be > 0 and data.gen_top_k >= 1 (or null)")
@@ -124,12 +129,14 @@ def _generate_chunk(teacher: nn.Module, s: GenerationSettings, chunk: int, devic
     prompt = s.prompts[chunk % len(s.prompts)]
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([s.seed, chunk]).generate_state(1)[0]))
     ids = torch.tensor(prompt, dtype=torch.int64).repeat(n, 1)
-    step_input, past = ids, {}
+    if s.random_first_from:
+        ids = torch.cat([ids, torch.randint(s.random_first_from, (n, 1), generator=gen)], dim=1)
+    step_input, past, start = ids, {}, ids.shape[1]
     while ids.shape[1] < s.block_size:
         out = teacher(input_ids=step_input.to(device), use_cache=True, **past)
         name, cache = _cache_of(out)
         past = {name: cache}
-        greedy = ids.shape[1] - len(prompt) < s.greedy_tokens
+        greedy = ids.shape[1] - start < s.greedy_tokens
         step_input = _next_token(logits_of(out)[:, -1], greedy, s, gen)[:, None]
         ids = torch.cat([ids, step_input], dim=1)
     return ids.numpy().astype(np.int32)
