@@ -92,6 +92,14 @@ BY_SHAPE = {
         ("DistilBertForSequenceClassification", "DistilBertConfig", {"dim": 16, "hidden_dim": 32, "num_labels": 3}),
         "distilbert.transformer.layer.1.ffn.lin1",
     ),
+    "albert": (  # one shared layer run at every depth: its stacks hold a single block
+        (
+            "AlbertForSequenceClassification",
+            "AlbertConfig",
+            {"embedding_size": 8, "hidden_size": 16, "intermediate_size": 32, "num_labels": 3},
+        ),
+        "albert.encoder.albert_layer_groups.0.albert_layers.0.ffn",
+    ),
 }
 
 

@@ -71,7 +71,7 @@ def last_quantized_conv(model: nn.Module) -> str:
 def _last_block(model: nn.Module) -> str | None:
     """Name of the last block of the model's longest stack of same-type blocks (a transformer's layers:
     ``model.layers``, ``transformer.h``, ``encoder.layer``, timm's ``blocks``), or None."""
-    best, size = None, 1
+    best, size = None, 0
     for name, m in model.named_modules():
         if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) > size and len({type(c) for c in m}) == 1:
             best, size = f"{name}.{len(m) - 1}" if name else str(len(m) - 1), len(m)
