@@ -428,13 +428,15 @@ def _run_classifier(
             "config": meta["config"],
         },
     )
-    taught = _predicted_classes(teacher, test, bs, trainer.device)
+    teacher_classes = _predicted_classes(teacher, test, bs, trainer.device)
     results = {
         "best_epoch": trainer.best["epoch"],
         "labels_used": labels,
         "method": cfg.method.name,
-        **_classifier_metrics(_predicted_classes(student, test, bs, trainer.device), taught, test["labels"]),
-        **(_classifier_metrics(rtn, taught, test["labels"], "rtn_") if rtn is not None else {"rtn_top1": None}),
+        **_classifier_metrics(_predicted_classes(student, test, bs, trainer.device), teacher_classes, test["labels"]),
+        **(
+            _classifier_metrics(rtn, teacher_classes, test["labels"], "rtn_") if rtn is not None else {"rtn_top1": None}
+        ),
         "test_lines": len(test["labels"]),
         "classes": classes,
         "tokens_seen": cfg.train.epochs * trainer.steps_per_epoch * cfg.data.batch_size * cfg.data.block_size,
