@@ -221,6 +221,7 @@ def test_cli_exports_a_text_classifier_run(tmp_path, capsys) -> None:
     assert "% on 12 lines" in capsys.readouterr().out  # held-out text lines, not images
     report = json.loads((run / "model.onnx.json").read_text())
     assert report["parity"]["images"] == 12 and "top1_exported" in report["parity"]
+    assert report["parity"]["unit"] == "lines" and "12 lines: top-1 agreement" in (run / "model.onnx.md").read_text()
     assert report["metadata"]["input_names"] == ["input_ids", "attention_mask"]
     assert report["metadata"]["sequence_length"] == 48 and report["teacher"] == cfg["model"]["pretrained"]
     from qdistill.export.run import _held_out_lines

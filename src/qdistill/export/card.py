@@ -50,8 +50,9 @@ def write_model_card(artefact: str | Path, info: dict[str, Any]) -> Path:
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts] + [""]
     parity = info.get("parity")
     if parity:
+        unit = parity.get("unit", "images")
         settled = (
-            f"{parity['top1_agreement_decisive']:.2f}% on the {parity['decisive_images']} images whose top-1 "
+            f"{parity['top1_agreement_decisive']:.2f}% on the {parity['decisive_images']} {unit} whose top-1 "
             "the trained model's float arithmetic settles (the gate's figure), "
             if "decisive_images" in parity
             else ""
@@ -59,14 +60,14 @@ def write_model_card(artefact: str | Path, info: dict[str, Any]) -> Path:
         lines += [
             "## Parity with the trained (fake-quant) PyTorch model",
             "",
-            f"{parity['images']} images: top-1 agreement {settled}{parity['top1_agreement']:.2f}% on all; "
+            f"{parity['images']} {unit}: top-1 agreement {settled}{parity['top1_agreement']:.2f}% on all; "
             f"max |logit difference| {parity['max_abs_logit_diff']:.4g}"
             + (f" (threshold {parity['threshold']}%)." if "threshold" in parity else "."),
             "",
         ]
         if "top1_exported" in parity:
             lines += [
-                f"Top-1 accuracy on these labelled images: trained model {parity['top1_trained']:.2f}%, "
+                f"Top-1 accuracy on these labelled {unit}: trained model {parity['top1_trained']:.2f}%, "
                 f"exported model {parity['top1_exported']:.2f}%.",
                 "",
             ]

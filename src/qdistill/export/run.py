@@ -140,7 +140,7 @@ def export_run(
         calib, labels, metadata = _calibration_images(cfg, images)
         example, options = calib[:8], {"metadata": metadata, "fp32_reference": True, "ort_build": True}
     if fmt == "onnx":
-        report = export_onnx(
+        return export_onnx(
             model,
             example,
             out,
@@ -152,9 +152,6 @@ def export_run(
             card=card,
             **options,
         )
-        if cfg.model.source == "hf":
-            report["parity"]["unit"] = "lines"  # held-out text lines (what `images` counts here)
-        return report
     meta = state.get("meta", {})
     arch = {
         "name": cfg.model.name,

@@ -312,6 +312,8 @@ def export_transformer_onnx(
     trained = torch_logits(model, calib)
     parity = compare_logits(trained, exported, decision_tolerance(model, calib, trained))
     parity["threshold"] = min_agreement
+    if isinstance(example, Mapping):
+        parity["unit"] = "lines"  # the rows of a text batch (what `images` counts here)
     parity.update(label_top1(trained, exported, labels))
     require_parity(parity, min_agreement, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
