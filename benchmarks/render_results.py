@@ -591,12 +591,9 @@ def prose_values(tables: dict[str, dict[str, Any]], root: Path, values: dict[str
         values["small:qat-4:above"] = str(sum(g >= 0 for (m, _), g in w4.items() if m == "qat"))
         values["small:qat-4:count"] = str(sum(m == "qat" for m, _ in w4))
         values["small:sqakd-4:below"] = span([-g for (m, _), g in w4.items() if m == "sqakd"])
-    shorter_file = old / "encoder_minilm_200_steps.json"
-    if shorter_file.exists():
-        shorter = json.loads(
-            shorter_file.read_text()
-        )  # the MiniLM students at half the steps (another fine-tune of the same teacher config)
-        for r in shorter["rows"]:
+    shorter = old / "encoder_minilm_200_steps.json"  # the MiniLM students at half the steps
+    if shorter.exists():
+        for r in json.loads(shorter.read_text())["rows"]:
             values[f"enc200:{r['setting']}:{r['method']}:gap"] = f"{r['gap']:+.2f}"
             values[f"enc200:{r['setting']}:rtn_top1"] = f"{r['rtn_top1']:.2f}"
     before = load("fmnist_table_before_bn_reestimation", old)

@@ -68,7 +68,10 @@ class GenerationSettings:
         if not self.prompts or not all(1 <= len(p) < self.block_size for p in self.prompts):
             raise ConfigError(f"generation needs prompts of 1 to {self.block_size - 1} tokens (block_size - 1)")
         if self.num_sequences < 1 or self.batch_size < 1 or self.greedy_tokens < 0 or self.random_first_from < 0:
-            raise ConfigError("data.num_sequences and data.gen_batch_size must be >= 1, data.gen_greedy_tokens >= 0")
+            raise ConfigError(
+                "data.num_sequences and data.gen_batch_size must be >= 1, data.gen_greedy_tokens and "
+                "random_first_from >= 0"
+            )
         if self.temperature <= 0 or (self.top_k is not None and self.top_k < 1):
             raise ConfigError("data.gen_temperature must be > 0 and data.gen_top_k >= 1 (or null)")
 

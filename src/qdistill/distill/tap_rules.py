@@ -126,10 +126,10 @@ def dummy_input(model: nn.Module) -> Inputs:
     """A batch the model accepts: ``input_ids`` (2 x 8 zeros) when it has an input embedding, else images
     in the dtype of the model's weights (a bf16 or float64 model refuses float32 images)."""
     device = next(model.parameters()).device
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     get_embeddings = getattr(model, "get_input_embeddings", None)
     if callable(get_embeddings) and isinstance(get_embeddings(), nn.Embedding):
         return {"input_ids": torch.zeros(2, 8, dtype=torch.long, device=device)}
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     return torch.zeros(input_shape(model), dtype=dtype, device=device)
 
 
