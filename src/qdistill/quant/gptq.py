@@ -59,6 +59,7 @@ def gptq_round_(layer: QuantModule, hessian: Tensor, damp: float = 0.01) -> floa
     if hessian.shape != (cols, cols):
         raise ConfigError(f"GPTQ: Hessian {tuple(hessian.shape)} does not match {cols} weight inputs")
     orig = w0.detach().double()
+    rtn = layer.quant_weight().detach().double()  # the layer's own round-to-nearest, for the ratio
     w = orig.clone()
     lo, hi, step, zero, width = _column_grids(layer, w0.detach().float())
     lo, hi, step, zero = (t.double() for t in (lo, hi, step, zero))
@@ -74,7 +75,6 @@ def gptq_round_(layer: QuantModule, hessian: Tensor, damp: float = 0.01) -> floa
     w[:, dead] = 0.0
     h.diagonal().add_(damp * h.diagonal().mean())
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    rtn = torch.stack([rounded(orig[:, i], i) for i in range(cols)], dim=1)
     for start in range(0, cols, BLOCK):
         end = min(start + BLOCK, cols)
         err = torch.zeros(w.shape[0], end - start, dtype=w.dtype, device=w.device)
